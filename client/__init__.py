@@ -1,0 +1,1 @@
+"""fedmezo.client: the client daemon (sync by replay, local MeZO training, metrics)."""

@@ -1,0 +1,1 @@
+"""fedmezo.dashboard: FastAPI app and browser UI over the server's status service."""

@@ -1,0 +1,85 @@
+"""The Triton kernels of the GPU backend (imported only when Triton is used; see triton_kernel.py)."""
+
+# mypy: ignore-errors
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["apply_kernel", "philox10", "words_kernel"]
+
+
+@triton.jit
+def philox10(k0, k1, c0, c1, c2, c3):
+    for r in tl.static_range(10):
+        if r > 0:
+            k0 = k0 + 0x9E3779B9  # uint32, wraps mod 2^32
+            k1 = k1 + 0xBB67AE85
+        hi0 = tl.umulhi(c0, 0xD2511F53)
+        lo0 = c0 * 0xD2511F53
+        hi1 = tl.umulhi(c2, 0xCD9E8D57)
+        lo1 = c2 * 0xCD9E8D57
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def apply_kernel(
+    buf_ptr,
+    tile_offset_ptr,
+    tile_numel_ptr,
+    tile_tid_ptr,
+    tile_b0_ptr,
+    keys_ptr,
+    vals_ptr,
+    n_seeds,
+    TILE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offset = tl.load(tile_offset_ptr + pid)  # int64: tensor start in the flat buffer
+    numel = tl.load(tile_numel_ptr + pid)
+    tid = tl.load(tile_tid_ptr + pid).to(tl.uint32)
+    blk = tl.load(tile_b0_ptr + pid) + tl.arange(0, TILE).to(tl.int64)  # (TILE,) block ids
+    lane = tl.arange(0, 128)  # element within the block
+    elem = blk[:, None] * 128 + lane[None, :]  # (TILE, 128) element index in the tensor
+    mask = elem < numel
+    ptrs = buf_ptr + offset + elem
+    w = tl.load(ptrs, mask=mask, other=0.0)
+    c0 = (blk & 0xFFFFFFFF).to(tl.uint32)  # counter (b mod 2^32, t, 0, b div 2^32)
+    c3 = (blk >> 32).to(tl.uint32)
+    c1 = tl.zeros((TILE,), dtype=tl.uint32) + tid
+    c2 = tl.zeros((TILE,), dtype=tl.uint32)
+    word_of_lane = (lane // 32)[None, :]
+    bit_of_lane = (lane % 32).to(tl.uint32)[None, :]
+    for k in range(n_seeds):
+        k0 = tl.load(keys_ptr + 2 * k).to(tl.uint32, bitcast=True)
+        k1 = tl.load(keys_ptr + 2 * k + 1).to(tl.uint32, bitcast=True)
+        v = tl.load(vals_ptr + k)
+        x0, x1, x2, x3 = philox10(k0, k1, c0, c1, c2, c3)
+        word = tl.where(
+            word_of_lane == 0,
+            x0[:, None],
+            tl.where(word_of_lane == 1, x1[:, None], tl.where(word_of_lane == 2, x2[:, None], x3[:, None])),
+        )
+        bit = (word >> bit_of_lane) & 1
+        w = w + tl.where(bit != 0, v, -v)  # fp32 add, no multiply: bit-identical to CPU
+    tl.store(ptrs, w, mask=mask)
+
+
+@triton.jit
+def words_kernel(out_ptr, keys_ptr, tid, blocks_ptr, domain, n, BLOCK: tl.constexpr):
+    """Raw Philox words for given block ids: lets tests reach counters with blocks ≥ 2^32."""
+    i = tl.arange(0, BLOCK)
+    m = i < n
+    blk = tl.load(blocks_ptr + i, mask=m, other=0)
+    k0 = tl.load(keys_ptr).to(tl.uint32, bitcast=True)
+    k1 = tl.load(keys_ptr + 1).to(tl.uint32, bitcast=True)
+    c0 = (blk & 0xFFFFFFFF).to(tl.uint32)
+    c3 = ((blk >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    c1 = tl.zeros((BLOCK,), dtype=tl.uint32) + tid.to(tl.uint32)
+    c2 = tl.zeros((BLOCK,), dtype=tl.uint32) + domain.to(tl.uint32)
+    x0, x1, x2, x3 = philox10(k0, k1, c0, c1, c2, c3)
+    tl.store(out_ptr + 4 * i, x0.to(tl.int32, bitcast=True), mask=m)
+    tl.store(out_ptr + 4 * i + 1, x1.to(tl.int32, bitcast=True), mask=m)
+    tl.store(out_ptr + 4 * i + 2, x2.to(tl.int32, bitcast=True), mask=m)
+    tl.store(out_ptr + 4 * i + 3, x3.to(tl.int32, bitcast=True), mask=m)

@@ -1,0 +1,136 @@
+"""Trainable parameters as views of one flat fp32 buffer, in manifest order (design §2–3).
+
+One contiguous buffer lets a single fused kernel regenerate-and-add z over every trainable tensor in
+one launch, makes the round-start snapshot one memcpy, and makes the fingerprint one hash over bytes
+that are already in manifest order. Tensor ids are positions in the sorted list of unique names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedmezo.zo.rng import RNG_SPEC
+
+__all__ = ["Manifest", "Segment", "TrainableParams"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One trainable tensor inside the flat buffer: its tensor id, offset and element count."""
+
+    tensor_id: int
+    offset: int
+    numel: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Sorted unique trainable names and shapes: what two replicas must agree on before syncing."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    rng_spec: str = RNG_SPEC
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"rng_spec": self.rng_spec, "tensors": [[n, list(s)] for n, s in zip(self.names, self.shapes)]},
+            separators=(",", ":"),
+        )
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @property
+    def numel(self) -> int:
+        return sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
+
+
+def _unique_trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """Trainable parameters, tied weights counted once (under their first registered name)."""
+    return [(n, p) for n, p in model.named_parameters(remove_duplicate=True) if p.requires_grad]
+
+
+class TrainableParams:
+    """The trainable parameters of a model, rebound as views of one flat fp32 buffer.
+
+    After `from_model`, writing to `flat` changes the model's weights and vice versa; nothing else
+    holds a copy, so the ZO engine adds no memory beyond what the model already takes.
+    """
+
+    def __init__(self, flat: torch.Tensor, names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]):
+        if flat.dtype != torch.float32 or flat.dim() != 1 or not flat.is_contiguous():
+            raise ValueError("flat must be a contiguous 1-D fp32 tensor")
+        self.flat = flat
+        self.names = names
+        self.shapes = shapes
+        offsets = np.cumsum([0] + [int(np.prod(s, dtype=np.int64)) for s in shapes])
+        if int(offsets[-1]) != flat.numel():
+            raise ValueError(f"shapes hold {int(offsets[-1])} elements, flat holds {flat.numel()}")
+        self.segments = tuple(
+            Segment(tensor_id=i, offset=int(offsets[i]), numel=int(offsets[i + 1] - offsets[i]))
+            for i in range(len(names))
+        )
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> TrainableParams:
+        """Move every trainable parameter (requires_grad) of `model` into one flat fp32 buffer.
+
+        The parameters must already be fp32 (canonical weights are fp32 everywhere, design §3);
+        freeze what should not train (e.g. everything but LoRA adapters) before calling this.
+        """
+        named = sorted(_unique_trainable(model), key=lambda item: item[0])
+        if not named:
+            raise ValueError("the model has no trainable parameters")
+        for name, param in named:
+            if param.dtype != torch.float32:
+                raise ValueError(
+                    f"trainable parameter {name} is {param.dtype}; canonical weights must be fp32"
+                )
+        device = named[0][1].device
+        total = sum(p.numel() for _, p in named)
+        flat = torch.empty(total, dtype=torch.float32, device=device)
+        offset = 0
+        for _, param in named:
+            n = param.numel()
+            view = flat[offset : offset + n]
+            view.copy_(param.detach().reshape(-1))
+            param.data = view.view(param.shape)  # the model now reads and writes the flat buffer
+            offset += n
+        return cls(flat, tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
+
+    @property
+    def numel(self) -> int:
+        return self.flat.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.flat.device
+
+    def manifest(self) -> Manifest:
+        return Manifest(self.names, self.shapes)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, view) pairs in manifest order, shaped like the model's parameters."""
+        for name, shape, seg in zip(self.names, self.shapes, self.segments):
+            yield name, self.flat[seg.offset : seg.offset + seg.numel].view(shape)
+
+    def snapshot(self) -> torch.Tensor:
+        """A host-memory fp32 copy of θ: taken at round start so local drift never reaches θ_r."""
+        return self.flat.detach().to("cpu", copy=True)
+
+    def restore(self, snapshot: torch.Tensor) -> None:
+        """Return exactly to a snapshot (bit for bit)."""
+        if snapshot.shape != self.flat.shape or snapshot.dtype != torch.float32:
+            raise ValueError("snapshot does not match this parameter set")
+        self.flat.copy_(snapshot)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the fp32 bytes of the trainable tensors in manifest order (little-endian)."""
+        host = self.flat.detach().to("cpu").contiguous().numpy()
+        return hashlib.sha256(host.astype("<f4", copy=False).data).hexdigest()

@@ -1,0 +1,97 @@
+"""Fused GPU backend (Triton): one launch regenerates z and adds it over all trainable tensors.
+
+Each program owns TILE_BLOCKS Philox blocks of one tensor (TILE_BLOCKS × 128 weights): it loads the
+weights once, runs Philox once per block (not per element), expands the 4 words to 128 signs with
+shifts, adds ±v for every (seed, value) in order, and stores once. With `TRITON_INTERPRET=1` the same
+kernel runs on CPU tensors, which is how CI checks its bits without a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedmezo.zo.backend import check_seeds
+from fedmezo.zo.params import Segment, TrainableParams
+from fedmezo.zo.rng import ELEMENTS_PER_BLOCK
+
+__all__ = ["TILE_BLOCKS", "TritonBackend", "triton_available", "triton_philox_blocks"]
+
+TILE_BLOCKS = 16  # Philox blocks per program: 2,048 fp32 weights (8 KiB) per program
+
+
+def triton_available(device: torch.device | str) -> bool:
+    """Triton runs on CUDA devices, and on CPU tensors under TRITON_INTERPRET=1."""
+    device = torch.device(device)
+    if importlib.util.find_spec("triton") is None:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_available()
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@lru_cache(maxsize=1)
+def _kernels() -> tuple[Any, Any]:
+    """Import lazily: importing triton is slow and unnecessary on CPU-only replicas."""
+    from fedmezo.zo import _triton_kernels
+
+    return _triton_kernels.apply_kernel, _triton_kernels.words_kernel
+
+
+def _keys_tensor(seeds: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Seeds as interleaved (low, high) 32-bit words, stored as int32 and bit-cast in the kernel."""
+    u64 = np.array(seeds, dtype=np.uint64)
+    words = np.stack([(u64 & np.uint64(0xFFFFFFFF)), (u64 >> np.uint64(32))], axis=1).astype(np.uint32)
+    return torch.from_numpy(words.reshape(-1).view(np.int32).copy()).to(device)
+
+
+@lru_cache(maxsize=16)
+def _tile_table(segments: tuple[Segment, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    rows = []
+    for seg in segments:
+        n_blocks = -(-seg.numel // ELEMENTS_PER_BLOCK)
+        for b0 in range(0, n_blocks, TILE_BLOCKS):
+            rows.append((seg.offset, seg.numel, seg.tensor_id, b0))
+    table = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4)
+    return tuple(table[:, i].contiguous().to(device) for i in range(4))
+
+
+def triton_philox_blocks(
+    seed: int, tensor_id: int, blocks: Sequence[int], device: torch.device | str
+) -> np.ndarray:
+    """Philox words (n, 4) uint32 computed by the Triton kernel for arbitrary 64-bit block ids."""
+    _, words_kernel = _kernels()
+    device = torch.device(device)
+    n = len(blocks)
+    block_ids = torch.tensor(np.array(blocks, dtype=np.uint64).view(np.int64), device=device)
+    out = torch.empty(4 * n, dtype=torch.int32, device=device)
+    size = max(16, 1 << (n - 1).bit_length())
+    words_kernel[(1,)](out, _keys_tensor([seed], device), tensor_id, block_ids, 0, n, BLOCK=size)
+    return out.cpu().numpy().view(np.uint32).reshape(n, 4)
+
+
+class TritonBackend:
+    """One Triton launch per apply, over every trainable tensor, for all (seed, value) pairs."""
+
+    name = "triton"
+
+    def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None:
+        check_seeds(seeds, values)
+        if not seeds:
+            return
+        device = params.flat.device
+        if not triton_available(device):
+            raise RuntimeError(f"Triton cannot run on {device} here (CUDA, or CPU with TRITON_INTERPRET=1)")
+        apply_kernel, _ = _kernels()
+        tiles = _tile_table(params.segments, device)
+        vals = torch.tensor(np.array(values, dtype=np.float64).astype(np.float32), device=device)
+        grid = (tiles[0].numel(),)
+        apply_kernel[grid](
+            params.flat, *tiles, _keys_tensor(seeds, device), vals, len(seeds), TILE=TILE_BLOCKS
+        )

@@ -1,0 +1,1 @@
+"""fedmezo.server: the aggregation server (rounds, scalar aggregation, SQLite state, export)."""
