@@ -13,9 +13,7 @@ def test_golden_values_pin_the_derivation():
 
 
 def test_distinct_and_in_range():
-    seeds = {
-        derive_seed(7, r, f"client-{c}", t) for r in range(20) for c in range(10) for t in range(20)
-    }
+    seeds = {derive_seed(7, r, f"client-{c}", t) for r in range(20) for c in range(10) for t in range(20)}
     assert len(seeds) == 20 * 10 * 20
     assert all(0 <= s < 2**64 for s in seeds)
     assert derive_seed(7, 1, "a", 0) != derive_seed(8, 1, "a", 0)

@@ -52,7 +52,7 @@ def test_update_moves_along_minus_lr_g_z_and_lowers_the_loss():
 
 
 def test_non_finite_loss_skips_and_restores():
-    model, params = setup()
+    _, params = setup()
     theta0 = params.flat.clone()
     calls = iter([1.0, float("nan")])
     result = mezo_step(params, lambda: next(calls), seed=5, eps=1e-3, lr=1.0)
@@ -79,6 +79,10 @@ def test_same_result_on_every_backend():
 
 def test_rejects_bad_hyperparameters():
     model, params = setup()
-    for kwargs in ({"eps": 0.0, "lr": 1.0}, {"eps": float("nan"), "lr": 1.0}, {"eps": 1e-3, "lr": float("inf")}):
+    for kwargs in (
+        {"eps": 0.0, "lr": 1.0},
+        {"eps": float("nan"), "lr": 1.0},
+        {"eps": 1e-3, "lr": float("inf")},
+    ):
         with pytest.raises(ValueError):
             mezo_step(params, model.loss, seed=1, **kwargs)
