@@ -5,7 +5,7 @@ from fedmezo.zo.delta import Contribution, RoundDelta, apply_round_delta, round_
 from fedmezo.zo.objective import IGNORE_INDEX, Batch, causal_lm_loss, make_loss_fn
 from fedmezo.zo.params import Manifest, Segment, TrainableParams
 from fedmezo.zo.rng import RNG_SPEC, rademacher
-from fedmezo.zo.seeds import derive_seed
+from fedmezo.zo.seeds import derive_round_seeds, derive_seed
 from fedmezo.zo.step import StepResult, mezo_step
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "apply_round_delta",
     "available_backends",
     "causal_lm_loss",
+    "derive_round_seeds",
     "derive_seed",
     "get_backend",
     "make_loss_fn",

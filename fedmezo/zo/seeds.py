@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 
-__all__ = ["derive_seed"]
+__all__ = ["derive_round_seeds", "derive_seed"]
 
 _SEED_DOMAIN = b"fedmezo/seed/v1"
 
@@ -24,3 +25,16 @@ def derive_seed(run_seed: int, round_id: int, client_id: str, step: int) -> int:
     client = client_id.encode()
     digest.update(struct.pack("<QQQI", run_seed, round_id, step, len(client)) + client)
     return int.from_bytes(digest.digest(), "little")
+
+
+def derive_round_seeds(
+    run_seed: int, round_id: int, participants: Sequence[tuple[str, int]]
+) -> tuple[int, ...]:
+    """The distinct seeds of a round's delta, ascending (as in RoundDelta.seeds), from who trained how long.
+
+    Lets the downlink carry participants and coefficients only (4 bytes per local step).
+    """
+    seeds = {
+        derive_seed(run_seed, round_id, client, t) for client, steps in participants for t in range(steps)
+    }
+    return tuple(sorted(seeds))

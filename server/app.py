@@ -1,0 +1,133 @@
+"""Build and run the grpc.aio server: services, health, limits, keepalive, TLS, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from fedmezo.server.auth import Authenticator, load_tokens, server_credentials
+from fedmezo.server.config import ServerConfig
+from fedmezo.server.coordinator import Coordinator
+from fedmezo.server.model_state import Replica
+from fedmezo.server.servicer import FederationServicer, StatusServicer
+from fedmezo.server.sqlite_store import SqliteStore
+from fedmezo.server.store import Store
+from fedmezo.v1 import federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
+
+__all__ = ["GRACE_S", "MAX_RECEIVE_MESSAGE_BYTES", "ServerApp", "build_app", "serve"]
+
+logger = logging.getLogger("fedmezo.server.app")
+
+MAX_RECEIVE_MESSAGE_BYTES = 4 << 20  # an update is < 1 KiB; anything near this is abuse -> RESOURCE_EXHAUSTED
+MAX_SEND_MESSAGE_BYTES = 4 << 20  # checkpoint chunks are 1 MiB
+GRACE_S = 5.0  # in-flight RPCs get this long to finish on SIGTERM
+KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 30_000),  # ping idle connections: notice dead edge clients
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),  # tolerate client keepalives >= 10 s
+    ("grpc.http2.max_ping_strikes", 0),
+)
+STATE_DB = "state.sqlite"
+SERVICE_NAMES = (
+    federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name,
+    status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
+)
+
+
+@dataclass
+class ServerApp:
+    server: grpc.aio.Server
+    coordinator: Coordinator
+    health: health_aio.HealthServicer
+    port: int
+    _ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._ticker = asyncio.get_running_loop().create_task(self.coordinator.run())
+        logger.info("serving on port %d", self.port)
+
+    async def stop(self, grace: float = GRACE_S) -> None:
+        """Stop taking work, let in-flight RPCs finish, flush accounting, close the store."""
+        await self.health.enter_graceful_shutdown()
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.server.stop(grace)
+        await self.coordinator.idle()
+        self.coordinator.traffic.flush()
+        self.coordinator.store.close()
+        logger.info("server stopped")
+
+
+def build_app(
+    config: ServerConfig,
+    *,
+    store: Store | None = None,
+    replica: Replica | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ServerApp:
+    """Everything wired but not started; `store`/`replica`/`clock` are seams for tests."""
+    state_dir = config.state_path
+    store = store or SqliteStore(state_dir / STATE_DB)
+    if replica is None:
+        replica = Replica.load(
+            config.model,
+            mode=config.mode,
+            device=config.device,
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            seed=config.run_seed,
+        )
+    coordinator = Coordinator(config, store, replica, clock=clock, checkpoint_dir=state_dir / "checkpoints")
+    coordinator.start()
+    tokens = load_tokens(config.tokens) if config.tokens else None
+    if tokens is None:
+        logger.warning("no tokens file: clients are identified by the client_id they send (development only)")
+    auth = Authenticator(tokens)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+            *KEEPALIVE_OPTIONS,
+        ]
+    )
+    federation_pb2_grpc.add_FederationServiceServicer_to_server(FederationServicer(coordinator, auth), server)
+    status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(coordinator, auth), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    address = f"{config.host}:{config.port}"
+    if config.insecure:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(
+            address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        )
+    return ServerApp(server, coordinator, health, port)
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
+    app = build_app(config)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logger.info("signal received: shutting down (grace %.0f s)", GRACE_S)
+    await app.stop()
+    return 0

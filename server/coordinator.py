@@ -1,0 +1,538 @@
+"""The plain handlers behind the federation service: typed inputs in, typed results out.
+
+Everything that changes the run goes through here, on the event loop thread: a request is validated
+completely before anything is written, so a refused request changes no state. Round transitions
+(open, extend, close, abort) happen only inside `tick`, serialized by one lock; the slow part of a
+close (applying the delta to the replica) runs in a worker thread while new updates for that round
+are already refused as late.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from fedmezo.server import errors
+from fedmezo.server.aggregation import aggregate
+from fedmezo.server.config import ServerConfig
+from fedmezo.server.lr_strategies import LrContext, RoundStat, personalized_lrs
+from fedmezo.server.model_state import Replica, prune_checkpoints, restore_replica
+from fedmezo.server.records import (
+    ClientRecord,
+    DeltaRecord,
+    FingerprintRecord,
+    NewEvent,
+    RoundClose,
+    RoundRecord,
+    RoundState,
+    TaskRecord,
+    UpdateRecord,
+)
+from fedmezo.server.rounds import CloseDecision, can_open_round, decide_close, sample_clients, sample_size
+from fedmezo.server.store import Store
+from fedmezo.server.traffic import TrafficMeter
+from fedmezo.zo import RNG_SPEC
+
+__all__ = [
+    "RUN_DEFINING_FIELDS",
+    "Coordinator",
+    "JoinInfo",
+    "JoinResult",
+    "RunState",
+    "TaskResult",
+    "TaskStatus",
+    "UpdateInput",
+]
+
+logger = logging.getLogger("fedmezo.server.coordinator")
+
+TICK_S = 0.2  # how often deadlines and round opening are checked
+FINGERPRINT_BYTES = 32
+# Changing these would make the stored deltas meaningless, so a restart must keep them.
+RUN_DEFINING_FIELDS = ("model", "mode", "lora_rank", "lora_alpha", "run_seed")
+
+
+class RunState(StrEnum):
+    WAITING_FOR_CLIENTS = "waiting_for_clients"
+    ROUND_OPEN = "round_open"
+    FINISHED = "finished"
+
+
+class TaskStatus(StrEnum):
+    ASSIGNED = "assigned"
+    NO_TASK = "no_task"
+    RUN_FINISHED = "run_finished"
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    manifest_sha256: bytes
+    rng_spec: str
+    num_examples: int
+    device: str = ""
+    model_version: int = 0
+    client_version: str = ""
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    rounds_completed: int
+    fingerprint: bytes
+    checkpoint_round: int
+    checkpoint_size: int
+    run_state: RunState
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    status: TaskStatus
+    rounds_completed: int
+    task: TaskRecord | None = None
+    deadline_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class UpdateInput:
+    round_id: int
+    projected_grads: tuple[float, ...]
+    losses: tuple[float, ...] = ()
+    step_time_s: float = 0.0
+    peak_memory_bytes: int = 0
+    device: str = ""
+    num_examples: int = 0
+
+
+@dataclass
+class ClientLive:
+    """What the server knows about a client that is not worth persisting (rebuilt on reconnect)."""
+
+    last_seen: float = 0.0
+    model_version: int = 0
+    activity: str = "idle"
+    polls: int = 0  # long-polls / streams in progress: a client waiting on us is online
+
+
+class Coordinator:
+    def __init__(
+        self,
+        config: ServerConfig,
+        store: Store,
+        replica: Replica,
+        *,
+        clock: Callable[[], float] = time.time,
+        checkpoint_dir: str | Path | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.replica = replica
+        self.clock = clock
+        self.checkpoint_dir = Path(checkpoint_dir or Path(config.state_dir) / "checkpoints")
+        self.traffic = TrafficMeter(store)
+        self.live: dict[str, ClientLive] = {}
+        self.run_id = ""
+        self._fingerprints: dict[int, bytes] = {}
+        self._history: dict[str, list[RoundStat]] = {}
+        self._closing: int | None = None
+        self._tick_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self.started_at = clock()
+
+    # --- startup ---
+    def start(self) -> None:
+        """Create or resume the run in the store: check identity, restore the replica, load caches."""
+        stored = self.store.get_meta("run_config")
+        run_fields = {k: getattr(self.config, k) for k in RUN_DEFINING_FIELDS}
+        if stored is None:
+            self.run_id = secrets.token_hex(8)
+            self.store.set_meta("run_config", json.dumps(run_fields, sort_keys=True))
+            self.store.set_meta("run_id", self.run_id)
+            self.store.set_meta("initial_fingerprint", self.replica.fingerprint().hex())
+            self.store.add_checkpoint(self.replica.save_checkpoint(self.checkpoint_dir))
+            self.store.add_events([NewEvent("run_started", f"run {self.run_id}", self.clock())])
+        else:
+            previous = json.loads(stored)
+            changed = {k: (previous.get(k), v) for k, v in run_fields.items() if previous.get(k) != v}
+            if changed:
+                raise errors.ConfigError(
+                    f"state dir holds another run; changed run-defining fields: {changed}"
+                )
+            self.run_id = self.store.get_meta("run_id") or ""
+            restore_replica(self.replica, self.store)
+            self.store.add_events(
+                [NewEvent("run_resumed", f"resumed at version {self.replica.version}", self.clock())]
+            )
+        self.store.set_meta("config", json.dumps(asdict(self.config), sort_keys=True))
+        self._fingerprints[0] = bytes.fromhex(self.store.get_meta("initial_fingerprint") or "")
+        for rec in self.store.list_rounds():
+            if rec.state != RoundState.OPEN:
+                self._fingerprints[rec.round_id] = rec.fingerprint
+                self._remember(rec.round_id)
+        if self.replica.version != self.rounds_completed:
+            raise errors.StoreError("replica version differs from the rounds stored")
+
+    def _remember(self, round_id: int) -> None:
+        """Add a closed round's accepted updates to the per-client history the LR strategies read."""
+        updates = {u.client_id: u for u in self.store.list_updates(round_id)}
+        for outcome in self.store.list_outcomes(round_id):
+            if outcome.accepted and outcome.client_id in updates:
+                stat = RoundStat(round_id, updates[outcome.client_id].mean_loss, outcome.model_diff)
+                self._history.setdefault(outcome.client_id, []).append(stat)
+
+    # --- derived state ---
+    @property
+    def rounds_completed(self) -> int:
+        return max((r for r in self._fingerprints if r > 0), default=0)
+
+    @property
+    def finished(self) -> bool:
+        return self.rounds_completed >= self.config.rounds
+
+    def fingerprint_at(self, version: int) -> bytes | None:
+        return self._fingerprints.get(version)
+
+    def run_state(self) -> RunState:
+        if self.finished:
+            return RunState.FINISHED
+        return RunState.ROUND_OPEN if self.store.open_round_record() else RunState.WAITING_FOR_CLIENTS
+
+    def is_online(self, client_id: str) -> bool:
+        live = self.live.get(client_id)
+        if live is None:
+            return False
+        return live.polls > 0 or self.clock() - live.last_seen <= self.config.heartbeat_timeout_s
+
+    def online_clients(self) -> list[str]:
+        return sorted(c for c in self.live if self.is_online(c))
+
+    def _seen(self, client_id: str) -> ClientLive:
+        live = self.live.setdefault(client_id, ClientLive())
+        live.last_seen = self.clock()
+        return live
+
+    def _joined(self, client_id: str) -> ClientRecord:
+        client = self.store.get_client(client_id)
+        if client is None:
+            raise errors.NotJoined(f"client {client_id!r} has not joined")
+        return client
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next state change (capture it before checking state, then wait)."""
+        return self._changed
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _event(self, kind: str, message: str, round_id: int = 0, client_id: str = "") -> NewEvent:
+        return NewEvent(kind, message, self.clock(), round_id=round_id, client_id=client_id)
+
+    # --- client handlers ---
+    def join(self, client_id: str, info: JoinInfo) -> JoinResult:
+        if info.rng_spec != RNG_SPEC:
+            raise errors.IncompatibleClient(
+                f"rng spec {info.rng_spec!r} differs from the server's {RNG_SPEC!r}"
+            )
+        if info.manifest_sha256 != self.replica.manifest_sha256:
+            raise errors.IncompatibleClient(
+                f"model manifest {info.manifest_sha256.hex()[:16]} differs from the server's "
+                f"{self.replica.manifest_sha256.hex()[:16]} "
+                f"(model {self.config.model!r}, mode {self.config.mode})"
+            )
+        if info.num_examples < 0:
+            raise errors.InvalidUpdate("num_examples must be >= 0")
+        known = self.store.get_client(client_id) is not None
+        record = ClientRecord(client_id, self.clock(), info.num_examples, info.device, info.client_version)
+        kind = "client_rejoined" if known else "client_joined"
+        self.store.upsert_client(
+            record, [self._event(kind, f"{client_id} on {info.device}", client_id=client_id)]
+        )
+        self._seen(client_id).model_version = info.model_version
+        self._notify()
+        checkpoint = self.store.latest_checkpoint()
+        return JoinResult(
+            rounds_completed=self.rounds_completed,
+            fingerprint=self._fingerprints[self.rounds_completed],
+            checkpoint_round=checkpoint.round_id if checkpoint else 0,
+            checkpoint_size=checkpoint.size if checkpoint else 0,
+            run_state=self.run_state(),
+        )
+
+    def heartbeat(self, client_id: str, model_version: int, activity: str) -> tuple[int, RunState]:
+        self._joined(client_id)
+        live = self._seen(client_id)
+        live.model_version, live.activity = model_version, activity
+        return self.rounds_completed, self.run_state()
+
+    def current_task(self, client_id: str) -> TaskRecord | None:
+        """The open round's task for this client, unless it already answered or the round is closing."""
+        open_round = self.store.open_round_record()
+        if open_round is None or open_round.round_id == self._closing:
+            return None
+        task = self.store.get_task(open_round.round_id, client_id)
+        if task is None or self.store.get_update(task.round_id, client_id) is not None:
+            return None
+        return task
+
+    async def get_task(self, client_id: str, known_version: int, wait_s: float) -> TaskResult:
+        """Long-poll for work; returns early when the model version moves past known_version."""
+        self._joined(client_id)
+        live = self._seen(client_id)
+        live.model_version = known_version
+        give_up = self.clock() + max(0.0, min(wait_s, self.config.max_wait_s))
+        live.polls += 1
+        try:
+            self._schedule_tick()
+            while True:
+                changed = self._changed
+                if self.finished:
+                    return TaskResult(TaskStatus.RUN_FINISHED, self.rounds_completed)
+                task = self.current_task(client_id)
+                if task is not None:
+                    round_ = self.store.get_round(task.round_id)
+                    left = max(0.0, round_.deadline_at - self.clock()) if round_ else 0.0
+                    return TaskResult(TaskStatus.ASSIGNED, self.rounds_completed, task, left)
+                remaining = give_up - self.clock()
+                if self.rounds_completed > known_version or remaining <= 0:
+                    return TaskResult(TaskStatus.NO_TASK, self.rounds_completed)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=min(remaining, TICK_S * 5))
+        finally:
+            live.polls -= 1
+            self._seen(client_id)
+
+    def submit_update(self, client_id: str, update: UpdateInput) -> int:
+        """Validate completely, then store durably; returns the round id acknowledged."""
+        client = self._joined(client_id)
+        self._seen(client_id)
+        existing = self.store.get_update(update.round_id, client_id)
+        candidate = UpdateRecord(
+            round_id=update.round_id,
+            client_id=client_id,
+            projected_grads=tuple(update.projected_grads),
+            losses=tuple(update.losses),
+            step_time_s=update.step_time_s,
+            peak_memory_bytes=update.peak_memory_bytes,
+            device=update.device,
+            num_examples=update.num_examples or client.num_examples,
+            received_at=self.clock(),
+        )
+        if existing is not None:  # a retransmission gets the same answer; anything else is a conflict
+            if existing.same_payload(candidate):
+                return update.round_id
+            raise errors.ConflictingUpdate(
+                f"{client_id} already answered round {update.round_id} differently"
+            )
+        round_ = self.store.get_round(update.round_id)
+        if round_ is None:
+            raise errors.WrongRound(f"round {update.round_id} does not exist (open: {self._open_round_id()})")
+        if round_.state != RoundState.OPEN or round_.round_id == self._closing:
+            raise errors.RoundClosed(f"round {update.round_id} is closed")
+        task = self.store.get_task(update.round_id, client_id)
+        if task is None:
+            raise errors.NotSelected(f"{client_id} has no task in round {update.round_id}")
+        if len(update.projected_grads) != task.local_steps:
+            raise errors.InvalidUpdate(
+                f"expected {task.local_steps} projected gradients, got {len(update.projected_grads)}"
+            )
+        if len(update.losses) not in (0, task.local_steps):
+            raise errors.InvalidUpdate(f"expected 0 or {task.local_steps} losses, got {len(update.losses)}")
+        scalars = (*update.projected_grads, *update.losses, update.step_time_s)
+        if not all(math.isfinite(x) for x in scalars):
+            raise errors.InvalidUpdate("non-finite scalar (NaN or inf) in the update")
+        event = self._event(
+            "update_accepted", f"mean loss {candidate.mean_loss:.4f}", update.round_id, client_id
+        )
+        self.store.add_update(candidate, [event])
+        self._notify()
+        self._schedule_tick()
+        return update.round_id
+
+    def report_fingerprint(self, client_id: str, version: int, fingerprint: bytes) -> bool:
+        """Record whether a client's replica matches ours at `version`; returns in_sync."""
+        self._joined(client_id)
+        self._seen(client_id).model_version = version
+        if len(fingerprint) != FINGERPRINT_BYTES:
+            raise errors.InvalidUpdate(
+                f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(fingerprint)}"
+            )
+        expected = self._fingerprints.get(version)
+        if expected is None:
+            raise errors.WrongRound(
+                f"version {version} does not exist (rounds completed: {self.rounds_completed})"
+            )
+        in_sync = fingerprint == expected
+        events = (
+            [] if in_sync else [self._event("fingerprint_mismatch", f"version {version}", version, client_id)]
+        )
+        self.store.record_fingerprint(
+            FingerprintRecord(client_id, version, fingerprint, in_sync, self.clock()), events
+        )
+        if not in_sync:
+            logger.warning("client %s diverged at version %d: asked to resync", client_id, version)
+        return in_sync
+
+    async def round_deltas(self, client_id: str, from_round: int, follow: bool) -> AsyncIterator[DeltaRecord]:
+        """Stored deltas from from_round on; with follow, each new one as its round closes."""
+        self._joined(client_id)
+        next_round = max(1, from_round)
+        live = self._seen(client_id)
+        live.polls += 1
+        try:
+            while True:
+                changed = self._changed
+                while next_round <= self.rounds_completed:
+                    record = self.store.get_delta(next_round)
+                    if record is None:
+                        raise errors.StoreError(f"delta of closed round {next_round} is missing")
+                    yield record
+                    next_round += 1
+                if not follow or self.finished:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=TICK_S * 5)
+        finally:
+            live.polls -= 1
+            self._seen(client_id)
+
+    def checkpoint_for(self, client_id: str) -> tuple[int, str, bytes, int, bytes]:
+        self._joined(client_id)
+        record = self.store.latest_checkpoint()
+        if record is None or not Path(record.path).exists():
+            raise errors.NoCheckpoint("no checkpoint available")
+        return record.round_id, record.path, record.sha256, record.size, record.fingerprint
+
+    # --- round transitions ---
+    def _open_round_id(self) -> int:
+        rec = self.store.open_round_record()
+        return rec.round_id if rec else 0
+
+    def _schedule_tick(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.tick())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def idle(self) -> None:
+        """Wait until every scheduled transition finished (tests; shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def run(self) -> None:
+        """Drive deadlines and round opening until cancelled."""
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # keep serving status; the next tick retries
+                logger.exception("round transition failed")
+            await asyncio.sleep(TICK_S)
+
+    async def tick(self) -> None:
+        async with self._tick_lock:
+            open_round = self.store.open_round_record()
+            if open_round is None:
+                self._maybe_open()
+                return
+            answered = len(self.store.list_updates(open_round.round_id))
+            decision = decide_close(
+                num_selected=len(open_round.selected),
+                num_answered=answered,
+                now=self.clock(),
+                deadline_at=open_round.deadline_at,
+                quorum_fraction=self.config.quorum,
+                extensions=open_round.extensions,
+                max_extensions=self.config.max_extensions,
+            )
+            if decision == CloseDecision.EXTEND:
+                deadline = self.clock() + self.config.deadline_s
+                event = self._event(
+                    "round_extended", f"{answered}/{len(open_round.selected)} answered", open_round.round_id
+                )
+                self.store.extend_round(open_round.round_id, deadline, open_round.extensions + 1, [event])
+            elif decision in (CloseDecision.CLOSE, CloseDecision.ABORT):
+                await self._close(open_round, aborted=decision == CloseDecision.ABORT)
+                self._maybe_open()
+
+    def _maybe_open(self) -> None:
+        online = self.online_clients()
+        done = self.rounds_completed
+        if not can_open_round(len(online), self.config.min_clients, done, self.config.rounds, False):
+            return
+        round_id = done + 1
+        k = sample_size(len(online), self.config.clients_per_round, self.config.fraction)
+        selected = sample_clients(online, k, self.config.run_seed, round_id)
+        ctx = LrContext(
+            round_id, self.config.run_seed, self.config.lr, self.config.lr_spread, selected, self._history
+        )
+        lrs = personalized_lrs(self.config.lr_strategy, ctx)
+        now = self.clock()
+        record = RoundRecord(round_id, RoundState.OPEN, now, now + self.config.deadline_s, selected)
+        tasks = [TaskRecord(round_id, c, lrs[c], self.config.local_steps) for c in selected]
+        event = self._event("round_opened", f"selected {', '.join(selected)}", round_id)
+        self.store.open_round(record, tasks, [event])
+        logger.info("round %d opened with %s", round_id, ", ".join(selected))
+        self._notify()
+
+    async def _close(self, round_: RoundRecord, *, aborted: bool) -> None:
+        r = round_.round_id
+        self._closing = r
+        try:
+            updates = [] if aborted else self.store.list_updates(r)
+            tasks = {t.client_id: t for t in self.store.list_tasks(r)}
+            agg = aggregate(
+                r, updates, tasks, run_seed=self.config.run_seed, rule=self.config.aggregation,
+                clip=self.config.clip, outlier_k=self.config.outlier_k,
+            )  # fmt: skip
+            snapshot = self.replica.params.snapshot()  # undo point: the store must never lag the replica
+            version = self.replica.version
+            try:
+                await asyncio.to_thread(self.replica.apply, agg.delta)
+                fingerprint = await asyncio.to_thread(self.replica.fingerprint)
+                accepted = {o.client_id for o in agg.outcomes if o.accepted}
+                losses = [
+                    u.mean_loss for u in updates if u.client_id in accepted and math.isfinite(u.mean_loss)
+                ]
+                mean_loss = math.fsum(losses) / len(losses) if losses else float("nan")
+                delta = DeltaRecord(
+                    r, agg.participants, agg.delta.coefficients, agg.delta.to_bytes(), fingerprint
+                )
+                state = RoundState.ABORTED if not accepted else RoundState.CLOSED
+                close = RoundClose(
+                    r, state, self.clock(), fingerprint, mean_loss, agg.delta.num_seeds, delta, agg.outcomes
+                )
+                kind = "round_aborted" if state == RoundState.ABORTED else "round_closed"
+                events = [self._event(kind, f"{len(accepted)} accepted, mean loss {mean_loss:.4f}", r)]
+                events += [
+                    self._event("update_rejected", o.rejected_reason, r, o.client_id)
+                    for o in agg.outcomes
+                    if not o.accepted
+                ]
+                self.store.close_round(close, events)
+            except BaseException:
+                self.replica.params.restore(snapshot)
+                self.replica.version = version
+                logger.error(
+                    "closing round %d failed; replica rolled back to version %d", r, self.replica.version
+                )
+                raise
+        finally:
+            self._closing = None
+        self._fingerprints[r] = fingerprint
+        self._remember(r)
+        self.traffic.flush()
+        logger.info(
+            "round %d %s: mean loss %.4f, fingerprint %s", r, state.value, mean_loss, fingerprint.hex()[:16]
+        )
+        if r % self.config.checkpoint_every == 0 or r == self.config.rounds:
+            record = await asyncio.to_thread(self.replica.save_checkpoint, self.checkpoint_dir)
+            self.store.add_checkpoint(record)
+            prune_checkpoints(self.checkpoint_dir)
+        self._notify()

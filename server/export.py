@@ -1,0 +1,68 @@
+"""Export the current global model from a state dir as a Hugging Face folder (`save_pretrained`).
+
+Works on a stopped server (or a running one: SQLite WAL lets a reader in). The model is rebuilt the
+way the server does at resume (latest checkpoint + replay of later deltas, every round verified by
+its stored fingerprint), so the export is exactly the canonical model at the last closed round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedmezo.server.errors import StoreError
+from fedmezo.server.model_state import Replica, restore_replica
+from fedmezo.server.sqlite_store import SqliteStore
+
+__all__ = ["ExportResult", "export_model"]
+
+logger = logging.getLogger("fedmezo.server.export")
+
+STATE_DB = "state.sqlite"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    version: int
+    fingerprint: bytes
+
+
+def export_model(state_dir: str | Path, out_dir: str | Path, *, device: str = "cpu") -> ExportResult:
+    store = SqliteStore(Path(state_dir) / STATE_DB, read_only=True)
+    try:
+        raw = store.get_meta("config")
+        if raw is None:
+            raise StoreError(f"{state_dir} holds no run")
+        config = json.loads(raw)
+        replica = Replica.load(
+            config["model"],
+            mode=config["mode"],
+            device=device,
+            rank=config["lora_rank"],
+            alpha=config["lora_alpha"],
+            seed=config["run_seed"],
+        )
+        initial = store.get_meta("initial_fingerprint")
+        if initial and replica.version == 0 and replica.fingerprint().hex() != initial:
+            raise StoreError("the model loads differently than when the run started (fingerprint of θ_0)")
+        restore_replica(replica, store)
+    finally:
+        store.close()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = replica.model
+    if config["mode"] == "lora" and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(out)  # type: ignore[operator]
+    if replica.tokenizer is not None:
+        replica.tokenizer.save_pretrained(out)
+    fingerprint = replica.fingerprint()
+    (out / "fedmezo.json").write_text(
+        json.dumps({"version": replica.version, "fingerprint": fingerprint.hex(), "model": config["model"]})
+        + "\n"
+    )
+    logger.info("exported version %d (fingerprint %s) to %s", replica.version, fingerprint.hex()[:16], out)
+    return ExportResult(out, replica.version, fingerprint)

@@ -1,0 +1,139 @@
+"""The server's canonical replica: the model at the current version, checkpoints, resume.
+
+The replica only ever changes by `apply` of a stored round delta, exactly as every client does, so
+its fingerprint is the reference clients are checked against. Checkpoints are safetensors files of
+the trainable flat fp32 buffer (tensor "flat") with the version and fingerprint in the metadata;
+resume = latest checkpoint + replay of the later stored deltas, each verified by fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from fedmezo.server.errors import StoreError
+from fedmezo.server.records import CheckpointRecord, DeltaRecord
+from fedmezo.server.store import Store
+from fedmezo.zo import RoundDelta, TrainableParams, apply_round_delta
+
+__all__ = ["CHECKPOINT_TENSOR", "KEEP_CHECKPOINTS", "Replica", "delta_of", "file_sha256", "restore_replica"]
+
+logger = logging.getLogger("fedmezo.server.model_state")
+
+CHECKPOINT_TENSOR = "flat"
+KEEP_CHECKPOINTS = 2  # files kept on disk; older ones are deleted once a newer one is recorded
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def file_sha256(path: str | Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def delta_of(record: DeltaRecord) -> RoundDelta:
+    """The RoundDelta a stored round applies (from its packed (seed, coefficient) pairs)."""
+    return RoundDelta.from_bytes(record.packed)
+
+
+@dataclass
+class Replica:
+    """A model whose trainable weights are the canonical θ at `version` (rounds applied)."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    params: TrainableParams
+    version: int = 0
+
+    @classmethod
+    def load(cls, model_name: str, *, mode: str = "full", device: str = "cpu", **lora: Any) -> Replica:
+        """Load the run's model exactly as every client does (θ_0)."""
+        from fedmezo.models import load_model
+        from fedmezo.trainable import prepare_trainable
+
+        loaded = load_model(model_name, device=device)
+        model, params = prepare_trainable(
+            loaded.model,
+            "lora" if mode == "lora" else "full",
+            lora_rank=lora.get("rank", 8),
+            lora_alpha=lora.get("alpha", 16.0),
+            run_seed=lora.get("seed", 0),
+        )
+        return cls(model, loaded.tokenizer, params)
+
+    @property
+    def manifest_sha256(self) -> bytes:
+        return bytes.fromhex(self.params.manifest().sha256())
+
+    def fingerprint(self) -> bytes:
+        return bytes.fromhex(self.params.fingerprint())
+
+    def apply(self, delta: RoundDelta) -> None:
+        """θ_{v+1} = θ_v + Σ_s c_s z(s); the version moves even for an empty (aborted-round) delta."""
+        apply_round_delta(self.params, delta)
+        self.version += 1
+
+    def save_checkpoint(self, directory: str | Path) -> CheckpointRecord:
+        """Write the flat buffer atomically (tmp + rename) and describe it for the store."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"round-{self.version:06d}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        fingerprint = self.fingerprint()
+        metadata = {"version": str(self.version), "fingerprint": fingerprint.hex()}
+        save_file(
+            {CHECKPOINT_TENSOR: self.params.flat.detach().cpu().contiguous()}, str(tmp), metadata=metadata
+        )
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return CheckpointRecord(self.version, str(path), file_sha256(path), path.stat().st_size, fingerprint)
+
+    def load_checkpoint(self, record: CheckpointRecord) -> None:
+        """Return to a checkpoint, refusing a file whose hash or fingerprint does not match."""
+        if file_sha256(record.path) != record.sha256:
+            raise StoreError(f"checkpoint {record.path} is corrupt (sha256 mismatch)")
+        with safe_open(record.path, framework="pt") as fh:
+            flat = fh.get_tensor(CHECKPOINT_TENSOR)
+        if flat.shape != self.params.flat.shape or flat.dtype != torch.float32:
+            raise StoreError(f"checkpoint {record.path} does not fit this model")
+        self.params.flat.copy_(flat)
+        self.version = record.round_id
+        if self.fingerprint() != record.fingerprint:
+            raise StoreError(f"checkpoint {record.path}: fingerprint mismatch after loading")
+
+
+def prune_checkpoints(directory: str | Path, keep: int = KEEP_CHECKPOINTS) -> None:
+    files = sorted(Path(directory).glob("round-*.safetensors"))
+    for old in files[:-keep] if keep else files:
+        old.unlink(missing_ok=True)
+
+
+def restore_replica(replica: Replica, store: Store) -> None:
+    """Bring a freshly loaded θ_0 replica to the store's latest version, verifying every step."""
+    checkpoint = store.latest_checkpoint()
+    if checkpoint is not None and checkpoint.round_id > 0:
+        replica.load_checkpoint(checkpoint)
+        logger.info("resumed from checkpoint %s (version %d)", checkpoint.path, checkpoint.round_id)
+    for record in store.list_deltas(replica.version + 1):
+        if record.round_id != replica.version + 1:
+            raise StoreError(
+                f"round deltas are not contiguous: expected {replica.version + 1}, got {record.round_id}"
+            )
+        replica.apply(delta_of(record))
+        if replica.fingerprint() != record.fingerprint:
+            raise StoreError(f"replay of round {record.round_id} does not reproduce its stored fingerprint")
+    if replica.version:
+        logger.info(
+            "replica at version %d, fingerprint %s", replica.version, replica.fingerprint().hex()[:16]
+        )

@@ -1,0 +1,227 @@
+"""Thin grpc.aio servicers: identify the caller, convert the request, call the coordinator, convert
+the response, count the bytes. Our exceptions become status codes in `_refuse`, the one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from fedmezo.server import convert, errors
+from fedmezo.server.auth import Authenticator
+from fedmezo.server.coordinator import Coordinator, TaskStatus
+from fedmezo.server.status_view import client_views, round_views, status_view
+from fedmezo.v1 import federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
+
+__all__ = ["CHECKPOINT_CHUNK_BYTES", "REASON_METADATA_KEY", "FederationServicer", "StatusServicer"]
+
+logger = logging.getLogger("fedmezo.server.servicer")
+
+CHECKPOINT_CHUNK_BYTES = 1 << 20  # 1 MiB: well under the 4 MiB message limit
+REASON_METADATA_KEY = "fedmezo-reason"
+EVENT_POLL_S = 1.0
+EVENTS_PAGE = 1000
+
+Resp = TypeVar("Resp")
+
+
+async def _refuse(context: grpc.aio.ServicerContext, exc: errors.FedmezoServerError) -> None:
+    """The single mapping from our exceptions to gRPC status codes (aborts the RPC)."""
+    if isinstance(exc, errors.RpcError):
+        context.set_trailing_metadata(((REASON_METADATA_KEY, exc.reason),))
+        await context.abort(errors.grpc_code(exc), str(exc))
+    logger.error("internal error: %s", exc, exc_info=exc)
+    context.set_trailing_metadata(((REASON_METADATA_KEY, "internal"),))
+    await context.abort(grpc.StatusCode.INTERNAL, f"server state error: {exc}")
+
+
+def unary(fn: Callable[..., Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except errors.FedmezoServerError as exc:
+            await _refuse(context, exc)
+            raise AssertionError("unreachable: abort raises") from exc
+
+    return wrapper
+
+
+def streaming(fn: Callable[..., AsyncIterator[Resp]]) -> Callable[..., AsyncIterator[Resp]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Resp]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except errors.FedmezoServerError as exc:
+            await _refuse(context, exc)
+
+    return wrapper
+
+
+class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
+    def __init__(self, coord: Coordinator, auth: Authenticator) -> None:
+        self._coord = coord
+        self._auth = auth
+        self._config_pb = convert.run_config_to_pb(coord.config, coord.run_id, coord.replica.manifest_sha256)
+
+    def _who(self, context: grpc.aio.ServicerContext, claimed: str) -> str:
+        return self._auth.identify(context.invocation_metadata(), claimed)
+
+    def _count(self, client: str, round_id: int, request: Any, response: Any) -> None:
+        up = request.ByteSize() if request is not None else 0
+        down = response.ByteSize() if response is not None else 0
+        self._coord.traffic.record(client, round_id, up, down)
+
+    def _open_round(self) -> int:
+        rec = self._coord.store.open_round_record()
+        return rec.round_id if rec else 0
+
+    @unary
+    async def Join(self, request: Any, context: Any) -> federation_pb2.JoinResponse:
+        client = self._who(context, request.client_id)
+        result = self._coord.join(client, convert.join_info_from_pb(request))
+        response = convert.join_result_to_pb(result, self._config_pb)
+        self._count(client, 0, request, response)
+        return response
+
+    @unary
+    async def Heartbeat(self, request: Any, context: Any) -> federation_pb2.HeartbeatResponse:
+        client = self._who(context, request.client_id)
+        done, state = self._coord.heartbeat(
+            client, request.model_version, convert.ACTIVITIES[request.activity]
+        )
+        response = federation_pb2.HeartbeatResponse(
+            rounds_completed=done, run_state=convert.run_state_to_pb(state)
+        )
+        self._count(client, self._open_round(), request, response)
+        return response
+
+    @unary
+    async def GetTask(self, request: Any, context: Any) -> federation_pb2.GetTaskResponse:
+        client = self._who(context, request.client_id)
+        result = await self._coord.get_task(client, request.known_version, request.wait_s)
+        response = convert.task_result_to_pb(result, self._coord.config)
+        round_id = (
+            result.task.round_id
+            if result.status == TaskStatus.ASSIGNED and result.task
+            else self._open_round()
+        )
+        self._count(client, round_id, request, response)
+        return response
+
+    @unary
+    async def SubmitUpdate(self, request: Any, context: Any) -> federation_pb2.SubmitUpdateResponse:
+        client = self._who(context, request.client_id)
+        round_id = self._coord.submit_update(client, convert.update_from_pb(request))
+        response = federation_pb2.SubmitUpdateResponse(
+            status=federation_pb2.UPDATE_STATUS_ACCEPTED, round_id=round_id
+        )
+        self._count(client, round_id, request, response)
+        return response
+
+    @unary
+    async def ReportFingerprint(self, request: Any, context: Any) -> federation_pb2.ReportFingerprintResponse:
+        client = self._who(context, request.client_id)
+        in_sync = self._coord.report_fingerprint(client, request.model_version, request.fingerprint)
+        action = federation_pb2.SYNC_ACTION_NONE if in_sync else federation_pb2.SYNC_ACTION_RESYNC
+        response = federation_pb2.ReportFingerprintResponse(in_sync=in_sync, action=action)
+        self._count(client, request.model_version, request, response)
+        return response
+
+    @streaming
+    async def StreamRoundDeltas(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[federation_pb2.StreamRoundDeltasResponse]:
+        client = self._who(context, request.client_id)
+        self._count(client, max(1, request.from_round), request, None)
+        async for record in self._coord.round_deltas(client, request.from_round, request.follow):
+            message = convert.delta_to_pb(record)
+            self._count(client, record.round_id, None, message)
+            yield message
+
+    @streaming
+    async def DownloadCheckpoint(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[federation_pb2.DownloadCheckpointResponse]:
+        client = self._who(context, request.client_id)
+        round_id, path, sha256, size, fingerprint = self._coord.checkpoint_for(client)
+        self._count(client, 0, request, None)
+        offset = 0
+        with open(path, "rb") as fh:
+            while True:
+                data = await asyncio.to_thread(fh.read, CHECKPOINT_CHUNK_BYTES)
+                if not data and offset > 0:
+                    return
+                message = federation_pb2.DownloadCheckpointResponse(offset=offset, data=data)
+                if offset == 0:
+                    message.round_id, message.total_size = round_id, size
+                    message.sha256, message.fingerprint = sha256, fingerprint
+                self._count(client, 0, None, message)
+                yield message
+                offset += len(data)
+                if not data:
+                    return
+
+
+class StatusServicer(status_pb2_grpc.StatusServiceServicer):
+    """Read-only: nothing here changes the run."""
+
+    def __init__(self, coord: Coordinator, auth: Authenticator) -> None:
+        self._coord = coord
+        self._auth = auth
+        self._config_pb = convert.run_config_to_pb(coord.config, coord.run_id, coord.replica.manifest_sha256)
+
+    def _check(self, context: Any) -> None:
+        self._auth.check_reader(context.invocation_metadata())
+
+    @unary
+    async def GetRunConfig(self, request: Any, context: Any) -> status_pb2.GetRunConfigResponse:
+        self._check(context)
+        return status_pb2.GetRunConfigResponse(config=self._config_pb)
+
+    @unary
+    async def GetStatus(self, request: Any, context: Any) -> status_pb2.GetStatusResponse:
+        self._check(context)
+        return convert.status_view_to_pb(status_view(self._coord))
+
+    @unary
+    async def ListRounds(self, request: Any, context: Any) -> status_pb2.ListRoundsResponse:
+        self._check(context)
+        views = round_views(self._coord, request.from_round, request.limit)
+        return status_pb2.ListRoundsResponse(rounds=[convert.round_view_to_pb(v) for v in views])
+
+    @unary
+    async def ListClients(self, request: Any, context: Any) -> status_pb2.ListClientsResponse:
+        self._check(context)
+        return status_pb2.ListClientsResponse(
+            clients=[convert.client_view_to_pb(v) for v in client_views(self._coord)]
+        )
+
+    @unary
+    async def ListEvents(self, request: Any, context: Any) -> status_pb2.ListEventsResponse:
+        self._check(context)
+        events = self._coord.store.list_events(request.after_cursor, request.limit or EVENTS_PAGE)
+        next_cursor = events[-1].cursor if events else request.after_cursor
+        return status_pb2.ListEventsResponse(
+            events=[convert.event_to_pb(e) for e in events], next_cursor=next_cursor
+        )
+
+    @streaming
+    async def StreamEvents(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[status_pb2.StreamEventsResponse]:
+        self._check(context)
+        cursor = request.after_cursor
+        while True:
+            for event in self._coord.store.list_events(cursor, EVENTS_PAGE):
+                cursor = event.cursor
+                yield status_pb2.StreamEventsResponse(event=convert.event_to_pb(event))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._coord.changed().wait(), timeout=EVENT_POLL_S)

@@ -1,0 +1,198 @@
+"""What the status service shows, assembled from the store, the live client table and the traffic
+meter. Plain dataclasses: convert.py turns them into protobuf, the CLI into JSON."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from fedmezo.server.coordinator import Coordinator, RunState
+from fedmezo.server.records import RoundState
+
+__all__ = [
+    "ClientRoundView",
+    "ClientView",
+    "RoundView",
+    "StatusView",
+    "client_views",
+    "round_views",
+    "status_view",
+]
+
+
+@dataclass(frozen=True)
+class StatusView:
+    run_state: RunState
+    rounds_completed: int
+    current_round: int
+    total_rounds: int
+    fingerprint: bytes
+    clients_online: int
+    clients_total: int
+    bytes_up: int
+    bytes_down: int
+    started_at: float
+    last_event_cursor: int
+
+
+@dataclass(frozen=True)
+class ClientRoundView:
+    client_id: str
+    submitted: bool
+    accepted: bool
+    rejected_reason: str
+    lr: float
+    weight: float
+    mean_loss: float
+    losses: tuple[float, ...]
+    step_time_s: float
+    peak_memory_bytes: int
+    device: str
+    bytes_up: int
+    bytes_down: int
+
+
+@dataclass(frozen=True)
+class RoundView:
+    round_id: int
+    state: RoundState
+    opened_at: float
+    closed_at: float
+    duration_s: float
+    clients: tuple[ClientRoundView, ...]
+    mean_loss: float
+    bytes_up: int
+    bytes_down: int
+    num_seeds: int
+    fingerprint: bytes
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientView:
+    client_id: str
+    online: bool
+    joined_at: float
+    last_heartbeat: float
+    rounds_participated: int
+    last_loss: float
+    fingerprint: bytes
+    fingerprint_version: int
+    in_sync: bool
+    device: str
+    peak_memory_bytes: int
+    bytes_up: int
+    bytes_down: int
+    num_examples: int
+    model_version: int
+    activity: str
+
+
+def status_view(coord: Coordinator) -> StatusView:
+    open_round = coord.store.open_round_record()
+    totals = coord.traffic.records()
+    events = coord.store.list_events(after_cursor=0)
+    return StatusView(
+        run_state=coord.run_state(),
+        rounds_completed=coord.rounds_completed,
+        current_round=open_round.round_id if open_round else 0,
+        total_rounds=coord.config.rounds,
+        fingerprint=coord.fingerprint_at(coord.rounds_completed) or b"",
+        clients_online=len(coord.online_clients()),
+        clients_total=len(coord.store.list_clients()),
+        bytes_up=sum(t.bytes_up for t in totals),
+        bytes_down=sum(t.bytes_down for t in totals),
+        started_at=coord.started_at,
+        last_event_cursor=events[-1].cursor if events else 0,
+    )
+
+
+def round_views(coord: Coordinator, from_round: int = 1, limit: int = 0) -> list[RoundView]:
+    views = []
+    for rec in coord.store.list_rounds(max(1, from_round), limit):
+        updates = {u.client_id: u for u in coord.store.list_updates(rec.round_id)}
+        outcomes = {o.client_id: o for o in coord.store.list_outcomes(rec.round_id)}
+        tasks = {t.client_id: t for t in coord.store.list_tasks(rec.round_id)}
+        traffic = coord.traffic.by_round(rec.round_id)
+        clients = []
+        for client_id in sorted(set(tasks) | set(traffic)):
+            u, o, t = updates.get(client_id), outcomes.get(client_id), tasks.get(client_id)
+            up, down = traffic.get(client_id, (0, 0))
+            clients.append(
+                ClientRoundView(
+                    client_id=client_id,
+                    submitted=u is not None,
+                    accepted=bool(o and o.accepted),
+                    rejected_reason=o.rejected_reason if o else "",
+                    lr=t.lr if t else 0.0,
+                    weight=o.weight if o else 0.0,
+                    mean_loss=u.mean_loss if u else math.nan,
+                    losses=u.losses if u else (),
+                    step_time_s=u.step_time_s if u else 0.0,
+                    peak_memory_bytes=u.peak_memory_bytes if u else 0,
+                    device=u.device if u else "",
+                    bytes_up=up,
+                    bytes_down=down,
+                )
+            )
+        end = rec.closed_at or coord.clock()
+        views.append(
+            RoundView(
+                round_id=rec.round_id,
+                state=rec.state,
+                opened_at=rec.opened_at,
+                closed_at=rec.closed_at,
+                duration_s=max(0.0, end - rec.opened_at),
+                clients=tuple(clients),
+                mean_loss=rec.mean_loss,
+                bytes_up=sum(up for up, _ in traffic.values()),
+                bytes_down=sum(down for _, down in traffic.values()),
+                num_seeds=rec.num_seeds,
+                fingerprint=rec.fingerprint,
+                eval_metrics=coord.store.get_metrics(rec.round_id),
+            )
+        )
+    return views
+
+
+def client_views(coord: Coordinator) -> list[ClientView]:
+    fingerprints = coord.store.latest_fingerprints()
+    traffic = coord.traffic.by_client()
+    stats: dict[str, tuple[int, float, int]] = {}  # participated, last loss, peak memory
+    for rec in coord.store.list_rounds():
+        outcomes = {o.client_id: o for o in coord.store.list_outcomes(rec.round_id)}
+        for u in coord.store.list_updates(rec.round_id):
+            n, loss, peak = stats.get(u.client_id, (0, math.nan, 0))
+            counted = outcomes.get(u.client_id)
+            stats[u.client_id] = (
+                n + int(bool(counted and counted.accepted)),
+                u.mean_loss,
+                max(peak, u.peak_memory_bytes),
+            )
+    views = []
+    for client in coord.store.list_clients():
+        live = coord.live.get(client.client_id)
+        fp = fingerprints.get(client.client_id)
+        n, loss, peak = stats.get(client.client_id, (0, math.nan, 0))
+        up, down = traffic.get(client.client_id, (0, 0))
+        views.append(
+            ClientView(
+                client_id=client.client_id,
+                online=coord.is_online(client.client_id),
+                joined_at=client.joined_at,
+                last_heartbeat=live.last_seen if live else 0.0,
+                rounds_participated=n,
+                last_loss=loss,
+                fingerprint=fp.fingerprint if fp else b"",
+                fingerprint_version=fp.version if fp else 0,
+                in_sync=bool(fp and fp.in_sync and fp.fingerprint == coord.fingerprint_at(fp.version)),
+                device=client.device,
+                peak_memory_bytes=peak,
+                bytes_up=up,
+                bytes_down=down,
+                num_examples=client.num_examples,
+                model_version=live.model_version if live else 0,
+                activity=live.activity if live else "offline",
+            )
+        )
+    return views

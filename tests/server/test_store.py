@@ -1,0 +1,192 @@
+"""One test suite for every Store implementation (MemoryStore and SqliteStore behave the same)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedmezo.server.errors import StoreError
+from fedmezo.server.records import (
+    CheckpointRecord,
+    ClientRecord,
+    DeltaRecord,
+    FingerprintRecord,
+    NewEvent,
+    RoundClose,
+    RoundRecord,
+    RoundState,
+    TaskRecord,
+    TrafficRecord,
+    UpdateOutcome,
+    UpdateRecord,
+)
+from fedmezo.server.sqlite_store import SqliteStore
+from fedmezo.server.store import MemoryStore, Store
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s: Store = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "state.sqlite")
+    yield s
+    s.close()
+
+
+def _open(store: Store, round_id: int = 1, clients: tuple[str, ...] = ("a", "b")) -> None:
+    store.open_round(
+        RoundRecord(round_id, RoundState.OPEN, opened_at=10.0, deadline_at=70.0, selected=clients),
+        [TaskRecord(round_id, c, 1e-6, 3) for c in clients],
+        [NewEvent("round_opened", f"round {round_id}", 10.0, round_id=round_id)],
+    )
+
+
+def _update(
+    round_id: int = 1, client: str = "a", grads: tuple[float, ...] = (0.5, -1.25, 2.0)
+) -> UpdateRecord:
+    return UpdateRecord(round_id, client, grads, (3.0, 2.5, 2.0), 0.1, 1024, "cpu", 10, 11.0)
+
+
+def _close(round_id: int = 1, clients: tuple[str, ...] = ("a",)) -> RoundClose:
+    delta = DeltaRecord(round_id, tuple((c, 3) for c in clients), (0.25, -0.5, 1.0), b"\x01\x02", b"f" * 32)
+    return RoundClose(
+        round_id,
+        RoundState.CLOSED,
+        closed_at=20.0,
+        fingerprint=b"f" * 32,
+        mean_loss=2.5,
+        num_seeds=3,
+        delta=delta,
+        outcomes=tuple(UpdateOutcome(c, True, 1.0 / len(clients), model_diff=0.5) for c in clients),
+        metrics={"eval_loss": 1.5},
+    )
+
+
+def test_meta_roundtrip(store: Store) -> None:
+    assert store.get_meta("run_config") is None
+    store.set_meta("run_config", '{"a": 1}')
+    store.set_meta("run_config", '{"a": 2}')
+    assert store.get_meta("run_config") == '{"a": 2}'
+
+
+def test_clients_upsert_and_list(store: Store) -> None:
+    store.upsert_client(
+        ClientRecord("b", 1.0, 5, "cpu"), [NewEvent("client_joined", "b", 1.0, client_id="b")]
+    )
+    store.upsert_client(ClientRecord("a", 2.0, 7, "cuda"))
+    store.upsert_client(ClientRecord("a", 3.0, 9, "cuda"))
+    assert [c.client_id for c in store.list_clients()] == ["a", "b"]
+    assert store.get_client("a") == ClientRecord("a", 3.0, 9, "cuda")
+    assert store.get_client("zzz") is None
+    assert [e.kind for e in store.list_events()] == ["client_joined"]
+
+
+def test_round_lifecycle(store: Store) -> None:
+    assert store.rounds_completed() == 0 and store.open_round_record() is None
+    _open(store)
+    rec = store.get_round(1)
+    assert rec is not None and rec.state == RoundState.OPEN and rec.selected == ("a", "b")
+    assert math.isnan(rec.mean_loss)
+    assert repr(store.open_round_record()) == repr(rec)  # NaN mean_loss: compare by value text
+    assert [t.client_id for t in store.list_tasks(1)] == ["a", "b"]
+    assert store.get_task(1, "a") == TaskRecord(1, "a", 1e-6, 3)
+    store.extend_round(1, 130.0, 1)
+    rec = store.get_round(1)
+    assert rec is not None and rec.deadline_at == 130.0 and rec.extensions == 1
+    store.add_update(_update())
+    store.close_round(_close(), [NewEvent("round_closed", "1", 20.0, round_id=1)])
+    rec = store.get_round(1)
+    assert rec is not None and rec.state == RoundState.CLOSED and rec.mean_loss == 2.5 and rec.num_seeds == 3
+    assert store.rounds_completed() == 1 and store.open_round_record() is None
+    delta = store.get_delta(1)
+    assert delta is not None and delta.coefficients == (0.25, -0.5, 1.0) and delta.participants == (("a", 3),)
+    assert [d.round_id for d in store.list_deltas(1)] == [1] and store.list_deltas(2) == []
+    assert store.list_outcomes(1) == [UpdateOutcome("a", True, 1.0, model_diff=0.5)]
+    assert store.get_metrics(1) == {"eval_loss": 1.5}
+    assert [e.kind for e in store.list_events()] == ["round_opened", "round_closed"]
+
+
+def test_update_exact_fp32_roundtrip(store: Store) -> None:
+    _open(store)
+    grads = (1.1754943508222875e-38, -3.4028234663852886e38, 0.1 + 0.2 - 0.2)  # fp32-exact values only
+    import numpy as np
+
+    grads = tuple(float(np.float32(g)) for g in grads)
+    store.add_update(_update(grads=grads))
+    got = store.get_update(1, "a")
+    assert got is not None and got.projected_grads == grads and got.same_payload(_update(grads=grads))
+    assert [u.client_id for u in store.list_updates(1)] == ["a"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda s: _open(s),  # round 1 exists
+        lambda s: s.add_update(_update()),  # duplicate update
+        lambda s: s.add_update(_update(client="zzz")),  # no task
+        lambda s: s.add_update(_update(round_id=9)),  # no round
+        lambda s: s.extend_round(9, 1.0, 1),  # unknown round
+        lambda s: s.close_round(_close(round_id=9)),  # unknown round
+        lambda s: s.close_round(_close(clients=("zzz",))),  # outcome without task
+    ],
+)
+def test_failed_writes_change_nothing(store: Store, bad) -> None:  # type: ignore[no-untyped-def]
+    _open(store)
+    store.add_update(_update())
+    before = repr((store.list_rounds(), store.list_updates(1), store.list_events(), store.list_tasks(1)))
+    with pytest.raises(StoreError):
+        bad(store)
+    assert (
+        repr((store.list_rounds(), store.list_updates(1), store.list_events(), store.list_tasks(1))) == before
+    )
+
+
+def test_close_twice_rejected(store: Store) -> None:
+    _open(store)
+    store.close_round(_close(clients=()))
+    with pytest.raises(StoreError):
+        store.close_round(_close(clients=()))
+    with pytest.raises(StoreError):
+        store.extend_round(1, 99.0, 1)
+
+
+def test_fingerprints_traffic_checkpoints(store: Store) -> None:
+    store.record_fingerprint(FingerprintRecord("a", 1, b"x" * 32, True, 5.0))
+    store.record_fingerprint(FingerprintRecord("a", 2, b"y" * 32, False, 6.0))
+    assert store.latest_fingerprints() == {"a": FingerprintRecord("a", 2, b"y" * 32, False, 6.0)}
+    store.add_traffic([TrafficRecord(1, "a", 10, 20), TrafficRecord(1, "b", 1, 2)])
+    store.add_traffic([TrafficRecord(1, "a", 5, 5)])
+    store.add_traffic([])
+    assert store.list_traffic() == [TrafficRecord(1, "a", 15, 25), TrafficRecord(1, "b", 1, 2)]
+    assert store.latest_checkpoint() is None
+    store.add_checkpoint(CheckpointRecord(0, "c0", b"s" * 32, 100, b"f" * 32))
+    store.add_checkpoint(CheckpointRecord(5, "c5", b"t" * 32, 100, b"g" * 32))
+    latest = store.latest_checkpoint()
+    assert latest is not None and latest.round_id == 5 and latest.path == "c5"
+
+
+def test_events_cursor(store: Store) -> None:
+    cursors = store.add_events([NewEvent(f"k{i}", "m", float(i)) for i in range(5)])
+    assert cursors == sorted(cursors) and len(set(cursors)) == 5
+    assert [e.kind for e in store.list_events(after_cursor=cursors[1])] == ["k2", "k3", "k4"]
+    assert [e.kind for e in store.list_events(after_cursor=cursors[1], limit=1)] == ["k2"]
+    assert store.list_events(after_cursor=cursors[-1]) == []
+
+
+def test_sqlite_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state.sqlite"
+    s = SqliteStore(path)
+    _open(s)
+    s.add_update(_update())
+    s.close()
+    again = SqliteStore(path)
+    assert again.get_update(1, "a") == _update()
+    ro = SqliteStore(path, read_only=True)
+    assert ro.open_round_record() is not None
+    with pytest.raises(StoreError):
+        ro.set_meta("x", "y")
+    ro.close()
+    again.close()
+    with pytest.raises(StoreError):
+        SqliteStore(tmp_path / "missing.sqlite", read_only=True)
