@@ -40,30 +40,35 @@ def apply_kernel(
     numel = tl.load(tile_numel_ptr + pid)
     tid = tl.load(tile_tid_ptr + pid).to(tl.uint32)
     blk = tl.load(tile_b0_ptr + pid) + tl.arange(0, TILE).to(tl.int64)  # (TILE,) block ids
-    lane = tl.arange(0, 128)  # element within the block
-    elem = blk[:, None] * 128 + lane[None, :]  # (TILE, 128) element index in the tensor
-    mask = elem < numel
-    ptrs = buf_ptr + offset + elem
-    w = tl.load(ptrs, mask=mask, other=0.0)
+    bit = tl.arange(0, 32)
+    # word q of block b covers elements b*128 + q*32 + [0, 32): four (TILE, 32) sub-tiles
+    elem0 = blk[:, None] * 128 + bit[None, :]
+    elem1 = elem0 + 32
+    elem2 = elem0 + 64
+    elem3 = elem0 + 96
+    w0 = tl.load(buf_ptr + offset + elem0, mask=elem0 < numel, other=0.0)
+    w1 = tl.load(buf_ptr + offset + elem1, mask=elem1 < numel, other=0.0)
+    w2 = tl.load(buf_ptr + offset + elem2, mask=elem2 < numel, other=0.0)
+    w3 = tl.load(buf_ptr + offset + elem3, mask=elem3 < numel, other=0.0)
     c0 = (blk & 0xFFFFFFFF).to(tl.uint32)  # counter (b mod 2^32, t, 0, b div 2^32)
     c3 = (blk >> 32).to(tl.uint32)
     c1 = tl.zeros((TILE,), dtype=tl.uint32) + tid
     c2 = tl.zeros((TILE,), dtype=tl.uint32)
-    word_of_lane = (lane // 32)[None, :]
-    bit_of_lane = (lane % 32).to(tl.uint32)[None, :]
+    shift = bit.to(tl.uint32)[None, :]
     for k in range(n_seeds):
         k0 = tl.load(keys_ptr + 2 * k).to(tl.uint32, bitcast=True)
         k1 = tl.load(keys_ptr + 2 * k + 1).to(tl.uint32, bitcast=True)
         v = tl.load(vals_ptr + k)
         x0, x1, x2, x3 = philox10(k0, k1, c0, c1, c2, c3)
-        word = tl.where(
-            word_of_lane == 0,
-            x0[:, None],
-            tl.where(word_of_lane == 1, x1[:, None], tl.where(word_of_lane == 2, x2[:, None], x3[:, None])),
-        )
-        bit = (word >> bit_of_lane) & 1
-        w = w + tl.where(bit != 0, v, -v)  # fp32 add, no multiply: bit-identical to CPU
-    tl.store(ptrs, w, mask=mask)
+        # fp32 add of ±v, no multiply: bit-identical to the CPU backends
+        w0 = w0 + tl.where(((x0[:, None] >> shift) & 1) != 0, v, -v)
+        w1 = w1 + tl.where(((x1[:, None] >> shift) & 1) != 0, v, -v)
+        w2 = w2 + tl.where(((x2[:, None] >> shift) & 1) != 0, v, -v)
+        w3 = w3 + tl.where(((x3[:, None] >> shift) & 1) != 0, v, -v)
+    tl.store(buf_ptr + offset + elem0, w0, mask=elem0 < numel)
+    tl.store(buf_ptr + offset + elem1, w1, mask=elem1 < numel)
+    tl.store(buf_ptr + offset + elem2, w2, mask=elem2 < numel)
+    tl.store(buf_ptr + offset + elem3, w3, mask=elem3 < numel)
 
 
 @triton.jit

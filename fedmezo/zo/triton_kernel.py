@@ -24,6 +24,7 @@ from fedmezo.zo.rng import ELEMENTS_PER_BLOCK
 __all__ = ["TILE_BLOCKS", "TritonBackend", "triton_available", "triton_philox_blocks"]
 
 TILE_BLOCKS = 16  # Philox blocks per program: 2,048 fp32 weights (8 KiB) per program
+NUM_WARPS = 4  # warps per program (benchmarks/tune_triton_pass.py sweeps both on a GPU)
 
 
 def triton_available(device: torch.device | str) -> bool:
@@ -52,11 +53,11 @@ def _keys_tensor(seeds: Sequence[int], device: torch.device) -> torch.Tensor:
 
 
 @lru_cache(maxsize=16)
-def _tile_table(segments: tuple[Segment, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+def _tile_table(segments: tuple[Segment, ...], device: torch.device, tile: int) -> tuple[torch.Tensor, ...]:
     rows = []
     for seg in segments:
         n_blocks = -(-seg.numel // ELEMENTS_PER_BLOCK)
-        for b0 in range(0, n_blocks, TILE_BLOCKS):
+        for b0 in range(0, n_blocks, tile):
             rows.append((seg.offset, seg.numel, seg.tensor_id, b0))
     table = torch.tensor(rows, dtype=torch.int64).reshape(-1, 4)
     return tuple(table[:, i].contiguous().to(device) for i in range(4))
@@ -81,6 +82,10 @@ class TritonBackend:
 
     name = "triton"
 
+    def __init__(self, tile_blocks: int = TILE_BLOCKS, num_warps: int = NUM_WARPS):
+        self.tile_blocks = tile_blocks
+        self.num_warps = num_warps
+
     def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None:
         check_seeds(seeds, values)
         if not seeds:
@@ -89,9 +94,14 @@ class TritonBackend:
         if not triton_available(device):
             raise RuntimeError(f"Triton cannot run on {device} here (CUDA, or CPU with TRITON_INTERPRET=1)")
         apply_kernel, _ = _kernels()
-        tiles = _tile_table(params.segments, device)
+        tiles = _tile_table(params.segments, device, self.tile_blocks)
         vals = torch.tensor(np.array(values, dtype=np.float64).astype(np.float32), device=device)
-        grid = (tiles[0].numel(),)
-        apply_kernel[grid](
-            params.flat, *tiles, _keys_tensor(seeds, device), vals, len(seeds), TILE=TILE_BLOCKS
+        apply_kernel[(tiles[0].numel(),)](
+            params.flat,
+            *tiles,
+            _keys_tensor(seeds, device),
+            vals,
+            len(seeds),
+            TILE=self.tile_blocks,
+            num_warps=self.num_warps,
         )
