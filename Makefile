@@ -8,7 +8,7 @@ STAMP := $(VENV)/.fedmezo-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install proto test test-long test-gpu lint bench demo experiments clean
+.PHONY: install browser proto test test-long test-gpu lint bench demo experiments clean
 
 install: $(STAMP)
 
@@ -22,13 +22,17 @@ $(STAMP): pyproject.toml Makefile scripts/gen_proto.py
 	$(PY) scripts/gen_proto.py
 	touch $(STAMP)
 
+# Debian chromium for the dashboard's browser test (Playwright cannot download browsers here).
+browser:
+	bash scripts/install_browser.sh
+
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
 
-test: install
+test: install browser
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-long: install
+test-long: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-gpu: install
