@@ -1,0 +1,170 @@
+"""The client's configuration: defaults < TOML file < `FEDMEZO_*` environment < flags (flags win).
+
+Everything about the *run* (model, seeds, lr, eps, batch size, τ) comes from the server at join, so
+this holds only what is local to the edge device: where the server is, who we are, how we prove it,
+where the data is, and which device trains. Invalid combinations are rejected here, at load time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedmezo.client.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "SECRET_FIELDS", "ClientConfig", "load_config"]
+
+ENV_PREFIX = "FEDMEZO_"  # FEDMEZO_SERVER, FEDMEZO_CLIENT_ID, FEDMEZO_TOKEN, ...
+SECRET_FIELDS = frozenset({"token"})
+REDACTED = "***"
+
+
+def _opt(default: Any, help: str, *, secret: bool = False) -> Any:
+    return field(default=default, repr=not secret, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    server: str = _opt("", "server address HOST:PORT")
+    data: str = _opt("", "this client's training data, JSON Lines (Alpaca or Dolly fields)")
+    client_id: str = _opt(
+        "", "this client's id; must be the identity of the token when the server has tokens"
+    )
+    token: str | None = _opt(
+        None, "bearer token (secret; prefer --token-file so it stays out of `ps`)", secret=True
+    )
+    token_file: str | None = _opt(None, "file whose first line is the bearer token")
+    insecure: bool = _opt(False, "plaintext gRPC (no TLS); the server must be started with --insecure too")
+    tls_ca: str | None = _opt(None, "PEM CA bundle to verify the server (default: system roots)")
+    tls_cert: str | None = _opt(None, "PEM client certificate for mTLS (needs --tls-key)")
+    tls_key: str | None = _opt(None, "PEM client private key for mTLS (needs --tls-cert)")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N; auto picks cuda when available")
+    model: str | None = _opt(None, "model name; default and normally: what the server says")
+    state_dir: str = _opt(
+        "", "where the client keeps its replica between restarts (default ~/.fedmezo/client/ID)"
+    )
+    max_length: int = _opt(
+        256, "token length examples are truncated to, when the server does not say (tokens)"
+    )
+    rpc_deadline_s: float = _opt(30.0, "deadline of every unary RPC (seconds); long-polls add their wait")
+    long_poll_s: float = _opt(
+        20.0, "how long one GetTask waits for a task (seconds); fewer polls, fewer bytes"
+    )
+    threads: int = _opt(0, "torch CPU threads (0 = torch default)")
+    progress: bool = _opt(True, "show a tqdm progress bar while training")
+
+    def __post_init__(self) -> None:
+        if not self.server:
+            raise ConfigError("--server HOST:PORT is required")
+        if not self.data:
+            raise ConfigError("--data FILE is required")
+        if not self.client_id:
+            raise ConfigError("--client-id is required")
+        if self.token and self.token_file:
+            raise ConfigError("give either --token or --token-file, not both")
+        if self.insecure and (self.tls_ca or self.tls_cert or self.tls_key):
+            raise ConfigError("--insecure cannot be combined with TLS options")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("mTLS needs both --tls-cert and --tls-key")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.max_length < 8:
+            raise ConfigError(f"--max-length must be at least 8 tokens, got {self.max_length}")
+        if self.rpc_deadline_s <= 0 or self.long_poll_s <= 0:
+            raise ConfigError("deadlines must be positive")
+
+    def resolved_token(self) -> str | None:
+        """The bearer token, read from --token-file when given."""
+        if self.token_file:
+            try:
+                text = Path(self.token_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read token file {self.token_file}: {exc}") from exc
+            if not text:
+                raise ConfigError(f"token file {self.token_file} is empty")
+            return text.splitlines()[0].strip()
+        return self.token
+
+    def resolved_state_dir(self) -> Path:
+        return (
+            Path(self.state_dir) if self.state_dir else Path.home() / ".fedmezo" / "client" / self.client_id
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config for the log, secrets replaced by `***`."""
+        values = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            if values.get(name):
+                values[name] = REDACTED
+        return values
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ClientConfig)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Convert a TOML/env value to the field's type (env values are strings)."""
+    kind = _FIELDS[name].type
+    try:
+        if kind == "bool" or isinstance(_FIELDS[name].default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: invalid value {value!r} for {name}") from exc
+
+
+def _from_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            doc = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    table = doc.get("client", doc)  # a [client] table, or top-level keys
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [client] must be a table")
+    values = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            raise ConfigError(f"{path}: unknown client setting {key!r}")
+        values[name] = _coerce(name, value, path)
+    return values
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values = {}
+    for name in _FIELDS:
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            values[name] = _coerce(name, environ[key], key)
+    return values
+
+
+def load_config(
+    flags: Mapping[str, Any], *, config_file: str | None = None, environ: Mapping[str, str] | None = None
+) -> ClientConfig:
+    """Merge the sources; `flags` holds only what was given on the command line (None = not given)."""
+    environ = os.environ if environ is None else environ
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_from_toml(config_file))
+    values.update(_from_env(environ))
+    values.update({k: v for k, v in flags.items() if v is not None and k in _FIELDS})
+    return ClientConfig(**values)

@@ -1,0 +1,322 @@
+"""`GrpcServerLink`: the real `ServerLink` over a gRPC channel, and the one place grpc errors are translated.
+
+One channel per daemon, TLS by default (mTLS with a client certificate, plaintext only with an explicit
+`insecure=True`), the bearer token as metadata on every call, a deadline on every call, explicit
+message size limits, and a short reconnect backoff inside gRPC so a restarted server is found quickly
+(our own retry policy decides what to do with the failures meanwhile).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from fedmezo.client.errors import AuthFailed, Incompatible, Refused, RpcFailed, Unavailable
+from fedmezo.client.link import (
+    Activity,
+    Checkpoint,
+    DeltaMessage,
+    JoinResult,
+    RunSettings,
+    Task,
+    TaskPoll,
+    TaskStatus,
+    Update,
+)
+from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
+
+__all__ = [
+    "CHECKPOINT_DEADLINE_S",
+    "FOLLOW_DEADLINE_S",
+    "MAX_MESSAGE_BYTES",
+    "REPLAY_DEADLINE_S",
+    "ChannelSettings",
+    "GrpcServerLink",
+    "translate_error",
+]
+
+logger = logging.getLogger("fedmezo.client")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # what the server accepts; checkpoint chunks are ≤ 1 MiB
+REPLAY_DEADLINE_S = 600.0  # a non-following delta stream: replaying many rounds of a big model takes a while
+FOLLOW_DEADLINE_S = 300.0  # a following stream is reopened after this (seconds), so it never hangs forever
+CHECKPOINT_DEADLINE_S = 1800.0  # a full-model download over a slow edge link
+RECONNECT_BACKOFF_MS = 1000  # gRPC's own reconnect backoff cap: find a restarted server within ~1 s
+REASON_KEY = "fedmezo-reason"
+
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+}
+_AUTH = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+
+T = TypeVar("T")
+
+
+def translate_error(exc: grpc.RpcError) -> RpcFailed:
+    """Map a gRPC failure onto our tree (errors.py): transient, auth, incompatible, or a final refusal."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    reason = ""
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == REASON_KEY:
+            reason = value if isinstance(value, str) else value.decode()
+    name = code.name if code is not None else "UNKNOWN"
+    if code in _TRANSIENT:
+        return Unavailable(name, reason, details)
+    if code in _AUTH:
+        return AuthFailed(name, reason, details)
+    if reason == "incompatible_client":
+        return Incompatible(name, reason, details)
+    return Refused(name, reason, details)
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    target: str
+    client_id: str
+    token: str | None = None
+    insecure: bool = False
+    tls_ca: bytes | None = None
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    rpc_deadline_s: float = 30.0
+
+
+def _channel(settings: ChannelSettings) -> grpc.Channel:
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 0),  # retries are ours (retry.py), not gRPC's
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+    ]
+    if settings.insecure:
+        return grpc.insecure_channel(settings.target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=settings.tls_ca,
+        private_key=settings.tls_key,
+        certificate_chain=settings.tls_cert,
+    )
+    return grpc.secure_channel(settings.target, credentials, options=options)
+
+
+def _hex(raw: bytes) -> str:
+    return raw.hex()
+
+
+def _settings_from_pb(config: common_pb2.RunConfig) -> RunSettings:
+    mode = "lora" if config.mode == common_pb2.TRAINING_MODE_LORA else "full"
+    max_length = getattr(config, "max_length", 0) or None  # requested field; absent in older protos
+    return RunSettings(
+        run_id=config.run_id,
+        model=config.model,
+        mode=mode,
+        run_seed=config.run_seed,
+        rng_spec=config.rng_spec,
+        manifest_sha256=_hex(config.manifest_sha256),
+        total_rounds=config.total_rounds,
+        local_steps=config.local_steps,
+        lr=config.lr,
+        eps=config.eps,
+        batch_size=config.batch_size,
+        lora_rank=config.lora_rank or 8,
+        lora_alpha=config.lora_alpha or 16.0,
+        lora_seed=config.lora_seed,
+        heartbeat_interval_s=config.heartbeat_interval_s or 10.0,
+        clients_per_round=config.clients_per_round,
+        max_length=max_length,
+    )
+
+
+def _task_from_pb(task: federation_pb2.Task) -> Task:
+    return Task(
+        round_id=task.round_id,
+        local_steps=task.local_steps,
+        lr=task.lr,
+        eps=task.eps,
+        batch_size=task.batch_size,
+        run_seed=task.run_seed,
+        clip=task.clip or None,
+        deadline_s=task.deadline_s,
+    )
+
+
+_TASK_STATUS = {
+    federation_pb2.TASK_STATUS_ASSIGNED: TaskStatus.ASSIGNED,
+    federation_pb2.TASK_STATUS_NO_TASK: TaskStatus.NO_TASK,
+    federation_pb2.TASK_STATUS_RUN_FINISHED: TaskStatus.FINISHED,
+}
+
+_ACTIVITY = {
+    Activity.IDLE: federation_pb2.CLIENT_ACTIVITY_IDLE,
+    Activity.TRAINING: federation_pb2.CLIENT_ACTIVITY_TRAINING,
+    Activity.SYNCING: federation_pb2.CLIENT_ACTIVITY_SYNCING,
+}
+
+
+def _update_to_pb(client_id: str, update: Update) -> federation_pb2.SubmitUpdateRequest:
+    return federation_pb2.SubmitUpdateRequest(
+        client_id=client_id,
+        round_id=update.round_id,
+        projected_grads=update.projected_grads,
+        losses=update.losses,
+        step_time_s=update.step_time_s,
+        peak_memory_bytes=update.peak_memory_bytes,
+        device=update.device,
+        num_examples=update.num_examples,
+    )
+
+
+def _delta_from_pb(message: federation_pb2.StreamRoundDeltasResponse) -> DeltaMessage:
+    return DeltaMessage(
+        round_id=message.round_id,
+        participants=tuple((p.client_id, p.local_steps) for p in message.participants),
+        coefficients=tuple(message.coefficients),
+        packed=message.packed_delta,
+        fingerprint=_hex(message.fingerprint),
+    )
+
+
+class GrpcServerLink:
+    """`ServerLink` over gRPC. Thread-safe (the heartbeat thread shares the channel)."""
+
+    def __init__(self, settings: ChannelSettings) -> None:
+        self._settings = settings
+        self._channel = _channel(settings)
+        self._federation = federation_pb2_grpc.FederationServiceStub(self._channel)
+        self._status = status_pb2_grpc.StatusServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+        self._lock = threading.Lock()
+        self.bytes_up = 0  # serialized payload bytes, for the client's own log
+        self.bytes_down = 0
+
+    def _count(self, request: Any, response: Any) -> None:
+        with self._lock:
+            self.bytes_up += request.ByteSize()
+            self.bytes_down += response.ByteSize() if response is not None else 0
+
+    def _unary(self, method: Callable[..., T], request: Any, deadline_s: float | None = None) -> T:
+        try:
+            response = method(
+                request, timeout=deadline_s or self._settings.rpc_deadline_s, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        self._count(request, response)
+        return response
+
+    def _stream(self, method: Callable[..., Any], request: Any, deadline_s: float) -> Iterator[Any]:
+        self._count(request, None)
+        call = method(request, timeout=deadline_s, metadata=self._metadata)
+        try:
+            for message in call:
+                self._count(federation_pb2.DownloadCheckpointRequest(), message)
+                yield message
+        except grpc.RpcError as exc:
+            raise translate_error(exc) from exc
+        finally:
+            call.cancel()  # no-op when finished; frees the stream when the consumer stops early
+
+    def get_run_config(self) -> RunSettings:
+        response = self._unary(self._status.GetRunConfig, status_pb2.GetRunConfigRequest())
+        return _settings_from_pb(response.config)
+
+    def join(
+        self, *, manifest_sha256: str, rng_spec: str, num_examples: int, device: str, model_version: int
+    ) -> JoinResult:
+        from fedmezo import __version__
+
+        request = federation_pb2.JoinRequest(
+            client_id=self._settings.client_id,
+            manifest_sha256=bytes.fromhex(manifest_sha256),
+            rng_spec=rng_spec,
+            num_examples=num_examples,
+            device=device,
+            model_version=model_version,
+            client_version=__version__,
+        )
+        response = self._unary(self._federation.Join, request)
+        return JoinResult(
+            settings=_settings_from_pb(response.config),
+            rounds_completed=response.rounds_completed,
+            fingerprint=_hex(response.fingerprint),
+            checkpoint_round=response.checkpoint_round,
+            checkpoint_size_bytes=response.checkpoint_size_bytes,
+            finished=response.run_state == common_pb2.RUN_STATE_FINISHED,
+        )
+
+    def heartbeat(self, *, model_version: int, activity: Activity, round_id: int = 0, step: int = 0) -> int:
+        request = federation_pb2.HeartbeatRequest(
+            client_id=self._settings.client_id,
+            model_version=model_version,
+            activity=_ACTIVITY[activity],
+            round_id=round_id,
+            step=step,
+        )
+        return int(self._unary(self._federation.Heartbeat, request).rounds_completed)
+
+    def get_task(self, *, known_version: int, wait_s: float) -> TaskPoll:
+        request = federation_pb2.GetTaskRequest(
+            client_id=self._settings.client_id, known_version=known_version, wait_s=wait_s
+        )
+        response = self._unary(self._federation.GetTask, request, wait_s + self._settings.rpc_deadline_s)
+        status = _TASK_STATUS.get(response.status)
+        if status is None:
+            raise Refused("UNKNOWN", "bad_task_status", f"unknown task status {response.status}")
+        task = _task_from_pb(response.task) if status is TaskStatus.ASSIGNED else None
+        return TaskPoll(status=status, rounds_completed=response.rounds_completed, task=task)
+
+    def submit(self, update: Update) -> None:
+        self._unary(self._federation.SubmitUpdate, _update_to_pb(self._settings.client_id, update))
+
+    def report_fingerprint(self, *, model_version: int, fingerprint: str) -> bool:
+        request = federation_pb2.ReportFingerprintRequest(
+            client_id=self._settings.client_id,
+            model_version=model_version,
+            fingerprint=bytes.fromhex(fingerprint),
+        )
+        response = self._unary(self._federation.ReportFingerprint, request)
+        return bool(response.action == federation_pb2.SYNC_ACTION_RESYNC)
+
+    def stream_deltas(self, *, from_round: int, follow: bool) -> Iterator[DeltaMessage]:
+        request = federation_pb2.StreamRoundDeltasRequest(
+            client_id=self._settings.client_id, from_round=from_round, follow=follow
+        )
+        deadline = FOLLOW_DEADLINE_S if follow else REPLAY_DEADLINE_S
+        for message in self._stream(self._federation.StreamRoundDeltas, request, deadline):
+            yield _delta_from_pb(message)
+
+    def download_checkpoint(self) -> Checkpoint:
+        request = federation_pb2.DownloadCheckpointRequest(client_id=self._settings.client_id)
+        header: federation_pb2.DownloadCheckpointResponse | None = None
+        data = bytearray()
+        for chunk in self._stream(self._federation.DownloadCheckpoint, request, CHECKPOINT_DEADLINE_S):
+            if header is None:
+                header = chunk
+            if chunk.offset != len(data):
+                raise Refused("DATA_LOSS", "checkpoint_gap", f"chunk at {chunk.offset}, expected {len(data)}")
+            data += chunk.data
+        if header is None:
+            raise Refused("NOT_FOUND", "no_checkpoint", "empty checkpoint stream")
+        if len(data) != header.total_size:
+            raise Refused("DATA_LOSS", "checkpoint_truncated", f"{len(data)} of {header.total_size} bytes")
+        return Checkpoint(
+            round_id=header.round_id,
+            data=bytes(data),
+            sha256=_hex(header.sha256),
+            fingerprint=_hex(header.fingerprint),
+        )
+
+    def close(self) -> None:
+        """Close the channel; in-flight calls end with CANCELLED (how a stop interrupts a long-poll)."""
+        self._channel.close()

@@ -1,0 +1,149 @@
+"""Local training for one task: snapshot θ_r → τ MeZO steps → restore θ_r (design §1 steps 2 and 5).
+
+Pure computation, no I/O besides the progress bar: the caller uploads the τ projected gradients and
+later applies the server's canonical round delta to the restored θ_r. The local trajectory (which
+drifts by a few ulps, design §3) never reaches the canonical replica.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from fedmezo.client.errors import Stopped
+from fedmezo.client.link import Task
+from fedmezo.zo import Backend, Batch, TrainableParams, derive_seed, make_loss_fn, mezo_step
+
+__all__ = [
+    "StepDataset",
+    "TrainResult",
+    "device_label",
+    "peak_memory_bytes",
+    "reset_peak_memory",
+    "train_task",
+]
+
+_KIB = 1024
+
+
+class StepDataset(Protocol):
+    """What training needs from the data: the batch chosen by a step's seed (fedmezo.data.ClientDataset)."""
+
+    def batch_for_step(self, seed: int, batch_size: int) -> Batch: ...
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    round_id: int
+    seeds: tuple[int, ...]
+    projected_grads: tuple[float, ...]  # fp32 values, step order
+    losses: tuple[float, ...]  # (loss₊ + loss₋)/2 per step
+    step_time_s: float  # mean wall time of one step
+    peak_memory_bytes: int
+    device: str
+    skipped_steps: int
+
+
+def device_label(device: torch.device) -> str:
+    """`cpu`, or `cuda:0 (NVIDIA H100 80GB HBM3)`: what the operator sees for this client."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak GPU memory allocated by torch on CUDA; the process's peak RSS (VmHWM) on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * _KIB  # reported in kB
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else _KIB  # ru_maxrss: bytes on macOS, KiB on Linux
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
+def train_task(
+    model: torch.nn.Module,
+    params: TrainableParams,
+    dataset: StepDataset,
+    task: Task,
+    client_id: str,
+    *,
+    backend: Backend | None = None,
+    stop: threading.Event | None = None,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Run the task's τ MeZO steps from θ_r and return to θ_r exactly, whatever happens.
+
+    Step t uses seed s_t = derive_seed(run_seed, round, client_id, t) both for its perturbation z(s_t)
+    and for its batch, so the server (and any replica) can name every direction without it travelling.
+    A stop request abandons the task between steps (raises `Stopped`) after restoring θ_r.
+    """
+    device = params.device
+    snapshot = params.snapshot()  # θ_r, host fp32 copy
+    seeds = tuple(derive_seed(task.run_seed, task.round_id, client_id, t) for t in range(task.local_steps))
+    grads: list[float] = []
+    losses: list[float] = []
+    skipped = 0
+    reset_peak_memory(device)
+    start = time.perf_counter()
+    try:
+        bar = tqdm(
+            seeds,
+            desc=f"round {task.round_id}",
+            unit="step",
+            disable=None if progress else True,  # None: only on a terminal, never into log files
+            leave=False,
+            file=sys.stderr,
+        )
+        for t, seed in enumerate(bar):
+            if stop is not None and stop.is_set():
+                raise Stopped(f"abandoned round {task.round_id} at step {t}")
+            batch = dataset.batch_for_step(seed, task.batch_size).to(device)
+            result = mezo_step(
+                params,
+                make_loss_fn(model, batch),
+                seed=seed,
+                eps=task.eps,
+                lr=task.lr,
+                clip=task.clip,
+                backend=backend,
+            )
+            grads.append(result.projected_grad)
+            losses.append(result.loss)
+            skipped += result.skipped
+            bar.set_postfix(loss=f"{result.loss:.4f}")
+            if on_step is not None:
+                on_step(t + 1)
+        elapsed = time.perf_counter() - start
+    finally:
+        params.restore(snapshot)  # back to θ_r bit for bit: drift never reaches the canonical state
+    return TrainResult(
+        round_id=task.round_id,
+        seeds=seeds,
+        projected_grads=tuple(grads),
+        losses=tuple(losses),
+        step_time_s=elapsed / max(task.local_steps, 1),
+        peak_memory_bytes=peak_memory_bytes(device),
+        device=device_label(device),
+        skipped_steps=skipped,
+    )

@@ -1,0 +1,102 @@
+"""What a client trains: the server's model (full or LoRA) on the chosen device, and the local data.
+
+Built once, after the client has learnt the run settings from the server, so an operator only has to
+point a client at its data: model name, training mode, LoRA shape and max length come from the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedmezo.client.errors import ConfigError
+from fedmezo.client.link import RunSettings
+from fedmezo.client.trainer import StepDataset, device_label
+from fedmezo.zo import Backend, TrainableParams, get_backend
+
+__all__ = ["Workload", "build_workload", "resolve_device"]
+
+logger = logging.getLogger("fedmezo.client")
+
+WARM_UP_ELEMENTS = 4096  # scratch elements for the kernel warm-up (a few Philox blocks)
+
+
+@dataclass
+class Workload:
+    model: torch.nn.Module
+    params: TrainableParams
+    dataset: StepDataset
+    num_examples: int
+    device: str  # label for the operator, e.g. "cuda:0 (NVIDIA H100)"
+    backend: Backend | None = None
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto` picks CUDA when available; an explicit `cuda` without a GPU is a configuration error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {requested}: no CUDA device is available")
+    return device
+
+
+def build_workload(
+    settings: RunSettings, *, data: str, device: str, model_name: str | None, max_length: int
+) -> Workload:
+    """Load the model the run uses, make its trainable part one flat fp32 buffer, encode the data."""
+    from fedmezo.data import ClientDataset, DataError, read_jsonl
+    from fedmezo.models import ModelNotFoundError, load_model
+    from fedmezo.trainable import prepare_trainable
+
+    target = resolve_device(device)
+    name = model_name or settings.model
+    if model_name and model_name != settings.model:
+        logger.warning("--model %s overrides the server's model %s", model_name, settings.model)
+    try:
+        loaded = load_model(name, device=target)
+        examples = read_jsonl(Path(data))
+    except (ModelNotFoundError, DataError, OSError) as exc:
+        raise ConfigError(str(exc)) from exc
+    model, params = prepare_trainable(
+        loaded.model,
+        settings.mode,
+        lora_rank=settings.lora_rank,
+        lora_alpha=settings.lora_alpha,
+        run_seed=settings.lora_seed,
+    )
+    length = settings.max_length or max_length
+    dataset = ClientDataset.from_examples(loaded.tokenizer, examples, length)
+    logger.info(
+        "model %s (%s, %d trainable) on %s; %d examples, max length %d",
+        name,
+        settings.mode,
+        params.numel,
+        target,
+        dataset.num_examples,
+        length,
+    )
+    backend = get_backend(target)
+    _warm_up(backend, target)
+    return Workload(
+        model=model,
+        params=params,
+        dataset=dataset,
+        num_examples=dataset.num_examples,
+        device=device_label(target),
+        backend=backend,
+    )
+
+
+def _warm_up(backend: Backend, device: torch.device) -> None:
+    """Compile/load the kernel now, on a scratch buffer, so the first round's steps are not seconds slower.
+
+    Never on the real weights: even adding ±0 could flip the sign of a −0.0 weight and change the fingerprint.
+    """
+    scratch = TrainableParams(
+        torch.zeros(WARM_UP_ELEMENTS, device=device), ("warm_up",), ((WARM_UP_ELEMENTS,),)
+    )
+    backend.apply(scratch, [0], [1.0])

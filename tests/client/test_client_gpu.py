@@ -1,0 +1,43 @@
+"""Mixed hardware: a client training on CUDA stays bit-identical with a server replica on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from client_fakes import ToyDataset, make_fake_server, toy_model
+
+from fedmezo.client.daemon import Daemon, Outcome
+from fedmezo.client.retry import RetryPolicy
+from fedmezo.client.trainer import device_label
+from fedmezo.client.workload import Workload, resolve_device
+from fedmezo.zo import TrainableParams, get_backend
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_auto_device_picks_cuda() -> None:
+    assert resolve_device("auto").type == "cuda"
+
+
+def test_cuda_client_matches_cpu_server_every_round() -> None:
+    server = make_fake_server(rounds=3)  # CPU replica, numba backend
+    device = torch.device("cuda")
+
+    def cuda_workload(_settings: object) -> Workload:
+        model = toy_model().to(device)
+        params = TrainableParams.from_model(model)
+        return Workload(
+            model, params, ToyDataset(), ToyDataset.num_examples, device_label(device), get_backend(device)
+        )
+
+    daemon = Daemon(server, "me", cuda_workload, RetryPolicy(sleep=lambda _s: False), progress_bar=False)
+    assert daemon.run() is Outcome.FINISHED
+    assert daemon.replica is not None and daemon.replica.params.device.type == "cuda"
+    by_round = {d.round_id: d.fingerprint for d in server.deltas}
+    assert [v for v, _ in server.fingerprints] == [1, 2, 3]
+    assert all(by_round[v] == fp for v, fp in server.fingerprints)
+    assert server.submitted[0].device.startswith("cuda:0 (")
+    assert server.submitted[0].peak_memory_bytes > 0
