@@ -29,7 +29,9 @@ from typing import Any
 
 import torch
 
+from fedmezo.memory import PeakMemory
 from fedmezo.zo import Batch, TrainableParams, get_backend, make_loss_fn, mezo_step
+from fedmezo.zo.mixed import ComputeCopy, mezo_step_mixed
 
 EPS = 1e-3
 LR = 1e-6
@@ -54,32 +56,6 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int
             torch.cuda.synchronize()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
-
-
-class PeakMemory:
-    """Peak memory of a region: RSS high-water mark (reset via /proc clear_refs) or CUDA allocator peak."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def reset(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
-
-    def peak_bytes(self) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            return int(torch.cuda.max_memory_allocated())
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
 def original_mezo_step(params: list[torch.Tensor], loss_fn: Callable[[], float], seed: int) -> float:
@@ -196,6 +172,75 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> dict[str, An
     return result
 
 
+def bench_mixed(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """bf16 forwards from a compute copy, fp32 canonical θ (issue #7), next to both original-MeZO styles."""
+    model = load(args.model, args.random_weights, device)
+    params = TrainableParams.from_model(model)
+    batch = make_batch(model.config.vocab_size, args.batch_size, args.seq_len, device)
+    loss_fn = make_loss_fn(model, batch)
+    seeds = iter(range(10_000, 1_000_000))
+    repeats = args.repeats
+    peak = PeakMemory(device)
+    # the fp32 model first: its inference peak and the original-MeZO-style step in fp32
+    peak.reset()
+    loss_fn()
+    fp32_inference_peak = peak.peak_bytes()
+    fp32_tensors = [t for _, t in params.tensors()]
+    original_fp32_s = timed(lambda: original_mezo_step(fp32_tensors, loss_fn, next(seeds)), device, repeats)
+
+    compute = ComputeCopy(model, params)  # the model now reads bf16 weights; θ stays fp32 in params.flat
+    fp32_tensors.clear()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    plain_s = timed(lambda: params.flat.add_(0.0), device, repeats * 3)
+    derive_s = timed(lambda: compute.derive([12345], [1e-7]), device, repeats * 3)
+    update_s = timed(lambda: compute.update([12345], [0.0]), device, repeats * 3)
+    two_forwards_s = timed(lambda: (loss_fn(), loss_fn()), device, repeats)
+    step_s = timed(
+        lambda: mezo_step_mixed(compute, loss_fn, seed=next(seeds), eps=EPS, lr=LR), device, repeats
+    )
+    bf16_tensors = [model.get_parameter(name) for name in params.names]
+    original_bf16_s = timed(
+        lambda: original_mezo_step([p.data for p in bf16_tensors], loss_fn, next(seeds)), device, repeats
+    )
+    compute.derive([], [])  # the original-style step drifted the bf16 copy; rebuild it from θ
+    peak.reset()
+    loss_fn()
+    loss_fn()
+    bf16_inference_peak = peak.peak_bytes()
+    peak.reset()
+    mezo_step_mixed(compute, loss_fn, seed=7, eps=EPS, lr=LR)
+    step_peak = peak.peak_bytes()
+    bytes_derive = params.numel * (4 + 2)  # read θ fp32, write bf16
+    return {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "backend": "triton" if device.type == "cuda" else get_backend(device).name,
+        "params": params.numel,
+        "batch": f"{args.batch_size}x{args.seq_len}",
+        "compute_dtype": "bfloat16",
+        "plain_add_ms": plain_s * 1e3,
+        "derive_pass_ms": derive_s * 1e3,
+        "update_pass_ms": update_s * 1e3,
+        "derive_pass_gbps": bytes_derive / derive_s / 1e9,
+        "two_forwards_ms": two_forwards_s * 1e3,
+        "step_ms": step_s * 1e3,
+        "step_ratio": step_s / two_forwards_s,
+        "steps_per_s": 1.0 / step_s,
+        "original_fp32_step_ms": original_fp32_s * 1e3,
+        "original_bf16_step_ms": original_bf16_s * 1e3,
+        "speedup_vs_original_fp32": original_fp32_s / step_s,
+        "speedup_vs_original_bf16": original_bf16_s / step_s,
+        "fp32_inference_peak_mib": fp32_inference_peak / 2**20,
+        "bf16_inference_peak_mib": bf16_inference_peak / 2**20,
+        "step_peak_mib": step_peak / 2**20,
+        "memory_ratio_vs_fp32_inference": step_peak / fp32_inference_peak,
+        "memory_ratio_vs_bf16_inference": step_peak / bf16_inference_peak,
+    }
+
+
 def print_table(report: dict[str, Any]) -> None:
     print(f"model {report['model']}  ({report['machine']})")
     for device, res in report["devices"].items():
@@ -217,6 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--compute-dtype",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: forwards from a bf16 compute copy of fp32 θ (the GPU client's fast path)",
+    )
     args = parser.parse_args(argv)
     if args.model == "llama-1b":
         args.random_weights = True
@@ -225,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "model": args.model + (" (random weights)" if args.random_weights else ""),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "devices": {d: bench_device(args, torch.device(d)) for d in devices},
+        "devices": {
+            d: (bench_mixed if args.compute_dtype == "bf16" else bench_device)(args, torch.device(d))
+            for d in devices
+        },
     }
     if args.json:
         print(json.dumps(report))

@@ -24,6 +24,14 @@ def philox10(k0, k1, c0, c1, c2, c3):
 
 
 @triton.jit
+def _bf16_bits(w):
+    """fp32 -> bf16 bits (int16), round to nearest even: what torch's .to(bfloat16) does for finite w."""
+    bits = w.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.to(tl.uint16).to(tl.int16, bitcast=True)
+
+
+@triton.jit
 def apply_kernel(
     buf_ptr,
     tile_offset_ptr,
@@ -33,7 +41,10 @@ def apply_kernel(
     keys_ptr,
     vals_ptr,
     n_seeds,
+    copy_ptr,
     TILE: tl.constexpr,
+    STORE_THETA: tl.constexpr,
+    STORE_COPY: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offset = tl.load(tile_offset_ptr + pid)  # int64: tensor start in the flat buffer
@@ -65,10 +76,16 @@ def apply_kernel(
         w1 = w1 + tl.where(((x1[:, None] >> shift) & 1) != 0, v, -v)
         w2 = w2 + tl.where(((x2[:, None] >> shift) & 1) != 0, v, -v)
         w3 = w3 + tl.where(((x3[:, None] >> shift) & 1) != 0, v, -v)
-    tl.store(buf_ptr + offset + elem0, w0, mask=elem0 < numel)
-    tl.store(buf_ptr + offset + elem1, w1, mask=elem1 < numel)
-    tl.store(buf_ptr + offset + elem2, w2, mask=elem2 < numel)
-    tl.store(buf_ptr + offset + elem3, w3, mask=elem3 < numel)
+    if STORE_THETA:  # the canonical fp32 weights
+        tl.store(buf_ptr + offset + elem0, w0, mask=elem0 < numel)
+        tl.store(buf_ptr + offset + elem1, w1, mask=elem1 < numel)
+        tl.store(buf_ptr + offset + elem2, w2, mask=elem2 < numel)
+        tl.store(buf_ptr + offset + elem3, w3, mask=elem3 < numel)
+    if STORE_COPY:  # the bf16 compute copy, rounded to nearest even in integer ops (same on every device)
+        tl.store(copy_ptr + offset + elem0, _bf16_bits(w0), mask=elem0 < numel)
+        tl.store(copy_ptr + offset + elem1, _bf16_bits(w1), mask=elem1 < numel)
+        tl.store(copy_ptr + offset + elem2, _bf16_bits(w2), mask=elem2 < numel)
+        tl.store(copy_ptr + offset + elem3, _bf16_bits(w3), mask=elem3 < numel)
 
 
 @triton.jit

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fedmezo.zo.backend import Backend, get_backend, to_fp32
 from fedmezo.zo.params import TrainableParams
 
-__all__ = ["StepResult", "mezo_step"]
+__all__ = ["StepResult", "check_hyperparameters", "mezo_step", "projected_gradient"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,29 @@ class StepResult:
         return 0.5 * (self.loss_plus + self.loss_minus)
 
 
+def check_hyperparameters(eps: float, lr: float) -> None:
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be positive and finite, got {eps}")
+    if not math.isfinite(lr):
+        raise ValueError(f"lr must be finite, got {lr}")
+
+
+def projected_gradient(
+    loss_plus: float, loss_minus: float, eps: float, clip: float | None
+) -> tuple[float | None, bool]:
+    """g = (L₊ − L₋)/2ε in float64, optionally clipped, rounded to the fp32 scalar that travels.
+
+    Returns (None, False) when a loss is NaN/inf: the step must be skipped.
+    """
+    if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+        return None, False
+    g = (loss_plus - loss_minus) / (2.0 * eps)
+    clipped = clip is not None and abs(g) > clip
+    if clip is not None and clipped:
+        g = math.copysign(clip, g)
+    return to_fp32(g), clipped
+
+
 def mezo_step(
     params: TrainableParams,
     loss_fn: Callable[[], float],
@@ -48,10 +71,7 @@ def mezo_step(
     backend: Backend | None = None,
 ) -> StepResult:
     """Run one MeZO step on `params` with direction z(seed); `loss_fn` evaluates the current weights."""
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"eps must be positive and finite, got {eps}")
-    if not math.isfinite(lr):
-        raise ValueError(f"lr must be finite, got {lr}")
+    check_hyperparameters(eps, lr)
     backend = backend or get_backend(params.device)
 
     # 1. θ ← θ + ε·z, then L₊ (forward in eval + inference mode, loss in fp32)
@@ -62,14 +82,10 @@ def mezo_step(
     loss_minus = loss_fn()
 
     # 3. projected gradient g = (L₊ − L₋) / 2ε, in float64 on the host
-    if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-        backend.apply(params, [seed], [eps])  # restore only
+    projected_grad, clipped = projected_gradient(loss_plus, loss_minus, eps, clip)
+    if projected_grad is None:  # a non-finite loss: restore only
+        backend.apply(params, [seed], [eps])
         return StepResult(seed, 0.0, loss_plus, loss_minus, skipped=True, clipped=False)
-    projected_grad = (loss_plus - loss_minus) / (2.0 * eps)
-    clipped = clip is not None and abs(projected_grad) > clip
-    if clip is not None and clipped:
-        projected_grad = math.copysign(clip, projected_grad)
-    projected_grad = to_fp32(projected_grad)  # the value that travels is an fp32 scalar
 
     # 4. restore and update in one pass: θ ← θ + ε·z − η·g·z
     backend.apply(params, [seed, seed], [eps, -lr * projected_grad])

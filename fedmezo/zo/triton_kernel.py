@@ -87,8 +87,37 @@ class TritonBackend:
         self.num_warps = num_warps
 
     def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None:
+        self._launch(params, seeds, values, copy=None, store_theta=True)
+
+    def apply_to_copy(
+        self,
+        params: TrainableParams,
+        copy: torch.Tensor,
+        seeds: Sequence[int],
+        values: Sequence[float],
+        *,
+        update_theta: bool,
+    ) -> None:
+        """copy ← bf16(θ + Σ v z) in one pass; θ itself is written only when `update_theta`."""
+        if (
+            copy.shape != params.flat.shape
+            or copy.device != params.flat.device
+            or copy.dtype != torch.bfloat16
+        ):
+            raise ValueError("the compute copy must be bf16 and match the flat buffer's shape and device")
+        self._launch(params, seeds, values, copy=copy, store_theta=update_theta)
+
+    def _launch(
+        self,
+        params: TrainableParams,
+        seeds: Sequence[int],
+        values: Sequence[float],
+        *,
+        copy: torch.Tensor | None,
+        store_theta: bool,
+    ) -> None:
         check_seeds(seeds, values)
-        if not seeds:
+        if not seeds and copy is None:
             return
         device = params.flat.device
         if not triton_available(device):
@@ -96,12 +125,16 @@ class TritonBackend:
         apply_kernel, _ = _kernels()
         tiles = _tile_table(params.segments, device, self.tile_blocks)
         vals = torch.tensor(np.array(values, dtype=np.float64).astype(np.float32), device=device)
+        keys = _keys_tensor(seeds, device) if seeds else torch.zeros(2, dtype=torch.int32, device=device)
         apply_kernel[(tiles[0].numel(),)](
             params.flat,
             *tiles,
-            _keys_tensor(seeds, device),
+            keys,
             vals,
             len(seeds),
+            params.flat if copy is None else copy.view(torch.int16),
             TILE=self.tile_blocks,
+            STORE_THETA=store_theta,
+            STORE_COPY=copy is not None,
             num_warps=self.num_warps,
         )

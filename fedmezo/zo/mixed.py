@@ -1,0 +1,91 @@
+"""Mixed precision without drift (design §3): fp32 canonical θ, low-precision forwards.
+
+The model's trainable weights are rebound to a bf16 *compute copy*; the canonical fp32 θ
+lives only in `params.flat`. Each pass derives the copy from θ in one fused kernel:
+
+    copy ← bf16(θ + ε·z)      forward → L₊          (θ untouched)
+    copy ← bf16(θ − ε·z)      forward → L₋          (θ untouched)
+    θ ← θ − η·g·z;  copy ← bf16(θ)                  (the canonical fp32 add, design §2)
+
+θ is never perturbed, so local training adds no drift at all, and nothing is ever rounded back
+into θ. The bf16 forwards are what make the GPU client fast; the fp32 adds keep replicas identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from fedmezo.zo.backend import get_backend
+from fedmezo.zo.params import TrainableParams
+from fedmezo.zo.step import StepResult, check_hyperparameters, projected_gradient
+from fedmezo.zo.triton_kernel import TritonBackend, triton_available
+
+__all__ = ["ComputeCopy", "mezo_step_mixed"]
+
+
+class ComputeCopy:
+    """A low-precision copy of θ that the model's forwards read; θ stays fp32 in `params.flat`."""
+
+    def __init__(self, model: torch.nn.Module, params: TrainableParams, dtype: torch.dtype = torch.bfloat16):
+        if dtype != torch.bfloat16:
+            raise ValueError(f"the compute copy is bfloat16 (fp32's exponent range), got {dtype}")
+        self.params = params
+        self.dtype = dtype
+        self.copy = torch.empty(params.numel, dtype=dtype, device=params.device)
+        model.to(
+            dtype
+        )  # frozen weights and buffers join the compute dtype; θ (params.flat) is no module tensor
+        for name, shape, seg in zip(params.names, params.shapes, params.segments, strict=True):
+            model.get_parameter(name).data = self.copy[seg.offset : seg.offset + seg.numel].view(shape)
+        self.derive([], [])
+
+    def _fused(self, seeds: Sequence[int], values: Sequence[float], *, update_theta: bool) -> None:
+        if triton_available(self.params.device):  # one fused Triton pass
+            TritonBackend().apply_to_copy(self.params, self.copy, seeds, values, update_theta=update_theta)
+            return
+        # CPU: the same arithmetic with the CPU backend on θ (or a scratch clone of it), then one cast
+        backend = get_backend(self.params.device)
+        if update_theta:
+            backend.apply(self.params, seeds, values)
+            self.copy.copy_(self.params.flat)
+            return
+        scratch = TrainableParams(self.params.flat.clone(), self.params.names, self.params.shapes)
+        backend.apply(scratch, seeds, values)
+        self.copy.copy_(scratch.flat)
+
+    def derive(self, seeds: Sequence[int], values: Sequence[float]) -> None:
+        """copy ← lowp(θ + Σ v·z(seed)), θ unchanged."""
+        self._fused(seeds, values, update_theta=False)
+
+    def update(self, seeds: Sequence[int], values: Sequence[float]) -> None:
+        """θ ← θ + Σ v·z(seed) (canonical fp32 adds), then copy ← lowp(θ), in one pass."""
+        self._fused(seeds, values, update_theta=True)
+
+
+def mezo_step_mixed(
+    compute: ComputeCopy,
+    loss_fn: Callable[[], float],
+    *,
+    seed: int,
+    eps: float,
+    lr: float,
+    clip: float | None = None,
+) -> StepResult:
+    """One MeZO step with low-precision forwards; θ moves only by the canonical −η·g·z add."""
+    check_hyperparameters(eps, lr)
+    # 1. copy ← bf16(θ + ε·z), L₊
+    compute.derive([seed], [eps])
+    loss_plus = loss_fn()
+    # 2. copy ← bf16(θ − ε·z), L₋
+    compute.derive([seed], [-eps])
+    loss_minus = loss_fn()
+    # 3. projected gradient, fp64 on the host, rounded to the fp32 scalar that travels
+    projected_grad, clipped = projected_gradient(loss_plus, loss_minus, eps, clip)
+    if projected_grad is None:
+        compute.derive([], [])
+        return StepResult(seed, 0.0, loss_plus, loss_minus, skipped=True, clipped=False)
+    # 4. θ ← θ − η·g·z and copy ← bf16(θ), one pass
+    compute.update([seed], [-lr * projected_grad])
+    return StepResult(seed, projected_grad, loss_plus, loss_minus, skipped=False, clipped=clipped)
