@@ -49,7 +49,9 @@ class ClientConfig:
         "", "where the client keeps its replica between restarts (default ~/.fedmezo/client/ID)"
     )
     max_length: int = _opt(
-        256, "token length examples are truncated to, when the server does not say (tokens)"
+        256,
+        "fallback only: token length examples are truncated to when the server does not send one "
+        "(servers before RunConfig.max_length); the server's value always wins",
     )
     rpc_deadline_s: float = _opt(30.0, "deadline of every unary RPC (seconds); long-polls add their wait")
     long_poll_s: float = _opt(

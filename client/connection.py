@@ -116,7 +116,6 @@ def _hex(raw: bytes) -> str:
 
 def _settings_from_pb(config: common_pb2.RunConfig) -> RunSettings:
     mode = "lora" if config.mode == common_pb2.TRAINING_MODE_LORA else "full"
-    max_length = getattr(config, "max_length", 0) or None  # requested field; absent in older protos
     return RunSettings(
         run_id=config.run_id,
         model=config.model,
@@ -134,7 +133,7 @@ def _settings_from_pb(config: common_pb2.RunConfig) -> RunSettings:
         lora_seed=config.lora_seed,
         heartbeat_interval_s=config.heartbeat_interval_s or 10.0,
         clients_per_round=config.clients_per_round,
-        max_length=max_length,
+        max_length=config.max_length or None,  # 0: an older server that does not say
     )
 
 
@@ -232,7 +231,14 @@ class GrpcServerLink:
         return _settings_from_pb(response.config)
 
     def join(
-        self, *, manifest_sha256: str, rng_spec: str, num_examples: int, device: str, model_version: int
+        self,
+        *,
+        manifest_sha256: str,
+        rng_spec: str,
+        num_examples: int,
+        device: str,
+        model_version: int,
+        inference_peak_memory_bytes: int = 0,
     ) -> JoinResult:
         from fedmezo import __version__
 
@@ -244,6 +250,7 @@ class GrpcServerLink:
             device=device,
             model_version=model_version,
             client_version=__version__,
+            inference_peak_memory_bytes=inference_peak_memory_bytes,
         )
         response = self._unary(self._federation.Join, request)
         return JoinResult(

@@ -142,6 +142,7 @@ class Daemon:
             num_examples=workload.num_examples,
             device=workload.device,
             model_version=replica.version,
+            inference_peak_memory_bytes=workload.inference_peak_memory_bytes,
         )
         if joined.settings.run_id != self.settings.run_id:
             raise Incompatible(

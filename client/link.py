@@ -129,7 +129,14 @@ class ServerLink(Protocol):
     def get_run_config(self) -> RunSettings: ...
 
     def join(
-        self, *, manifest_sha256: str, rng_spec: str, num_examples: int, device: str, model_version: int
+        self,
+        *,
+        manifest_sha256: str,
+        rng_spec: str,
+        num_examples: int,
+        device: str,
+        model_version: int,
+        inference_peak_memory_bytes: int = 0,
     ) -> JoinResult: ...
 
     def heartbeat(self, *, model_version: int, activity: Activity, round_id: int = 0, step: int = 0) -> int:

@@ -7,13 +7,11 @@ drifts by a few ulps, design §3) never reaches the canonical replica.
 
 from __future__ import annotations
 
-import resource
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -21,18 +19,15 @@ from tqdm import tqdm
 
 from fedmezo.client.errors import Stopped
 from fedmezo.client.link import Task
+from fedmezo.memory import PeakMemory
 from fedmezo.zo import Backend, Batch, TrainableParams, derive_seed, make_loss_fn, mezo_step
 
 __all__ = [
     "StepDataset",
     "TrainResult",
     "device_label",
-    "peak_memory_bytes",
-    "reset_peak_memory",
     "train_task",
 ]
-
-_KIB = 1024
 
 
 class StepDataset(Protocol):
@@ -61,25 +56,6 @@ def device_label(device: torch.device) -> str:
     return str(device)
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak GPU memory allocated by torch on CUDA; the process's peak RSS (VmHWM) on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * _KIB  # reported in kB
-    except OSError:
-        pass
-    scale = 1 if sys.platform == "darwin" else _KIB  # ru_maxrss: bytes on macOS, KiB on Linux
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
-
-
 def train_task(
     model: torch.nn.Module,
     params: TrainableParams,
@@ -104,7 +80,8 @@ def train_task(
     grads: list[float] = []
     losses: list[float] = []
     skipped = 0
-    reset_peak_memory(device)
+    peak = PeakMemory(device)  # MeZO's training peak: what the dashboard puts next to inference
+    peak.reset()
     start = time.perf_counter()
     try:
         bar = tqdm(
@@ -143,7 +120,7 @@ def train_task(
         projected_grads=tuple(grads),
         losses=tuple(losses),
         step_time_s=elapsed / max(task.local_steps, 1),
-        peak_memory_bytes=peak_memory_bytes(device),
+        peak_memory_bytes=peak.peak_bytes(),
         device=device_label(device),
         skipped_steps=skipped,
     )

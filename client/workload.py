@@ -2,6 +2,8 @@
 
 Built once, after the client has learnt the run settings from the server, so an operator only has to
 point a client at its data: model name, training mode, LoRA shape and max length come from the run.
+Right after loading, the client measures the peak memory of one plain forward pass on a training batch:
+the inference baseline operators compare MeZO's training peak with (reported at Join).
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import torch
 from fedmezo.client.errors import ConfigError
 from fedmezo.client.link import RunSettings
 from fedmezo.client.trainer import StepDataset, device_label
-from fedmezo.zo import Backend, TrainableParams, get_backend
+from fedmezo.memory import PeakMemory
+from fedmezo.zo import Backend, TrainableParams, causal_lm_loss, get_backend
 
-__all__ = ["Workload", "build_workload", "resolve_device"]
+__all__ = ["Workload", "build_workload", "measure_inference_peak", "resolve_device"]
 
 logger = logging.getLogger("fedmezo.client")
 
 WARM_UP_ELEMENTS = 4096  # scratch elements for the kernel warm-up (a few Philox blocks)
+INFERENCE_PROBE_SEED = 0  # the training batch of this seed is the one the inference peak is measured on
 
 
 @dataclass
@@ -32,6 +36,7 @@ class Workload:
     num_examples: int
     device: str  # label for the operator, e.g. "cuda:0 (NVIDIA H100)"
     backend: Backend | None = None
+    inference_peak_memory_bytes: int = 0  # one plain forward on a training batch; 0 = not measured
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -68,7 +73,11 @@ def build_workload(
         lora_alpha=settings.lora_alpha,
         run_seed=settings.lora_seed,
     )
-    length = settings.max_length or max_length
+    length = settings.max_length or max_length  # the server's, when it says (it decides batch shapes)
+    if settings.max_length and settings.max_length != max_length:
+        logger.info(
+            "max length %d from the server (local fallback %d unused)", settings.max_length, max_length
+        )
     dataset = ClientDataset.from_examples(loaded.tokenizer, examples, length)
     logger.info(
         "model %s (%s, %d trainable) on %s; %d examples, max length %d",
@@ -81,6 +90,10 @@ def build_workload(
     )
     backend = get_backend(target)
     _warm_up(backend, target)
+    inference_peak = measure_inference_peak(model, dataset, settings.batch_size, target)
+    logger.info(
+        "inference peak memory (one forward, batch %d): %.1f MiB", settings.batch_size, inference_peak / 2**20
+    )
     return Workload(
         model=model,
         params=params,
@@ -88,7 +101,23 @@ def build_workload(
         num_examples=dataset.num_examples,
         device=device_label(target),
         backend=backend,
+        inference_peak_memory_bytes=inference_peak,
     )
+
+
+def measure_inference_peak(
+    model: torch.nn.Module, dataset: StepDataset, batch_size: int, device: torch.device
+) -> int:
+    """Peak memory (bytes) of one plain forward pass + loss on a training batch, no perturbation.
+
+    The same objective and batch shape as a MeZO step's forward (eval mode, inference_mode), measured
+    the way training peaks are (fedmezo.memory.PeakMemory), so the two are directly comparable.
+    """
+    batch = dataset.batch_for_step(INFERENCE_PROBE_SEED, max(1, batch_size)).to(device)
+    peak = PeakMemory(device)
+    peak.reset()
+    causal_lm_loss(model, batch)
+    return peak.peak_bytes()
 
 
 def _warm_up(backend: Backend, device: torch.device) -> None:

@@ -17,6 +17,7 @@ from grpc_health.v1.health import aio as health_aio
 from fedmezo.server.auth import Authenticator, load_tokens, server_credentials
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
+from fedmezo.server.evaluation import Evaluator
 from fedmezo.server.model_state import Replica
 from fedmezo.server.servicer import FederationServicer, StatusServicer
 from fedmezo.server.sqlite_store import SqliteStore
@@ -81,6 +82,7 @@ def build_app(
     clock: Callable[[], float] = time.time,
 ) -> ServerApp:
     """Everything wired but not started; `store`/`replica`/`clock` are seams for tests."""
+    evaluator = Evaluator.from_config(config)  # first: a bad eval file fails before anything is loaded
     state_dir = config.state_path
     store = store or SqliteStore(state_dir / STATE_DB)
     if replica is None:
@@ -92,7 +94,9 @@ def build_app(
             alpha=config.lora_alpha,
             seed=config.run_seed,
         )
-    coordinator = Coordinator(config, store, replica, clock=clock, checkpoint_dir=state_dir / "checkpoints")
+    coordinator = Coordinator(
+        config, store, replica, clock=clock, checkpoint_dir=state_dir / "checkpoints", evaluator=evaluator
+    )
     coordinator.start()
     tokens = load_tokens(config.tokens) if config.tokens else None
     if tokens is None:

@@ -24,6 +24,7 @@ __all__ = [
     "ENV_PREFIX",
     "HEARTBEAT_INTERVAL_S",
     "HEARTBEAT_TIMEOUT_S",
+    "MAX_LENGTH",
     "ServerConfig",
     "add_arguments",
     "load_config",
@@ -34,6 +35,9 @@ logger = logging.getLogger("fedmezo.server.config")
 ENV_PREFIX = "FEDMEZO_"
 HEARTBEAT_INTERVAL_S = 5.0
 HEARTBEAT_TIMEOUT_S = 30.0
+MAX_LENGTH = 256
+MIN_MAX_LENGTH = 8  # room for a chat template's few special tokens plus an answer
+MAX_MAX_LENGTH = 1 << 20
 LR_STRATEGIES = ("frozen", "random", "round-wise", "five-round", "model-diff")
 AGGREGATIONS = ("examples", "equal")
 MODES = ("full", "lora")
@@ -70,6 +74,16 @@ class ServerConfig:
     outlier_k: float = _f(0.0, "reject a client whose scalar RMS > k x the round median (k >= 1); 0 = off")
     run_seed: int = _f(0, "64-bit root of all derived seeds and of client sampling")
     checkpoint_every: int = _f(10, "rounds between safetensors checkpoints; bounds catch-up replay")
+    max_length: int = _f(
+        MAX_LENGTH,
+        "tokens every example is truncated to, on clients (sent in the run config) and in evaluation; "
+        "256 fits instruction data with short answers and keeps a CPU step fast",
+    )
+    # --- server-side evaluation of the global model (off without eval_data) ---
+    eval_data: str = _f("", "held-out JSONL (Alpaca/Dolly fields) evaluated after rounds; empty = off")
+    eval_every: int = _f(1, "evaluate after every K-th round (plus the initial model and the last round)")
+    eval_limit: int = _f(64, "evaluate the first N examples of eval_data; bounds the time one eval takes")
+    eval_max_new_tokens: int = _f(8, "greedy tokens generated per answer for exact match; short answers")
     # --- this process ---
     host: str = _f("[::]", "address to listen on")
     port: int = _f(50051, "TCP port to listen on (0 = any free port, reported in the log)")
@@ -93,9 +107,22 @@ class ServerConfig:
             problems.append(f"lr_strategy must be one of {LR_STRATEGIES}")
         if self.aggregation not in AGGREGATIONS:
             problems.append(f"aggregation must be one of {AGGREGATIONS}")
-        for name in ("rounds", "local_steps", "min_clients", "batch_size", "checkpoint_every"):
+        for name in (
+            "rounds",
+            "local_steps",
+            "min_clients",
+            "batch_size",
+            "checkpoint_every",
+            "eval_every",
+            "eval_limit",
+            "eval_max_new_tokens",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
+        if not MIN_MAX_LENGTH <= self.max_length <= MAX_MAX_LENGTH:
+            problems.append(f"max_length must be in {MIN_MAX_LENGTH}..{MAX_MAX_LENGTH} tokens")
+        if self.eval_data and not Path(self.eval_data).is_file():
+            problems.append(f"eval_data {self.eval_data!r} is not a file")
         if self.clients_per_round < 0:
             problems.append("clients_per_round must be >= 0")
         if not 0.0 < self.fraction <= 1.0:

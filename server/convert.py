@@ -62,7 +62,14 @@ def run_state_to_pb(state: RunState) -> common_pb2.RunState:
     return _RUN_STATES[state]
 
 
-def run_config_to_pb(config: ServerConfig, run_id: str, manifest_sha256: bytes) -> common_pb2.RunConfig:
+def run_config_to_pb(
+    config: ServerConfig,
+    run_id: str,
+    manifest_sha256: bytes,
+    *,
+    trainable_params: int = 0,
+    model_weight_bytes: int = 0,
+) -> common_pb2.RunConfig:
     return common_pb2.RunConfig(
         run_id=run_id,
         model=config.model,
@@ -92,6 +99,9 @@ def run_config_to_pb(config: ServerConfig, run_id: str, manifest_sha256: bytes) 
         checkpoint_every=config.checkpoint_every,
         heartbeat_interval_s=config.heartbeat_interval_s,
         heartbeat_timeout_s=config.heartbeat_timeout_s,
+        max_length=config.max_length,
+        trainable_params=trainable_params,
+        model_weight_bytes=model_weight_bytes,
     )
 
 
@@ -105,6 +115,7 @@ def join_info_to_pb(client_id: str, info: JoinInfo) -> federation_pb2.JoinReques
         device=info.device,
         model_version=info.model_version,
         client_version=info.client_version,
+        inference_peak_memory_bytes=info.inference_peak_memory_bytes,
     )
 
 
@@ -116,6 +127,7 @@ def join_info_from_pb(req: federation_pb2.JoinRequest) -> JoinInfo:
         device=req.device,
         model_version=req.model_version,
         client_version=req.client_version,
+        inference_peak_memory_bytes=req.inference_peak_memory_bytes,
     )
 
 
@@ -254,6 +266,7 @@ def round_view_to_pb(view: RoundView) -> status_pb2.RoundInfo:
         num_seeds=view.num_seeds,
         fingerprint=view.fingerprint,
         eval_metrics=view.eval_metrics,
+        deadline_at_unix_ms=ms(view.deadline_at),
     )
 
 
@@ -275,6 +288,7 @@ def client_view_to_pb(view: ClientView) -> status_pb2.ClientInfo:
         num_examples=view.num_examples,
         model_version=view.model_version,
         activity=view.activity,
+        inference_peak_memory_bytes=view.inference_peak_memory_bytes,
     )
 
 

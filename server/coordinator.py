@@ -5,6 +5,12 @@ completely before anything is written, so a refused request changes no state. Ro
 (open, extend, close, abort) happen only inside `tick`, serialized by one lock; the slow part of a
 close (applying the delta to the replica) runs in a worker thread while new updates for that round
 are already refused as late.
+
+Server-side evaluation (evaluation.py) runs in a worker thread after the round's transaction
+committed, off the tick lock: RPCs and the next round go on meanwhile. It holds the replica lock, so
+the next close waits for it before changing the replica. Its metrics are written in a transaction of
+their own: a crash during evaluation loses at most that evaluation, which `run` redoes at restart for
+the current model version.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from fedmezo.server import errors
-from fedmezo.server.aggregation import aggregate
+from fedmezo.server.aggregation import Aggregate, aggregate
 from fedmezo.server.config import ServerConfig
+from fedmezo.server.evaluation import EVAL_LOSS, Evaluator
 from fedmezo.server.lr_strategies import LrContext, RoundStat, personalized_lrs
 from fedmezo.server.model_state import Replica, prune_checkpoints, restore_replica
 from fedmezo.server.records import (
@@ -81,6 +88,7 @@ class JoinInfo:
     device: str = ""
     model_version: int = 0
     client_version: str = ""
+    inference_peak_memory_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,10 +138,12 @@ class Coordinator:
         *,
         clock: Callable[[], float] = time.time,
         checkpoint_dir: str | Path | None = None,
+        evaluator: Evaluator | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.replica = replica
+        self.evaluator = evaluator
         self.clock = clock
         self.checkpoint_dir = Path(checkpoint_dir or Path(config.state_dir) / "checkpoints")
         self.traffic = TrafficMeter(store)
@@ -143,6 +153,7 @@ class Coordinator:
         self._history: dict[str, list[RoundStat]] = {}
         self._closing: int | None = None
         self._tick_lock = asyncio.Lock()
+        self._replica_lock = asyncio.Lock()  # held while the replica changes or is evaluated
         self._changed = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self.started_at = clock()
@@ -250,8 +261,17 @@ class Coordinator:
             )
         if info.num_examples < 0:
             raise errors.InvalidUpdate("num_examples must be >= 0")
-        known = self.store.get_client(client_id) is not None
-        record = ClientRecord(client_id, self.clock(), info.num_examples, info.device, info.client_version)
+        previous = self.store.get_client(client_id)
+        known = previous is not None
+        record = ClientRecord(
+            client_id,
+            self.clock(),
+            info.num_examples,
+            info.device,
+            info.client_version,
+            # 0 = not measured (an older client): keep what an earlier join reported
+            info.inference_peak_memory_bytes or (previous.inference_peak_memory_bytes if previous else 0),
+        )
         kind = "client_rejoined" if known else "client_joined"
         self.store.upsert_client(
             record, [self._event(kind, f"{client_id} on {info.device}", client_id=client_id)]
@@ -427,7 +447,8 @@ class Coordinator:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def run(self) -> None:
-        """Drive deadlines and round opening until cancelled."""
+        """Drive deadlines and round opening until cancelled (first: evaluate θ_0 or redo a lost eval)."""
+        self._maybe_evaluate(self.rounds_completed)
         while True:
             try:
                 await self.tick()
@@ -491,48 +512,86 @@ class Coordinator:
                 r, updates, tasks, run_seed=self.config.run_seed, rule=self.config.aggregation,
                 clip=self.config.clip, outlier_k=self.config.outlier_k,
             )  # fmt: skip
-            snapshot = self.replica.params.snapshot()  # undo point: the store must never lag the replica
-            version = self.replica.version
-            try:
-                await asyncio.to_thread(self.replica.apply, agg.delta)
-                fingerprint = await asyncio.to_thread(self.replica.fingerprint)
-                accepted = {o.client_id for o in agg.outcomes if o.accepted}
-                losses = [
-                    u.mean_loss for u in updates if u.client_id in accepted and math.isfinite(u.mean_loss)
-                ]
-                mean_loss = math.fsum(losses) / len(losses) if losses else float("nan")
-                delta = DeltaRecord(
-                    r, agg.participants, agg.delta.coefficients, agg.delta.to_bytes(), fingerprint
-                )
-                state = RoundState.ABORTED if not accepted else RoundState.CLOSED
-                close = RoundClose(
-                    r, state, self.clock(), fingerprint, mean_loss, agg.delta.num_seeds, delta, agg.outcomes
-                )
-                kind = "round_aborted" if state == RoundState.ABORTED else "round_closed"
-                events = [self._event(kind, f"{len(accepted)} accepted, mean loss {mean_loss:.4f}", r)]
-                events += [
-                    self._event("update_rejected", o.rejected_reason, r, o.client_id)
-                    for o in agg.outcomes
-                    if not o.accepted
-                ]
-                self.store.close_round(close, events)
-            except BaseException:
-                self.replica.params.restore(snapshot)
-                self.replica.version = version
-                logger.error(
-                    "closing round %d failed; replica rolled back to version %d", r, self.replica.version
-                )
-                raise
+            async with self._replica_lock:  # an evaluation in progress finishes first
+                close = await self._apply_and_commit(r, updates, agg)
+                self._fingerprints[r] = close.fingerprint
+                self._remember(r)
+                self.traffic.flush()
+                logger.info(
+                    "round %d %s: mean loss %.4f, fingerprint %s",
+                    r, close.state.value, close.mean_loss, close.fingerprint.hex()[:16],
+                )  # fmt: skip
+                if r % self.config.checkpoint_every == 0 or r == self.config.rounds:
+                    record = await asyncio.to_thread(self.replica.save_checkpoint, self.checkpoint_dir)
+                    self.store.add_checkpoint(record)
+                    prune_checkpoints(self.checkpoint_dir)
         finally:
             self._closing = None
-        self._fingerprints[r] = fingerprint
-        self._remember(r)
-        self.traffic.flush()
-        logger.info(
-            "round %d %s: mean loss %.4f, fingerprint %s", r, state.value, mean_loss, fingerprint.hex()[:16]
-        )
-        if r % self.config.checkpoint_every == 0 or r == self.config.rounds:
-            record = await asyncio.to_thread(self.replica.save_checkpoint, self.checkpoint_dir)
-            self.store.add_checkpoint(record)
-            prune_checkpoints(self.checkpoint_dir)
+        self._notify()
+        self._maybe_evaluate(r)
+
+    async def _apply_and_commit(self, r: int, updates: list[UpdateRecord], agg: Aggregate) -> RoundClose:
+        """Apply round r's delta to the replica and commit the close; on any failure roll the replica back."""
+        snapshot = self.replica.params.snapshot()  # undo point: the store must never lag the replica
+        version = self.replica.version
+        try:
+            await asyncio.to_thread(self.replica.apply, agg.delta)
+            fingerprint = await asyncio.to_thread(self.replica.fingerprint)
+            accepted = {o.client_id for o in agg.outcomes if o.accepted}
+            losses = [u.mean_loss for u in updates if u.client_id in accepted and math.isfinite(u.mean_loss)]
+            mean_loss = math.fsum(losses) / len(losses) if losses else float("nan")
+            delta = DeltaRecord(
+                r, agg.participants, agg.delta.coefficients, agg.delta.to_bytes(), fingerprint
+            )
+            state = RoundState.ABORTED if not accepted else RoundState.CLOSED
+            close = RoundClose(
+                r, state, self.clock(), fingerprint, mean_loss, agg.delta.num_seeds, delta, agg.outcomes
+            )
+            kind = "round_aborted" if state == RoundState.ABORTED else "round_closed"
+            events = [self._event(kind, f"{len(accepted)} accepted, mean loss {mean_loss:.4f}", r)]
+            events += [
+                self._event("update_rejected", o.rejected_reason, r, o.client_id)
+                for o in agg.outcomes
+                if not o.accepted
+            ]
+            self.store.close_round(close, events)
+        except BaseException:
+            self.replica.params.restore(snapshot)
+            self.replica.version = version
+            logger.error(
+                "closing round %d failed; replica rolled back to version %d", r, self.replica.version
+            )
+            raise
+        return close
+
+    # --- server-side evaluation ---
+    def _maybe_evaluate(self, version: int) -> None:
+        """Schedule the evaluation of model `version` when one is due and not stored yet."""
+        if self.evaluator is None or not self.evaluator.due(version, self.config.rounds):
+            return
+        if EVAL_LOSS in self.store.get_metrics(version):
+            return
+        task = asyncio.get_running_loop().create_task(self._evaluate(version))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _evaluate(self, version: int) -> None:
+        """Evaluate the replica at `version` in a worker thread; store the metrics and an `eval` event."""
+        assert self.evaluator is not None
+        try:
+            async with self._replica_lock:
+                if self.replica.version != version:  # the model moved on before we got to it
+                    logger.warning(
+                        "evaluation of round %d skipped: the model is at %d", version, self.replica.version
+                    )
+                    return
+                outcome = await asyncio.to_thread(self.evaluator.evaluate, self.replica)
+            event = self._event("eval", outcome.summary(), version)
+            self.store.add_metrics(version, outcome.metrics, [event])
+        except Exception as exc:  # an evaluation failure must never take the server down
+            logger.exception("evaluation of round %d failed", version)
+            with contextlib.suppress(errors.StoreError):
+                self.store.add_events([self._event("eval_failed", f"{type(exc).__name__}: {exc}", version)])
+            return
+        logger.info("round %d %s", version, outcome.summary())
         self._notify()

@@ -78,6 +78,15 @@ class Replica:
     def fingerprint(self) -> bytes:
         return bytes.fromhex(self.params.fingerprint())
 
+    @property
+    def trainable_params(self) -> int:
+        """Elements of the trainable flat buffer (unique tensors, tied once; LoRA: the adapters)."""
+        return int(self.params.numel)
+
+    def weight_bytes(self) -> int:
+        """Bytes of every model parameter as this replica holds them; tied parameters counted once."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
     def apply(self, delta: RoundDelta) -> None:
         """θ_{v+1} = θ_v + Σ_s c_s z(s); the version moves even for an empty (aborted-round) delta."""
         apply_round_delta(self.params, delta)

@@ -41,6 +41,7 @@ class ClientRecord:
     num_examples: int = 0
     device: str = ""
     client_version: str = ""
+    inference_peak_memory_bytes: int = 0  # one plain forward's peak, measured by the client; 0 = unknown
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,15 @@ from fedmezo.server import convert, errors
 from fedmezo.server.auth import Authenticator
 from fedmezo.server.coordinator import Coordinator, TaskStatus
 from fedmezo.server.status_view import client_views, round_views, status_view
-from fedmezo.v1 import federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
+from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
 
-__all__ = ["CHECKPOINT_CHUNK_BYTES", "REASON_METADATA_KEY", "FederationServicer", "StatusServicer"]
+__all__ = [
+    "CHECKPOINT_CHUNK_BYTES",
+    "REASON_METADATA_KEY",
+    "FederationServicer",
+    "StatusServicer",
+    "run_config_pb",
+]
 
 logger = logging.getLogger("fedmezo.server.servicer")
 
@@ -65,11 +71,22 @@ def streaming(fn: Callable[..., AsyncIterator[Resp]]) -> Callable[..., AsyncIter
     return wrapper
 
 
+def run_config_pb(coord: Coordinator) -> common_pb2.RunConfig:
+    """The run config both services send (built once: it never changes while the server runs)."""
+    return convert.run_config_to_pb(
+        coord.config,
+        coord.run_id,
+        coord.replica.manifest_sha256,
+        trainable_params=coord.replica.trainable_params,
+        model_weight_bytes=coord.replica.weight_bytes(),
+    )
+
+
 class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     def __init__(self, coord: Coordinator, auth: Authenticator) -> None:
         self._coord = coord
         self._auth = auth
-        self._config_pb = convert.run_config_to_pb(coord.config, coord.run_id, coord.replica.manifest_sha256)
+        self._config_pb = run_config_pb(coord)
 
     def _who(self, context: grpc.aio.ServicerContext, claimed: str) -> str:
         return self._auth.identify(context.invocation_metadata(), claimed)
@@ -176,7 +193,7 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     def __init__(self, coord: Coordinator, auth: Authenticator) -> None:
         self._coord = coord
         self._auth = auth
-        self._config_pb = convert.run_config_to_pb(coord.config, coord.run_id, coord.replica.manifest_sha256)
+        self._config_pb = run_config_pb(coord)
 
     def _check(self, context: Any) -> None:
         self._auth.check_reader(context.invocation_metadata())

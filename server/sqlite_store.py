@@ -40,14 +40,15 @@ from fedmezo.server.store import Store, _check_close
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: clients.inference_peak_memory_bytes (added in place to a version-1 file)
 BUSY_TIMEOUT_S = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS clients (
     client_id TEXT PRIMARY KEY, joined_at REAL NOT NULL, num_examples INTEGER NOT NULL,
-    device TEXT NOT NULL, client_version TEXT NOT NULL);
+    device TEXT NOT NULL, client_version TEXT NOT NULL,
+    inference_peak_memory_bytes INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS rounds (
     round_id INTEGER PRIMARY KEY, state TEXT NOT NULL, opened_at REAL NOT NULL, deadline_at REAL NOT NULL,
     selected TEXT NOT NULL, extensions INTEGER NOT NULL, closed_at REAL NOT NULL, fingerprint BLOB NOT NULL,
@@ -118,12 +119,21 @@ class SqliteStore(Store):
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.executescript(_SCHEMA)
+                self._migrate()
                 self._db.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state database {self.path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        """Bring a file written by an older fedmezo up to SCHEMA_VERSION (additive columns only)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(clients)")}
+        if "inference_peak_memory_bytes" not in columns:
+            self._db.execute(
+                "ALTER TABLE clients ADD COLUMN inference_peak_memory_bytes INTEGER NOT NULL DEFAULT 0"
+            )
 
     # --- plumbing: the one translation boundary for sqlite3.Error ---
     @contextmanager
@@ -178,13 +188,15 @@ class SqliteStore(Store):
     def upsert_client(self, client: ClientRecord, events: Sequence[NewEvent] = ()) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO clients VALUES (?,?,?,?,?)",
+                "INSERT OR REPLACE INTO clients(client_id, joined_at, num_examples, device, client_version, "
+                "inference_peak_memory_bytes) VALUES (?,?,?,?,?,?)",
                 (
                     client.client_id,
                     client.joined_at,
                     client.num_examples,
                     client.device,
                     client.client_version,
+                    client.inference_peak_memory_bytes,
                 ),
             )
             self._insert_events(db, events)
@@ -399,6 +411,14 @@ class SqliteStore(Store):
     def get_metrics(self, round_id: int) -> dict[str, float]:
         rows = self._query("SELECT name, value FROM metrics WHERE round_id=?", (round_id,))
         return {name: _nan(value) for name, value in rows}
+
+    def add_metrics(self, round_id: int, metrics: dict[str, float], events: Sequence[NewEvent] = ()) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?,?,?)",
+                [(round_id, k, _real(v)) for k, v in sorted(metrics.items())],
+            )
+            self._insert_events(db, events)
 
     # --- fingerprints ---
     def record_fingerprint(self, record: FingerprintRecord, events: Sequence[NewEvent] = ()) -> None:

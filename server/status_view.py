@@ -15,6 +15,7 @@ __all__ = [
     "RoundView",
     "StatusView",
     "client_views",
+    "initial_round_view",
     "round_views",
     "status_view",
 ]
@@ -66,6 +67,7 @@ class RoundView:
     num_seeds: int
     fingerprint: bytes
     eval_metrics: dict[str, float] = field(default_factory=dict)
+    deadline_at: float = 0.0  # after extensions; 0 for round 0 (the initial model)
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,7 @@ class ClientView:
     num_examples: int
     model_version: int
     activity: str
+    inference_peak_memory_bytes: int = 0
 
 
 def status_view(coord: Coordinator) -> StatusView:
@@ -107,8 +110,36 @@ def status_view(coord: Coordinator) -> StatusView:
     )
 
 
+def initial_round_view(coord: Coordinator) -> RoundView | None:
+    """Round 0, the initial model θ_0, once it has been evaluated: no clients, only metrics."""
+    metrics = coord.store.get_metrics(0)
+    if not metrics:
+        return None
+    return RoundView(
+        round_id=0,
+        state=RoundState.CLOSED,
+        opened_at=0.0,
+        closed_at=0.0,
+        duration_s=0.0,
+        clients=(),
+        mean_loss=math.nan,
+        bytes_up=0,
+        bytes_down=0,
+        num_seeds=0,
+        fingerprint=coord.fingerprint_at(0) or b"",
+        eval_metrics=metrics,
+    )
+
+
 def round_views(coord: Coordinator, from_round: int = 1, limit: int = 0) -> list[RoundView]:
+    """Rounds from `from_round` on (at most `limit`, 0 = all); from_round 0 adds round 0 when evaluated."""
     views = []
+    initial = initial_round_view(coord) if from_round == 0 else None
+    if initial is not None:
+        views.append(initial)
+        if limit == 1:
+            return views
+        limit = limit - 1 if limit else 0
     for rec in coord.store.list_rounds(max(1, from_round), limit):
         updates = {u.client_id: u for u in coord.store.list_updates(rec.round_id)}
         outcomes = {o.client_id: o for o in coord.store.list_outcomes(rec.round_id)}
@@ -150,6 +181,7 @@ def round_views(coord: Coordinator, from_round: int = 1, limit: int = 0) -> list
                 num_seeds=rec.num_seeds,
                 fingerprint=rec.fingerprint,
                 eval_metrics=coord.store.get_metrics(rec.round_id),
+                deadline_at=rec.deadline_at,
             )
         )
     return views
@@ -193,6 +225,7 @@ def client_views(coord: Coordinator) -> list[ClientView]:
                 num_examples=client.num_examples,
                 model_version=live.model_version if live else 0,
                 activity=live.activity if live else "offline",
+                inference_peak_memory_bytes=client.inference_peak_memory_bytes,
             )
         )
     return views

@@ -85,6 +85,9 @@ class Store(ABC):
     def list_deltas(self, from_round: int = 1) -> list[DeltaRecord]: ...
     @abstractmethod
     def get_metrics(self, round_id: int) -> dict[str, float]: ...
+    @abstractmethod
+    def add_metrics(self, round_id: int, metrics: dict[str, float], events: Sequence[NewEvent] = ()) -> None:
+        """Set metrics of model version `round_id` (0 = the initial model), replacing same-named ones."""
 
     # --- fingerprints ---
     @abstractmethod
@@ -254,6 +257,11 @@ class MemoryStore(Store):
 
     def get_metrics(self, round_id: int) -> dict[str, float]:
         return dict(self._metrics.get(round_id, {}))
+
+    def add_metrics(self, round_id: int, metrics: dict[str, float], events: Sequence[NewEvent] = ()) -> None:
+        with self._lock:
+            self._metrics.setdefault(round_id, {}).update(metrics)
+            self.add_events(events)
 
     def record_fingerprint(self, record: FingerprintRecord, events: Sequence[NewEvent] = ()) -> None:
         with self._lock:

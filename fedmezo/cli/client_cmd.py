@@ -61,7 +61,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model", help="model name (default: the server's; only for local paths)")
     parser.add_argument("--state-dir", dest="state_dir", help="client state directory")
     parser.add_argument(
-        "--max-length", dest="max_length", type=int, help="token length when the server is silent"
+        "--max-length",
+        dest="max_length",
+        type=int,
+        help="fallback token length for old servers that do not send one (the server's value wins)",
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (0 = default)")
     parser.add_argument("--long-poll-s", dest="long_poll_s", type=float, help="GetTask wait (seconds)")

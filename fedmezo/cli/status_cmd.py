@@ -73,6 +73,7 @@ def status_json(status: Any, config: Any, rounds: Any, clients: Any) -> dict[str
                 "last_loss": _nan_to_none(c.last_loss),
                 "device": c.device,
                 "peak_memory_bytes": c.peak_memory_bytes,
+                "inference_peak_memory_bytes": c.inference_peak_memory_bytes,
                 "bytes_up": c.bytes_up,
                 "bytes_down": c.bytes_down,
                 "last_heartbeat_unix_ms": c.last_heartbeat_unix_ms,
@@ -90,6 +91,9 @@ def status_json(status: Any, config: Any, rounds: Any, clients: Any) -> dict[str
                 "duration_s": r.duration_s,
                 "num_seeds": r.num_seeds,
                 "fingerprint": r.fingerprint.hex(),
+                "deadline_at_unix_ms": r.deadline_at_unix_ms,
+                # server-side eval (eval_loss, exact_match in [0, 1]); round 0 = the initial model
+                "eval_metrics": {k: _nan_to_none(v) for k, v in sorted(r.eval_metrics.items())},
                 "clients": [
                     {
                         "id": c.client_id,
@@ -155,9 +159,13 @@ def run(args: argparse.Namespace) -> int:
     )
     for r in doc["rounds"]:
         loss = "-" if r["mean_loss"] is None else f"{r['mean_loss']:.4f}"
+        evaluated = r["eval_metrics"]
+        ev = ""
+        if evaluated.get("eval_loss") is not None and evaluated.get("exact_match") is not None:
+            ev = f"  eval loss {evaluated['eval_loss']:.4f} exact match {evaluated['exact_match']:.1%}"
         print(
             f"  round {r['round']:>4} {r['state']:<8} loss {loss:>8}  "
-            f"up {r['bytes_up']} B  down {r['bytes_down']} B"
+            f"up {r['bytes_up']} B  down {r['bytes_down']} B{ev}"
         )
     for c in doc["clients"]:
         sync = "in sync" if c["in_sync"] else "NOT in sync"

@@ -100,6 +100,7 @@ class FakeServer:
     failures: dict[str, list[Exception]] = field(default_factory=dict)  # per method, raised in order
     calls: list[str] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
+    joins: list[dict[str, object]] = field(default_factory=list)  # the keyword arguments of each join
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -110,8 +111,9 @@ class FakeServer:
         self._call("get_run_config")
         return self.settings
 
-    def join(self, **_: object) -> JoinResult:
+    def join(self, **kwargs: object) -> JoinResult:
         self._call("join")
+        self.joins.append(kwargs)
         ckpt = self.checkpoint
         return JoinResult(
             self.settings,

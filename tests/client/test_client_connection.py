@@ -31,6 +31,7 @@ CONFIG = common_pb2.RunConfig(
     eps=1e-3,
     batch_size=4,
     heartbeat_interval_s=2.0,
+    max_length=77,
 )
 
 
@@ -40,6 +41,7 @@ class Scripted(federation_pb2_grpc.FederationServiceServicer, status_pb2_grpc.St
         self.requests: list[Any] = []
         self.abort: tuple[grpc.StatusCode, str] | None = None
         self.blob = bytes(range(256)) * 9000  # > 2 chunks
+        self.config = CONFIG
 
     def _seen(self, request: Any, context: grpc.ServicerContext) -> None:
         self.metadata = list(context.invocation_metadata())
@@ -51,7 +53,7 @@ class Scripted(federation_pb2_grpc.FederationServiceServicer, status_pb2_grpc.St
 
     def GetRunConfig(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._seen(request, context)
-        return status_pb2.GetRunConfigResponse(config=CONFIG)
+        return status_pb2.GetRunConfigResponse(config=self.config)
 
     def Join(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._seen(request, context)
@@ -132,10 +134,18 @@ def test_conversions_and_bearer_token(served: tuple[Scripted, GrpcServerLink]) -
     assert ("authorization", "Bearer tok") in servicer.metadata
     assert (settings.mode, settings.lora_rank, settings.run_seed) == ("lora", 4, 2**63 + 5)
     assert settings.manifest_sha256 == bytes(range(32)).hex()
+    assert settings.max_length == 77  # the server's truncation length wins over the client's flag
     joined = link.join(
-        manifest_sha256="ab" * 32, rng_spec="fedmezo-rng-v1", num_examples=9, device="cpu", model_version=1
+        manifest_sha256="ab" * 32,
+        rng_spec="fedmezo-rng-v1",
+        num_examples=9,
+        device="cpu",
+        model_version=1,
+        inference_peak_memory_bytes=5 << 20,
     )
     assert servicer.requests[-1].manifest_sha256 == b"\xab" * 32 and servicer.requests[-1].client_id == "me"
+    assert servicer.requests[-1].inference_peak_memory_bytes == 5 << 20
+    assert joined.settings.max_length == 77
     assert (joined.rounds_completed, joined.checkpoint_round, joined.finished) == (2, 1, False)
     assert link.heartbeat(model_version=2, activity=Activity.TRAINING, round_id=3, step=4) == 2
     poll = link.get_task(known_version=2, wait_s=0.1)
@@ -178,6 +188,16 @@ def test_stream_errors_are_translated_too(served: tuple[Scripted, GrpcServerLink
     servicer.abort = (grpc.StatusCode.FAILED_PRECONDITION, "not_joined")
     with pytest.raises(Refused, match="not_joined"):
         list(link.stream_deltas(from_round=1, follow=True))
+
+
+def test_an_older_server_without_max_length_leaves_it_to_the_client(
+    served: tuple[Scripted, GrpcServerLink],
+) -> None:
+    servicer, link = served
+    servicer.config = common_pb2.RunConfig()
+    servicer.config.CopyFrom(CONFIG)
+    servicer.config.ClearField("max_length")  # 0 on the wire: a server from before the field
+    assert link.get_run_config().max_length is None
 
 
 def test_no_server_is_unavailable() -> None:

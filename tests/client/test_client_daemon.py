@@ -12,6 +12,7 @@ from fedmezo.client import sync
 from fedmezo.client.daemon import Daemon, Outcome
 from fedmezo.client.errors import Incompatible, Refused, Unavailable
 from fedmezo.client.retry import RetryPolicy
+from fedmezo.client.workload import Workload
 
 
 def _daemon(server: FakeServer) -> Daemon:
@@ -41,6 +42,17 @@ def test_trains_every_round_and_stays_bit_identical() -> None:
     assert all(len(u.projected_grads) == 4 and len(u.losses) == 4 for u in server.submitted)
     assert [v for v, _ in server.fingerprints] == [1, 2, 3]
     _assert_in_sync(daemon, server)
+
+
+def test_join_reports_the_measured_inference_peak() -> None:
+    server = make_fake_server(rounds=1)
+
+    def workload(_settings: object) -> Workload:
+        return replace(toy_workload(), inference_peak_memory_bytes=42 << 20)
+
+    daemon = Daemon(server, "me", workload, RetryPolicy(sleep=lambda _s: False), progress_bar=False)
+    assert daemon.run() is Outcome.FINISHED
+    assert server.joins and all(j["inference_peak_memory_bytes"] == 42 << 20 for j in server.joins)
 
 
 def test_late_joiner_replays_missed_rounds() -> None:

@@ -41,3 +41,13 @@ def test_cuda_client_matches_cpu_server_every_round() -> None:
     assert all(by_round[v] == fp for v, fp in server.fingerprints)
     assert server.submitted[0].device.startswith("cuda:0 (")
     assert server.submitted[0].peak_memory_bytes > 0
+
+
+def test_inference_peak_on_cuda_is_the_allocator_peak() -> None:
+    from fedmezo.client.workload import measure_inference_peak
+
+    device = torch.device("cuda")
+    model = toy_model().to(device)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    peak = measure_inference_peak(model, ToyDataset(), batch_size=2, device=device)
+    assert weights <= peak < weights + (256 << 20)  # weights + one forward's activations, not the context

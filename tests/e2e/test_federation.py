@@ -86,6 +86,7 @@ class Federation:
                 "--lr-spread=0",
                 "--deadline-s=60",
                 "--heartbeat-interval-s=5",
+                "--max-length=64",  # sent to every client in the run config
                 *extra,
             ]
         self._server_logs += 1
@@ -102,7 +103,6 @@ class Federation:
                 "--insecure",
                 "--device=cpu",
                 "--no-progress",
-                "--max-length=64",
                 "--long-poll-s=10",
                 f"--state-dir={self.tmp / client_id}",
                 *extra,
@@ -251,6 +251,11 @@ def test_three_clients_three_rounds_in_sync_under_1kib(
     _assert_clients_match_server_every_round(fed, doc, ["c1", "c2", "c3"])
     for client_id in ("c1", "c2", "c3"):  # every client reported every round it trained
         assert set(fed.client_fingerprints(client_id)) == {1, 2, 3}
+    assert int(doc["config"]["max_length"]) == 64 and int(doc["config"]["trainable_params"]) > 0
+    for client_id in ("c1", "c2", "c3"):  # the server's max length, not the client's default (256)
+        assert "max length 64" in (fed.tmp / f"{client_id}.log").read_text()
+    for client in doc["clients"]:  # measured once at start and reported at join
+        assert client["inference_peak_memory_bytes"] > 0, client
     for round_ in doc["rounds"]:
         assert sorted(round_["participants"]) == ["c1", "c2", "c3"]
         assert round_["mean_loss"] is not None and round_["mean_loss"] > 0

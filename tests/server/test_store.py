@@ -190,3 +190,53 @@ def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     again.close()
     with pytest.raises(StoreError):
         SqliteStore(tmp_path / "missing.sqlite", read_only=True)
+
+
+def test_client_inference_peak_roundtrip(store: Store) -> None:
+    store.upsert_client(ClientRecord("a", 1.0, 5, "cpu", "0.1.0", inference_peak_memory_bytes=123 << 20))
+    got = store.get_client("a")
+    assert got is not None and got.inference_peak_memory_bytes == 123 << 20
+    store.upsert_client(ClientRecord("b", 1.0, 5, "cpu"))
+    assert store.list_clients()[1].inference_peak_memory_bytes == 0
+
+
+def test_eval_metrics_of_round_0_and_closed_rounds(store: Store) -> None:
+    """add_metrics stores a model version's evaluation in its own transaction (round 0 = θ_0)."""
+    store.add_metrics(0, {"eval_loss": 3.0, "exact_match": 0.0}, [NewEvent("eval", "v0", 5.0)])
+    _open(store, clients=("a",))
+    store.add_update(_update())
+    store.close_round(_close())  # metrics={"eval_loss": 1.5} from the close itself
+    store.add_metrics(1, {"eval_loss": 2.0, "exact_match": 0.25, "eval_examples": 4.0})
+    store.add_metrics(1, {"exact_match": float("nan")})  # replaced; NaN survives the round trip
+    assert store.get_metrics(0) == {"eval_loss": 3.0, "exact_match": 0.0}
+    metrics = store.get_metrics(1)
+    assert metrics["eval_loss"] == 2.0 and metrics["eval_examples"] == 4.0
+    assert math.isnan(metrics["exact_match"])
+    assert store.get_metrics(2) == {}
+    assert [e.kind for e in store.list_events() if e.kind == "eval"] == ["eval"]
+    assert store.rounds_completed() == 1  # metrics of version 0 are not a round
+
+
+def test_sqlite_adds_the_inference_peak_column_to_a_version_1_file(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '1');"
+        "CREATE TABLE clients (client_id TEXT PRIMARY KEY, joined_at REAL NOT NULL, "
+        "num_examples INTEGER NOT NULL, device TEXT NOT NULL, client_version TEXT NOT NULL);"
+        "INSERT INTO clients VALUES ('old', 1.0, 3, 'cpu', '0.0.1');"
+    )
+    old.commit()
+    old.close()
+    ro = SqliteStore(path, read_only=True)  # export of an old state dir: readable as it is
+    assert ro.get_client("old") == ClientRecord("old", 1.0, 3, "cpu", "0.0.1")
+    ro.close()
+    s = SqliteStore(path)
+    assert s.get_client("old") == ClientRecord("old", 1.0, 3, "cpu", "0.0.1", inference_peak_memory_bytes=0)
+    s.upsert_client(ClientRecord("new", 2.0, 4, "cpu", "0.1.0", inference_peak_memory_bytes=7))
+    assert s.get_client("new") == ClientRecord("new", 2.0, 4, "cpu", "0.1.0", 7)
+    assert s.get_meta("schema_version") == "2"
+    s.close()
