@@ -29,6 +29,7 @@ def _imports(folder: Path) -> dict[Path, set[str]]:
     [
         ("client", ("fedmezo.server", "fedmezo.dashboard")),
         ("server", ("fedmezo.client", "fedmezo.dashboard")),
+        ("dashboard", ("fedmezo.server", "fedmezo.client")),
     ],
 )
 def test_deployables_do_not_import_each_other(folder: str, forbidden: tuple[str, ...]) -> None:

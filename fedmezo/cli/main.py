@@ -11,7 +11,14 @@ from collections.abc import Sequence
 __all__ = ["build_parser", "main"]
 
 # Each module defines `register(subparsers)`, which adds its parser and sets `func(args) -> int`.
-SUBCOMMAND_MODULES = ("fedmezo.cli.data_cmd",)
+SUBCOMMAND_MODULES = (
+    "fedmezo.cli.data_cmd",
+    "fedmezo.cli.client_cmd",
+    "fedmezo.cli.server_cmd",
+    "fedmezo.cli.status_cmd",
+    "fedmezo.cli.export_cmd",
+    "fedmezo.cli.dashboard_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

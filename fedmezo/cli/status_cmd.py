@@ -118,7 +118,8 @@ def status_round_state(state: int) -> str:
     return status_pb2.RoundState.Name(state).removeprefix("ROUND_STATE_").lower()  # type: ignore[arg-type]
 
 
-def _channel(args: argparse.Namespace) -> Any:
+def channel_from_args(args: argparse.Namespace) -> Any:
+    """A gRPC channel from the shared --insecure / --tls-* options (status, dashboard)."""
     import grpc
 
     if args.insecure:
@@ -128,6 +129,12 @@ def _channel(args: argparse.Namespace) -> Any:
     return grpc.secure_channel(args.server, creds)
 
 
+def token_from_args(args: argparse.Namespace) -> str | None:
+    """--token, else --token-file's contents, else $FEDMEZO_TOKEN."""
+    token = args.token or (Path(args.token_file).read_text().strip() if args.token_file else None)
+    return token or os.environ.get("FEDMEZO_TOKEN") or None
+
+
 def run(args: argparse.Namespace) -> int:
     import grpc
 
@@ -135,10 +142,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.insecure and not args.tls_ca:
         logger.info("no --tls-ca: using the system trust store (pass --insecure for plaintext servers)")
-    token = args.token or (Path(args.token_file).read_text().strip() if args.token_file else None)
-    token = token or os.environ.get("FEDMEZO_TOKEN")
+    token = token_from_args(args)
     metadata = (("authorization", f"Bearer {token}"),) if token else None
-    with _channel(args) as channel:
+    with channel_from_args(args) as channel:
         stub = status_pb2_grpc.StatusServiceStub(channel)
         try:
             kw: dict[str, Any] = {"timeout": RPC_DEADLINE_S, "metadata": metadata}
