@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "fedmezo.cli.status_cmd",
     "fedmezo.cli.export_cmd",
     "fedmezo.cli.dashboard_cmd",
+    "fedmezo.cli.demo_cmd",
 )
 
 
