@@ -44,6 +44,11 @@ class ClientConfig:
     tls_cert: str | None = _opt(None, "PEM client certificate for mTLS (needs --tls-key)")
     tls_key: str | None = _opt(None, "PEM client private key for mTLS (needs --tls-cert)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N; auto picks cuda when available")
+    compute_dtype: str = _opt(
+        "fp32",
+        "fp32 | bf16 | auto: dtype of the forwards; bf16 reads a compute copy derived from the fp32 "
+        "weights (GPU speed, canonical weights unchanged); auto = bf16 on CUDA, fp32 on CPU",
+    )
     model: str | None = _opt(None, "model name; default and normally: what the server says")
     state_dir: str = _opt(
         "", "where the client keeps its replica between restarts (default ~/.fedmezo/client/ID)"
@@ -75,6 +80,8 @@ class ClientConfig:
             raise ConfigError("mTLS needs both --tls-cert and --tls-key")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.compute_dtype not in ("fp32", "bf16", "auto"):
+            raise ConfigError(f"--compute-dtype must be fp32, bf16 or auto, got {self.compute_dtype!r}")
         if self.max_length < 8:
             raise ConfigError(f"--max-length must be at least 8 tokens, got {self.max_length}")
         if self.rpc_deadline_s <= 0 or self.long_poll_s <= 0:

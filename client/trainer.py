@@ -21,6 +21,7 @@ from fedmezo.client.errors import Stopped
 from fedmezo.client.link import Task
 from fedmezo.memory import PeakMemory
 from fedmezo.zo import Backend, Batch, TrainableParams, derive_seed, make_loss_fn, mezo_step
+from fedmezo.zo.mixed import ComputeCopy, mezo_step_mixed
 
 __all__ = [
     "StepDataset",
@@ -96,15 +97,15 @@ def train_task(
             if stop is not None and stop.is_set():
                 raise Stopped(f"abandoned round {task.round_id} at step {t}")
             batch = dataset.batch_for_step(seed, task.batch_size).to(device)
-            result = mezo_step(
-                params,
-                make_loss_fn(model, batch),
-                seed=seed,
-                eps=task.eps,
-                lr=task.lr,
-                clip=task.clip,
-                backend=backend,
-            )
+            loss_fn = make_loss_fn(model, batch)
+            if isinstance(params.compute, ComputeCopy):  # bf16 forwards, θ never perturbed
+                result = mezo_step_mixed(
+                    params.compute, loss_fn, seed=seed, eps=task.eps, lr=task.lr, clip=task.clip
+                )
+            else:
+                result = mezo_step(
+                    params, loss_fn, seed=seed, eps=task.eps, lr=task.lr, clip=task.clip, backend=backend
+                )
             grads.append(result.projected_grad)
             losses.append(result.loss)
             skipped += result.skipped

@@ -50,7 +50,13 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def build_workload(
-    settings: RunSettings, *, data: str, device: str, model_name: str | None, max_length: int
+    settings: RunSettings,
+    *,
+    data: str,
+    device: str,
+    model_name: str | None,
+    max_length: int,
+    compute_dtype: str = "fp32",
 ) -> Workload:
     """Load the model the run uses, make its trainable part one flat fp32 buffer, encode the data."""
     from fedmezo.data import ClientDataset, DataError, read_jsonl
@@ -73,6 +79,11 @@ def build_workload(
         lora_alpha=settings.lora_alpha,
         run_seed=settings.lora_seed,
     )
+    if compute_dtype == "bf16" or (compute_dtype == "auto" and target.type == "cuda"):
+        from fedmezo.zo.mixed import ComputeCopy
+
+        ComputeCopy(model, params)  # forwards read bf16; θ stays the canonical fp32 buffer
+        logger.info("forwards in bfloat16 from a compute copy of the fp32 weights")
     length = settings.max_length or max_length  # the server's, when it says (it decides batch shapes)
     if settings.max_length and settings.max_length != max_length:
         logger.info(

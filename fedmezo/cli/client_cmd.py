@@ -58,6 +58,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--tls-cert", dest="tls_cert", help="PEM client certificate (mTLS)")
     parser.add_argument("--tls-key", dest="tls_key", help="PEM client key (mTLS)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: cuda when available)")
+    parser.add_argument(
+        "--compute-dtype",
+        dest="compute_dtype",
+        help="fp32 | bf16 | auto: forwards in bf16 from a copy of the fp32 weights (default fp32)",
+    )
     parser.add_argument("--model", help="model name (default: the server's; only for local paths)")
     parser.add_argument("--state-dir", dest="state_dir", help="client state directory")
     parser.add_argument(
@@ -157,6 +162,7 @@ def _serve(config: Any, channel: Any) -> int:
             settings,
             data=config.data,
             device=config.device,
+            compute_dtype=config.compute_dtype,
             model_name=config.model,
             max_length=config.max_length,
         )

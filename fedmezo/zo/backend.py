@@ -57,6 +57,7 @@ class ReferenceBackend:
                 z = rademacher(seed, seg.tensor_id, seg.numel).to(w.device)
                 v = torch.tensor(to_fp32(value), dtype=torch.float32, device=w.device)
                 w.add_(torch.where(z > 0, v, -v))  # fp32 + fp32, no multiply: exact IEEE add
+        params.refresh_compute()
 
 
 _BACKENDS: dict[str, Backend] = {}

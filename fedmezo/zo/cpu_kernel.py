@@ -176,3 +176,4 @@ class NumbaBackend:
         buf = params.flat.detach().numpy()  # shares memory with the tensor
         tables = _sign_tables(values)
         _apply_kernel(buf, *_chunk_table(params.segments), keys_lo, keys_hi, tables)  # type: ignore[call-arg]
+        params.refresh_compute()

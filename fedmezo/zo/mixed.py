@@ -39,29 +39,22 @@ class ComputeCopy:
         )  # frozen weights and buffers join the compute dtype; θ (params.flat) is no module tensor
         for name, shape, seg in zip(params.names, params.shapes, params.segments, strict=True):
             model.get_parameter(name).data = self.copy[seg.offset : seg.offset + seg.numel].view(shape)
+        params.compute = self  # from now on every write to θ keeps the copy in step
         self.derive([], [])
 
-    def _fused(self, seeds: Sequence[int], values: Sequence[float], *, update_theta: bool) -> None:
+    def derive(self, seeds: Sequence[int], values: Sequence[float]) -> None:
+        """copy ← bf16(θ + Σ v·z(seed)), θ unchanged."""
         if triton_available(self.params.device):  # one fused Triton pass
-            TritonBackend().apply_to_copy(self.params, self.copy, seeds, values, update_theta=update_theta)
-            return
-        # CPU: the same arithmetic with the CPU backend on θ (or a scratch clone of it), then one cast
-        backend = get_backend(self.params.device)
-        if update_theta:
-            backend.apply(self.params, seeds, values)
-            self.copy.copy_(self.params.flat)
+            TritonBackend().apply_to_copy(self.params, self.copy, seeds, values, update_theta=False)
             return
         scratch = TrainableParams(self.params.flat.clone(), self.params.names, self.params.shapes)
-        backend.apply(scratch, seeds, values)
+        get_backend(self.params.device).apply(scratch, seeds, values)  # CPU: same adds on a scratch θ
         self.copy.copy_(scratch.flat)
 
-    def derive(self, seeds: Sequence[int], values: Sequence[float]) -> None:
-        """copy ← lowp(θ + Σ v·z(seed)), θ unchanged."""
-        self._fused(seeds, values, update_theta=False)
-
     def update(self, seeds: Sequence[int], values: Sequence[float]) -> None:
-        """θ ← θ + Σ v·z(seed) (canonical fp32 adds), then copy ← lowp(θ), in one pass."""
-        self._fused(seeds, values, update_theta=True)
+        """θ ← θ + Σ v·z(seed) (canonical fp32 adds); the backend refreshes the copy in the same pass."""
+        backend = TritonBackend() if triton_available(self.params.device) else get_backend(self.params.device)
+        backend.apply(self.params, seeds, values)
 
 
 def mezo_step_mixed(

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from fedmezo.zo.rng import RNG_SPEC
 
-__all__ = ["Manifest", "Segment", "TrainableParams"]
+__all__ = ["ComputeView", "Manifest", "Segment", "TrainableParams"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,14 @@ class Manifest:
         return sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
 
 
+class ComputeView(Protocol):
+    """A low-precision copy of θ that the model's forwards read (fedmezo.zo.mixed.ComputeCopy)."""
+
+    copy: torch.Tensor
+
+    def derive(self, seeds: Sequence[int], values: Sequence[float]) -> None: ...
+
+
 def _unique_trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """Trainable parameters, tied weights counted once (under their first registered name)."""
     return [(n, p) for n, p in model.named_parameters(remove_duplicate=True) if p.requires_grad]
@@ -67,6 +76,8 @@ class TrainableParams:
         if flat.dtype != torch.float32 or flat.dim() != 1 or not flat.is_contiguous():
             raise ValueError("flat must be a contiguous 1-D fp32 tensor")
         self.flat = flat
+        # Set by ComputeCopy: every write to θ (backend.apply, restore) then also refreshes the copy.
+        self.compute: ComputeView | None = None
         self.names = names
         self.shapes = shapes
         offsets = np.cumsum([0] + [int(np.prod(s, dtype=np.int64)) for s in shapes])
@@ -129,6 +140,12 @@ class TrainableParams:
         if snapshot.shape != self.flat.shape or snapshot.dtype != torch.float32:
             raise ValueError("snapshot does not match this parameter set")
         self.flat.copy_(snapshot)
+        self.refresh_compute()
+
+    def refresh_compute(self) -> None:
+        """copy ← lowp(θ) after θ was written (round to nearest even, as the fused kernel does)."""
+        if self.compute is not None:
+            self.compute.copy.copy_(self.flat)
 
     def fingerprint(self) -> str:
         """SHA-256 of the fp32 bytes of the trainable tensors in manifest order (little-endian)."""

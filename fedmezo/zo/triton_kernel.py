@@ -87,7 +87,9 @@ class TritonBackend:
         self.num_warps = num_warps
 
     def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None:
-        self._launch(params, seeds, values, copy=None, store_theta=True)
+        """θ += Σ v z; with a compute copy attached, the same pass also writes copy = bf16(θ)."""
+        copy = params.compute.copy if params.compute is not None else None
+        self._launch(params, seeds, values, copy=copy, store_theta=True)
 
     def apply_to_copy(
         self,

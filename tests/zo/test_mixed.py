@@ -113,3 +113,20 @@ def test_cpu_path_without_triton_gives_the_same_bits(monkeypatch):
     plain.derive([4], [1e-3])
     assert torch.equal(params.flat, params2.flat)
     assert torch.equal(fused.copy, plain.copy)
+
+
+@pytest.mark.parametrize("triton", [True, False])
+def test_every_write_to_theta_refreshes_the_copy(monkeypatch, triton):
+    """Round deltas, checkpoint restores and snapshots all go through θ: the copy must follow."""
+    from fedmezo.zo import Contribution, apply_round_delta, round_delta
+
+    if not triton:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model, params = replica()
+    compute = ComputeCopy(model, params)
+    snapshot = params.snapshot()
+    apply_round_delta(params, round_delta([Contribution("a", 1.0, 1e-2, [1, 2], [0.5, -0.25])]))
+    assert not torch.equal(params.flat, snapshot)
+    assert torch.equal(compute.copy, params.flat.to(torch.bfloat16))
+    params.restore(snapshot)
+    assert torch.equal(compute.copy, snapshot.to(torch.bfloat16))
