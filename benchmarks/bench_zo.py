@@ -89,11 +89,15 @@ def make_batch(vocab_size: int, batch_size: int, seq_len: int, device: torch.dev
 def load(model_name: str, random_weights: bool, device: torch.device) -> torch.nn.Module:
     from fedmezo import models
 
+    configs = {
+        "smollm2-135m": models.smollm2_135m_config,
+        "llama-1b": models.llama_1b_config,
+        "tiny-random": models.tiny_random_config,
+    }
     if random_weights:
-        config = models.smollm2_135m_config() if model_name == "smollm2-135m" else models.tiny_random_config()
-        if model_name == "llama-1b":
-            config = models.llama_1b_config()
-        model = models.build_random_model(config)
+        if model_name not in configs:
+            raise SystemExit(f"--random-weights knows {sorted(configs)}, not {model_name!r}")
+        model = models.build_random_model(configs[model_name]())
     else:
         model = models.load_model(model_name).model
     return model.to(device).eval()

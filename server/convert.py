@@ -1,4 +1,6 @@
-"""Protobuf <-> domain conversions, in pairs (`x_to_pb` next to `x_from_pb`). No logic beyond shape.
+"""Protobuf <-> domain conversions the server needs (requests in, responses out). No logic beyond shape.
+
+The client builds its requests in fedmezo.client.connection (it may not import the server).
 
 Times cross the wire as Unix milliseconds (int64); fingerprints and hashes as raw 32-byte digests.
 """
@@ -7,28 +9,24 @@ from __future__ import annotations
 
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import JoinInfo, JoinResult, RunState, TaskResult, TaskStatus, UpdateInput
-from fedmezo.server.records import DeltaRecord, EventRecord, RoundState, TaskRecord
+from fedmezo.server.records import DeltaRecord, EventRecord, RoundState
 from fedmezo.server.status_view import ClientView, RoundView, StatusView
 from fedmezo.v1 import common_pb2, federation_pb2, status_pb2
 from fedmezo.zo import RNG_SPEC
 
 __all__ = [
     "client_view_to_pb",
-    "delta_from_pb",
     "delta_to_pb",
     "event_to_pb",
     "join_info_from_pb",
-    "join_info_to_pb",
     "join_result_to_pb",
     "ms",
     "round_view_to_pb",
     "run_config_to_pb",
     "run_state_to_pb",
     "status_view_to_pb",
-    "task_result_from_pb",
     "task_result_to_pb",
     "update_from_pb",
-    "update_to_pb",
 ]
 
 _RUN_STATES = {
@@ -106,19 +104,6 @@ def run_config_to_pb(
 
 
 # --- Join ---
-def join_info_to_pb(client_id: str, info: JoinInfo) -> federation_pb2.JoinRequest:
-    return federation_pb2.JoinRequest(
-        client_id=client_id,
-        manifest_sha256=info.manifest_sha256,
-        rng_spec=info.rng_spec,
-        num_examples=info.num_examples,
-        device=info.device,
-        model_version=info.model_version,
-        client_version=info.client_version,
-        inference_peak_memory_bytes=info.inference_peak_memory_bytes,
-    )
-
-
 def join_info_from_pb(req: federation_pb2.JoinRequest) -> JoinInfo:
     return JoinInfo(
         manifest_sha256=req.manifest_sha256,
@@ -163,28 +148,7 @@ def task_result_to_pb(result: TaskResult, config: ServerConfig) -> federation_pb
     return resp
 
 
-def task_result_from_pb(resp: federation_pb2.GetTaskResponse, client_id: str) -> TaskResult:
-    status = {v: k for k, v in _TASK_STATUS.items()}[resp.status]
-    task = None
-    if resp.HasField("task"):
-        task = TaskRecord(resp.task.round_id, client_id, resp.task.lr, resp.task.local_steps)
-    return TaskResult(status, resp.rounds_completed, task, resp.task.deadline_s)
-
-
 # --- SubmitUpdate ---
-def update_to_pb(client_id: str, update: UpdateInput) -> federation_pb2.SubmitUpdateRequest:
-    return federation_pb2.SubmitUpdateRequest(
-        client_id=client_id,
-        round_id=update.round_id,
-        projected_grads=update.projected_grads,
-        losses=update.losses,
-        step_time_s=update.step_time_s,
-        peak_memory_bytes=update.peak_memory_bytes,
-        device=update.device,
-        num_examples=update.num_examples,
-    )
-
-
 def update_from_pb(req: federation_pb2.SubmitUpdateRequest) -> UpdateInput:
     return UpdateInput(
         round_id=req.round_id,
@@ -205,16 +169,6 @@ def delta_to_pb(record: DeltaRecord) -> federation_pb2.StreamRoundDeltasResponse
         participants=[federation_pb2.Participant(client_id=c, local_steps=n) for c, n in record.participants],
         coefficients=record.coefficients,
         fingerprint=record.fingerprint,
-    )
-
-
-def delta_from_pb(msg: federation_pb2.StreamRoundDeltasResponse) -> DeltaRecord:
-    return DeltaRecord(
-        round_id=msg.round_id,
-        participants=tuple((p.client_id, p.local_steps) for p in msg.participants),
-        coefficients=tuple(msg.coefficients),
-        packed=msg.packed_delta,
-        fingerprint=msg.fingerprint,
     )
 
 

@@ -8,6 +8,7 @@ that a test's golden fingerprint, and every replica in a federation, agree.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 from accelerate import init_empty_weights
@@ -66,42 +67,41 @@ def tiny_random_config() -> LlamaConfig:
     )
 
 
-def smollm2_135m_config() -> LlamaConfig:
-    """SmolLM2-135M's architecture (134.5M parameters), for benchmarks on machines without its weights."""
+def _smollm2_family(**shape: Any) -> LlamaConfig:
+    """A Llama on SmolLM2's vocabulary, rope and special tokens (so SmolLM2's tokenizer fits it)."""
     return LlamaConfig(
         vocab_size=49152,
+        max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        **shape,
+    )
+
+
+def smollm2_135m_config() -> LlamaConfig:
+    """SmolLM2-135M's architecture (134.5M parameters), for benchmarks on machines without its weights."""
+    return _smollm2_family(
         hidden_size=576,
         intermediate_size=1536,
         num_hidden_layers=30,
         num_attention_heads=9,
         num_key_value_heads=3,
         head_dim=64,
-        max_position_embeddings=8192,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
     )
 
 
 def llama_1b_config() -> LlamaConfig:
     """A 1.07B-parameter Llama on SmolLM2's vocabulary (fits its tokenizer), for GPU speed benchmarks."""
-    return LlamaConfig(
-        vocab_size=49152,
+    return _smollm2_family(
         hidden_size=2048,
         intermediate_size=8192,
         num_hidden_layers=16,
         num_attention_heads=32,
         num_key_value_heads=8,
-        max_position_embeddings=8192,
-        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
     )
 
 
