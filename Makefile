@@ -50,5 +50,11 @@ bench: install
 demo: install
 	$(VENV)/bin/fedmezo demo
 
+# Issue #5's evidence: tables in benchmarks/RESULTS.md and plots in benchmarks/experiments/ (~45 min on
+# 2 CPU cores). QUICK=1: CI-sized, into artifacts/experiments-quick/. RESUME=1 reuses finished runs.
+experiments: install
+	$(PY) benchmarks/experiments.py $(if $(QUICK),--quick) $(if $(RESUME),,--fresh) \
+		$(if $(EXPERIMENTS_OUT),--out $(EXPERIMENTS_OUT))
+
 clean:
 	rm -rf $(VENV) build *.egg-info fedmezo/v1 .pytest_cache .mypy_cache .ruff_cache

@@ -38,6 +38,7 @@ __all__ = [
     "ChannelSettings",
     "GrpcServerLink",
     "translate_error",
+    "update_to_pb",
 ]
 
 logger = logging.getLogger("fedmezo.client")
@@ -163,7 +164,8 @@ _ACTIVITY = {
 }
 
 
-def _update_to_pb(client_id: str, update: Update) -> federation_pb2.SubmitUpdateRequest:
+def update_to_pb(client_id: str, update: Update) -> federation_pb2.SubmitUpdateRequest:
+    """The upload of a trained task (public: `fedmezo simulate` counts its bytes with it)."""
     return federation_pb2.SubmitUpdateRequest(
         client_id=client_id,
         round_id=update.round_id,
@@ -284,7 +286,7 @@ class GrpcServerLink:
         return TaskPoll(status=status, rounds_completed=response.rounds_completed, task=task)
 
     def submit(self, update: Update) -> None:
-        self._unary(self._federation.SubmitUpdate, _update_to_pb(self._settings.client_id, update))
+        self._unary(self._federation.SubmitUpdate, update_to_pb(self._settings.client_id, update))
 
     def report_fingerprint(self, *, model_version: int, fingerprint: str) -> bool:
         request = federation_pb2.ReportFingerprintRequest(

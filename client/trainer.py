@@ -67,6 +67,7 @@ def train_task(
     backend: Backend | None = None,
     stop: threading.Event | None = None,
     on_step: Callable[[int], None] | None = None,
+    on_trained: Callable[[TrainableParams], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Run the task's τ MeZO steps from θ_r and return to θ_r exactly, whatever happens.
@@ -74,6 +75,8 @@ def train_task(
     Step t uses seed s_t = derive_seed(run_seed, round, client_id, t) both for its perturbation z(s_t)
     and for its batch, so the server (and any replica) can name every direction without it travelling.
     A stop request abandons the task between steps (raises `Stopped`) after restoring θ_r.
+    `on_trained` sees the local model after the τ steps, before the restore: the full-state FedMeZO
+    baseline of `fedmezo simulate` averages those local models (daemons never need it).
     """
     device = params.device
     snapshot = params.snapshot()  # θ_r, host fp32 copy
@@ -113,6 +116,8 @@ def train_task(
             if on_step is not None:
                 on_step(t + 1)
         elapsed = time.perf_counter() - start
+        if on_trained is not None:
+            on_trained(params)
     finally:
         params.restore(snapshot)  # back to θ_r bit for bit: drift never reaches the canonical state
     return TrainResult(

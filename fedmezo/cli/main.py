@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "fedmezo.cli.export_cmd",
     "fedmezo.cli.dashboard_cmd",
     "fedmezo.cli.demo_cmd",
+    "fedmezo.cli.simulate_cmd",
 )
 
 

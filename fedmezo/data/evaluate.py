@@ -24,7 +24,8 @@ __all__ = ["EvalResult", "evaluate", "exact_match", "generate_answers", "normali
 
 @dataclass(frozen=True)
 class EvalResult:
-    """`loss`: token-weighted mean CE over response tokens; `exact_match`: share of answers right."""
+    """`loss`: token-weighted mean CE over response tokens; `exact_match`: share of answers right (NaN
+    when generation was skipped with max_new_tokens=0)."""
 
     loss: float
     exact_match: float
@@ -130,20 +131,29 @@ def evaluate(
                 batch = collate(encoded, pad_id).to(device)
                 total_loss += causal_lm_loss(model, batch) * batch.num_tokens
                 total_tokens += batch.num_tokens
-            answers = generate_answers(
-                model,
-                tokenizer,
-                examples,
-                batch_size=batch_size,
-                max_length=max_length,
-                max_new_tokens=max_new_tokens,
-                progress=progress,
+            answers = (
+                generate_answers(
+                    model,
+                    tokenizer,
+                    examples,
+                    batch_size=batch_size,
+                    max_length=max_length,
+                    max_new_tokens=max_new_tokens,
+                    progress=progress,
+                )
+                if max_new_tokens > 0
+                else None  # loss only: generation costs more than the loss and sweeps may not need it
             )
     finally:
         model.train(was_training)
-    correct = sum(exact_match(a, ex.output) for a, ex in zip(answers, examples, strict=True))
+    if answers is None:
+        accuracy = math.nan
+    else:
+        accuracy = sum(exact_match(a, ex.output) for a, ex in zip(answers, examples, strict=True)) / len(
+            examples
+        )
     return EvalResult(
         loss=total_loss / total_tokens if total_tokens else math.nan,
-        exact_match=correct / len(examples),
+        exact_match=accuracy,
         num_examples=len(examples),
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["IGNORE_INDEX", "Batch", "causal_lm_loss", "make_loss_fn"]
+__all__ = ["IGNORE_INDEX", "Batch", "causal_lm_loss", "make_loss_fn", "response_cross_entropy"]
 
 IGNORE_INDEX = -100  # label value of prompt and padding tokens: they carry no loss
 
@@ -33,6 +33,22 @@ class Batch:
         return int((self.labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+def response_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Token-mean next-token cross-entropy over labelled (response) positions, in fp32.
+
+    The one definition of the training objective: MeZO evaluates it under inference_mode, and the
+    backprop baseline of `fedmezo simulate` differentiates the very same expression.
+    """
+    shift_logits = logits[:, :-1, :].float()  # (B, T-1, V) fp32
+    shift_labels = labels[:, 1:]  # (B, T-1)
+    return torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="mean",
+    )
+
+
 def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> float:
     """Token-mean cross-entropy of the response tokens, accumulated in fp32; NaN when no token counts."""
     was_training = model.training
@@ -40,15 +56,7 @@ def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> float:
     try:
         with torch.inference_mode():
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            shift_logits = logits[:, :-1, :].float()  # (B, T-1, V) fp32
-            shift_labels = batch.labels[:, 1:]  # (B, T-1)
-            loss = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]),
-                shift_labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="mean",
-            )
-            return float(loss)
+            return float(response_cross_entropy(logits, batch.labels))
     finally:
         model.train(was_training)
 

@@ -1,0 +1,247 @@
+"""`Simulation`: N clients and the server in one process, round by round, for research sweeps.
+
+No gRPC, no SQLite, no daemons, but everything that decides the numbers is the production code:
+client sampling (`sample_clients`), personalized learning rates (`personalized_lrs`), local training
+(`train_task`), aggregation (`aggregate`), the seed-scalar apply (`Replica.apply`) and the server's
+evaluation (`Evaluator`). A seed-scalar simulation therefore ends on the fingerprint a real federation
+with the same data and config ends on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import cast
+
+from tqdm.auto import tqdm
+
+from fedmezo.data import (
+    ClientDataset,
+    DataError,
+    Example,
+    Scheme,
+    generate_demo_dataset,
+    partition,
+    read_jsonl,
+)
+from fedmezo.server.config import ServerConfig
+from fedmezo.server.errors import ConfigError
+from fedmezo.server.evaluation import EVAL_LOSS, EXACT_MATCH, Evaluator
+from fedmezo.server.lr_strategies import LrContext, RoundStat, personalized_lrs
+from fedmezo.server.model_state import Replica
+from fedmezo.server.records import TaskRecord
+from fedmezo.server.rounds import sample_clients, sample_size
+from fedmezo.sim.config import DEMO_DATA, SimOptions
+from fedmezo.sim.methods import METHOD_CLASSES, RoundOutcome
+from fedmezo.zo import Backend, get_backend
+
+__all__ = ["RoundResult", "SimResult", "Simulation", "client_data", "write_jsonl_rounds"]
+
+logger = logging.getLogger("fedmezo.sim")
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One round as the experiments plot it; round 0 is the initial model (evaluation only)."""
+
+    round_id: int
+    selected: tuple[str, ...] = ()
+    lrs: dict[str, float] = field(default_factory=dict)
+    train_loss: float = math.nan  # mean over clients of their mean local training loss
+    client_seconds: dict[str, float] = field(default_factory=dict)
+    server_seconds: float = 0.0
+    round_seconds: float = 0.0  # federated wall-clock: the slowest client plus the server
+    bytes_up: int = 0  # summed over the round's clients
+    bytes_down: int = 0
+    peak_memory_bytes: int = 0  # the largest client peak of the round
+    eval_loss: float | None = None
+    exact_match: float | None = None
+    fingerprint: str = ""
+
+
+@dataclass
+class SimResult:
+    method: str
+    config: dict[str, object]
+    options: dict[str, object]
+    trainable_params: int
+    clients: dict[str, int]  # client id → examples
+    rounds: list[RoundResult] = field(default_factory=list)
+    wall_seconds: float = 0.0  # this process, evaluations included
+
+    def eval_losses(self) -> list[tuple[int, float]]:
+        return [(r.round_id, r.eval_loss) for r in self.rounds if r.eval_loss is not None]
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def client_data(options: SimOptions, config: ServerConfig) -> tuple[dict[str, list[Example]], list[Example]]:
+    """(client id → training examples, held-out examples) from the options.
+
+    `data` is 'demo' (the built-in dataset, partitioned; its eval split is the default held-out set),
+    a JSONL file (partitioned), or a directory of `<client id>.jsonl` files used as they are (the same
+    files real daemons would get).
+    """
+    held_out: list[Example] = []
+    try:
+        if options.data == DEMO_DATA:
+            train, held_out = generate_demo_dataset(seed=0)
+        elif Path(options.data).is_dir():
+            files = sorted(Path(options.data).glob("*.jsonl"))
+            if not files:
+                raise ConfigError(f"data directory {options.data} holds no *.jsonl files")
+            return {f.stem: read_jsonl(f) for f in files}, _held_out(config, held_out)
+        else:
+            train = read_jsonl(options.data)
+        parts = partition(
+            train,
+            options.num_clients,
+            cast(Scheme, options.partition),
+            alpha=options.dirichlet_alpha,
+            seed=config.run_seed,
+        )
+    except (DataError, OSError) as exc:
+        raise ConfigError(f"data {options.data}: {exc}") from exc
+    width = len(str(options.num_clients))
+    clients = {f"client-{i + 1:0{width}d}": part for i, part in enumerate(parts)}
+    return clients, _held_out(config, held_out)
+
+
+def _held_out(config: ServerConfig, default: list[Example]) -> list[Example]:
+    if config.eval_data:
+        try:
+            return read_jsonl(config.eval_data)
+        except (DataError, OSError) as exc:
+            raise ConfigError(f"eval_data {config.eval_data}: {exc}") from exc
+    return default
+
+
+class Simulation:
+    """Holds the run: one replica (server and clients take turns on it), the clients' data, history."""
+
+    def __init__(self, config: ServerConfig, options: SimOptions, *, exact_match: bool = True) -> None:
+        self.config = config
+        self.options = options
+        self.replica = Replica.load(
+            config.model,
+            mode=config.mode,
+            device=options.device,
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            seed=config.run_seed,
+        )
+        self.backend: Backend | None = get_backend(self.replica.params.device)
+        examples, held_out = client_data(options, config)
+        self.datasets: Mapping[str, ClientDataset] = {
+            c: ClientDataset.from_examples(self.replica.tokenizer, ex, config.max_length)
+            for c, ex in examples.items()
+        }
+        self.evaluator = (
+            Evaluator(
+                examples=tuple(held_out[: config.eval_limit]),
+                every=config.eval_every,
+                max_length=config.max_length,
+                max_new_tokens=config.eval_max_new_tokens if exact_match else 0,
+            )
+            if held_out
+            else None
+        )
+        self.method = METHOD_CLASSES[options.method]()
+        self.history: dict[str, list[RoundStat]] = {}
+
+    def _tasks(self, round_id: int) -> dict[str, TaskRecord]:
+        """Round r's selection and personalized learning rates, exactly as the coordinator opens it."""
+        c = self.config
+        ids = sorted(self.datasets)
+        selected = sample_clients(
+            ids, sample_size(len(ids), c.clients_per_round, c.fraction), c.run_seed, round_id
+        )
+        ctx = LrContext(round_id, c.run_seed, c.lr, c.lr_spread, selected, self.history)
+        lrs = personalized_lrs(c.lr_strategy, ctx)
+        return {cid: TaskRecord(round_id, cid, lrs[cid], c.local_steps) for cid in selected}
+
+    def _remember(self, round_id: int, outcome: RoundOutcome) -> None:
+        for client in outcome.clients:
+            diff = outcome.model_diffs.get(client.client_id, math.nan)
+            self.history.setdefault(client.client_id, []).append(RoundStat(round_id, client.mean_loss, diff))
+
+    def _evaluate(self, version: int) -> tuple[float | None, float | None]:
+        if self.evaluator is None or not self.evaluator.due(version, self.config.rounds):
+            return None, None
+        metrics = self.evaluator.evaluate(self.replica).metrics
+        em = metrics[EXACT_MATCH]
+        return metrics[EVAL_LOSS], (None if math.isnan(em) else em)
+
+    def run(
+        self, *, progress: bool = True, on_round: Callable[[RoundResult], None] | None = None
+    ) -> SimResult:
+        start = time.perf_counter()
+        result = SimResult(
+            method=self.options.method,
+            config={k: v for k, v in asdict(self.config).items()},
+            options=asdict(self.options),
+            trainable_params=self.replica.trainable_params,
+            clients={c: d.num_examples for c, d in self.datasets.items()},
+        )
+        loss, em = self._evaluate(0)
+        initial = RoundResult(0, eval_loss=loss, exact_match=em, fingerprint=self.replica.fingerprint().hex())
+        result.rounds.append(initial)
+        if on_round is not None:
+            on_round(initial)
+        bar = tqdm(
+            range(1, self.config.rounds + 1),
+            desc=f"simulate {self.options.method}",
+            unit="round",
+            disable=None if progress else True,
+        )
+        for round_id in bar:
+            tasks = self._tasks(round_id)
+            outcome = self.method.run_round(self, round_id, tasks)
+            self._remember(round_id, outcome)
+            loss, em = self._evaluate(round_id)
+            clients = outcome.clients
+            record = RoundResult(
+                round_id=round_id,
+                selected=tuple(tasks),
+                lrs={c: t.lr for c, t in tasks.items()},
+                train_loss=_mean(c.mean_loss for c in clients),
+                client_seconds={c.client_id: c.seconds for c in clients},
+                server_seconds=outcome.server_seconds,
+                round_seconds=max((c.seconds for c in clients), default=0.0) + outcome.server_seconds,
+                bytes_up=sum(c.bytes_up for c in clients),
+                bytes_down=sum(c.bytes_down for c in clients),
+                peak_memory_bytes=max((c.peak_memory_bytes for c in clients), default=0),
+                eval_loss=loss,
+                exact_match=em,
+                fingerprint=outcome.fingerprint.hex(),
+            )
+            result.rounds.append(record)
+            bar.set_postfix(train_loss=f"{record.train_loss:.4f}", eval_loss=_fmt(loss))
+            if on_round is not None:
+                on_round(record)
+        result.wall_seconds = time.perf_counter() - start
+        return result
+
+
+def _mean(values: Iterable[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return math.fsum(finite) / len(finite) if finite else math.nan
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def write_jsonl_rounds(path: str | Path, result: SimResult) -> None:
+    """One JSON object per round (what `--output` asks for), plus a header line with the run."""
+    with open(path, "w") as out:
+        header = {k: v for k, v in result.to_json().items() if k != "rounds"}
+        out.write(json.dumps({"run": header}) + "\n")
+        for r in result.rounds:
+            out.write(json.dumps(asdict(r)) + "\n")

@@ -1,0 +1,296 @@
+"""One federated round of each method `fedmezo simulate` compares, on one shared replica.
+
+All three start every client from the canonical θ_r, use the same derived seed of (run, round, client,
+step) to pick each local step's batch, and finish with the server's θ_{r+1}:
+
+- `fedmezo`: what the daemons and the server run: `train_task` (τ MeZO steps, then back to θ_r bit for
+  bit), the server's `aggregate` and the fused `Replica.apply` of the seed-scalar delta.
+- `fedmezo-full`: the same MeZO steps, but each local model is kept and the server averages the full
+  tensors (float64 sum, rounded once): FedMeZO's reference implementation.
+- `fedavg`: τ local backprop steps (SGD or AdamW, fresh state each round) on the same batches and
+  loss, full tensors averaged.
+
+Clients run one after the other; a round's federated wall-clock is the slowest client plus the server.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from fedmezo.client.link import Task
+from fedmezo.client.trainer import TrainResult, train_task
+from fedmezo.data import ClientDataset
+from fedmezo.memory import PeakMemory
+from fedmezo.server.aggregation import WEIGHT_RULES, Aggregate, aggregate
+from fedmezo.server.config import ServerConfig
+from fedmezo.server.model_state import Replica
+from fedmezo.server.records import DeltaRecord, TaskRecord, UpdateRecord
+from fedmezo.sim.config import SimOptions
+from fedmezo.sim.wire import full_state_round_bytes, seed_scalar_round_bytes
+from fedmezo.zo import Backend, TrainableParams, derive_seed
+from fedmezo.zo.objective import response_cross_entropy
+
+__all__ = [
+    "METHOD_CLASSES",
+    "ClientRound",
+    "FedAvgBackprop",
+    "FullStateFedMeZO",
+    "RoundOutcome",
+    "SeedScalarFedMeZO",
+]
+
+
+@dataclass(frozen=True)
+class ClientRound:
+    client_id: str
+    seconds: float  # local training wall time
+    mean_loss: float  # mean training loss over the local steps (MeZO: (L+ + L-)/2)
+    peak_memory_bytes: int
+    bytes_up: int
+    bytes_down: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    clients: tuple[ClientRound, ...]  # ascending client id
+    server_seconds: float  # aggregation + update of the canonical model
+    model_diffs: Mapping[str, float]  # the model-diff strategy's signal per accepted client
+    fingerprint: bytes  # of θ_{r+1}: replicas of every method can be compared bit for bit
+
+
+class World(Protocol):
+    """What a method needs from the simulation: the run, the shared replica and the clients' data."""
+
+    config: ServerConfig
+    options: SimOptions
+    replica: Replica
+    datasets: Mapping[str, ClientDataset]
+    backend: Backend | None
+
+
+def _mezo_task(config: ServerConfig, task: TaskRecord) -> Task:
+    """The task a daemon would receive (see fedmezo.client.connection)."""
+    return Task(
+        round_id=task.round_id,
+        local_steps=task.local_steps,
+        lr=task.lr,
+        eps=config.eps,
+        batch_size=config.batch_size,
+        run_seed=config.run_seed,
+        clip=config.clip or None,
+    )
+
+
+def _update_record(result: TrainResult, client_id: str, num_examples: int) -> UpdateRecord:
+    return UpdateRecord(
+        round_id=result.round_id,
+        client_id=client_id,
+        projected_grads=result.projected_grads,
+        losses=result.losses,
+        step_time_s=result.step_time_s,
+        peak_memory_bytes=result.peak_memory_bytes,
+        device=result.device,
+        num_examples=num_examples,
+        received_at=0.0,
+    )
+
+
+def _mean(values: tuple[float, ...]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return math.fsum(finite) / len(finite) if finite else math.nan
+
+
+def _aggregate(
+    world: World, round_id: int, updates: list[UpdateRecord], tasks: Mapping[str, TaskRecord]
+) -> Aggregate:
+    c = world.config
+    return aggregate(
+        round_id, updates, tasks, run_seed=c.run_seed, rule=c.aggregation, clip=c.clip, outlier_k=c.outlier_k
+    )
+
+
+LocalModelHook = Callable[[str, TrainableParams], None]
+
+
+def _train_mezo(
+    world: World, tasks: Mapping[str, TaskRecord], on_trained: LocalModelHook | None = None
+) -> tuple[list[UpdateRecord], dict[str, float]]:
+    """Every selected client's τ MeZO steps from θ_r; the replica is back at θ_r afterwards."""
+    updates, seconds = [], {}
+    for client_id, task in sorted(tasks.items()):
+        dataset = world.datasets[client_id]
+        hook: Callable[[TrainableParams], None] | None = None
+        if on_trained is not None:
+            hook = lambda p, c=client_id: on_trained(c, p)  # noqa: E731
+        start = time.perf_counter()
+        result = train_task(
+            world.replica.model,
+            world.replica.params,
+            dataset,
+            _mezo_task(world.config, task),
+            client_id,
+            backend=world.backend,
+            on_trained=hook,
+            progress=False,
+        )
+        seconds[client_id] = time.perf_counter() - start
+        updates.append(_update_record(result, client_id, dataset.num_examples))
+    return updates, seconds
+
+
+class SeedScalarFedMeZO:
+    """fedmezo itself: τ scalars up, participants + coefficients down, the fused seed-scalar apply."""
+
+    name = "fedmezo"
+
+    def run_round(self, world: World, round_id: int, tasks: Mapping[str, TaskRecord]) -> RoundOutcome:
+        updates, seconds = _train_mezo(world, tasks)
+        start = time.perf_counter()
+        agg = _aggregate(world, round_id, updates, tasks)
+        world.replica.apply(agg.delta)
+        fingerprint = world.replica.fingerprint()  # the server reports it with every delta
+        server_seconds = time.perf_counter() - start
+        delta = DeltaRecord(round_id, agg.participants, agg.delta.coefficients, b"", fingerprint)
+        clients = []
+        for u in updates:
+            up, down = seed_scalar_round_bytes(
+                world.config, tasks[u.client_id], u, delta, rounds_completed=round_id - 1
+            )
+            clients.append(
+                ClientRound(
+                    u.client_id, seconds[u.client_id], _mean(u.losses), u.peak_memory_bytes, up, down,
+                    tasks[u.client_id].lr,
+                )
+            )  # fmt: skip
+        diffs = {o.client_id: o.model_diff for o in agg.outcomes if o.accepted}
+        return RoundOutcome(tuple(clients), server_seconds, diffs, fingerprint)
+
+
+class _FullStateAverage:
+    """Σ_i ω_i θ_i / Σ_i ω_i in float64, rounded once to fp32 (the most exact full-tensor FedAvg)."""
+
+    def __init__(self, params: TrainableParams) -> None:
+        self._sum = torch.zeros(params.numel, dtype=torch.float64, device=params.device)
+        self._weight = 0.0
+
+    def add(self, params: TrainableParams, weight: float) -> None:
+        self._sum.add_(params.flat.detach().double(), alpha=weight)
+        self._weight += weight
+
+    def write_into(self, params: TrainableParams) -> None:
+        params.flat.copy_((self._sum / self._weight).float())
+        params.refresh_compute()
+
+
+def _weights(world: World, tasks: Mapping[str, TaskRecord]) -> dict[str, float]:
+    """The server's weighting rule (by example count or equal) for each selected client."""
+    rule = WEIGHT_RULES[world.config.aggregation]
+    probe = {
+        c: UpdateRecord(t.round_id, c, (), (), 0.0, 0, "", world.datasets[c].num_examples, 0.0)
+        for c, t in tasks.items()
+    }
+    return {c: rule(u) for c, u in probe.items()}
+
+
+def _full_state_clients(
+    world: World, tasks: Mapping[str, TaskRecord], seconds: Mapping[str, float], losses: Mapping[str, float],
+    peaks: Mapping[str, int],
+) -> tuple[ClientRound, ...]:  # fmt: skip
+    up, down = full_state_round_bytes(world.replica.trainable_params)
+    return tuple(
+        ClientRound(c, seconds[c], losses[c], peaks[c], up, down, tasks[c].lr) for c in sorted(tasks)
+    )
+
+
+class FullStateFedMeZO:
+    """FedMeZO as its reference code runs it: the same MeZO steps, local models averaged as tensors."""
+
+    name = "fedmezo-full"
+
+    def run_round(self, world: World, round_id: int, tasks: Mapping[str, TaskRecord]) -> RoundOutcome:
+        params = world.replica.params
+        weights = _weights(world, tasks)
+        average = _FullStateAverage(params)
+        updates, seconds = _train_mezo(world, tasks, on_trained=lambda c, p: average.add(p, weights[c]))
+        start = time.perf_counter()
+        average.write_into(params)
+        world.replica.version += 1
+        server_seconds = time.perf_counter() - start
+        # the personalized-lr signals come from the same scalars the seed-scalar server would see
+        agg = _aggregate(world, round_id, updates, tasks)
+        diffs = {o.client_id: o.model_diff for o in agg.outcomes if o.accepted}
+        losses = {u.client_id: _mean(u.losses) for u in updates}
+        peaks = {u.client_id: u.peak_memory_bytes for u in updates}
+        clients = _full_state_clients(world, tasks, seconds, losses, peaks)
+        return RoundOutcome(clients, server_seconds, diffs, world.replica.fingerprint())
+
+
+class FedAvgBackprop:
+    """First-order FedAvg: τ backprop steps per client on the same batches and loss, tensors averaged."""
+
+    name = "fedavg"
+
+    def _optimizer(self, world: World, trainable: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        lr = world.options.fedavg_lr
+        if world.options.optimizer == "sgd":
+            return torch.optim.SGD(trainable, lr=lr)
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)  # no decay: MeZO has none either
+
+    def _local_steps(self, world: World, client_id: str, task: TaskRecord) -> tuple[float, int]:
+        model, config = world.replica.model, world.config
+        device = world.replica.params.device
+        trainable = [p for p in model.parameters() if p.requires_grad]  # tied weights come once
+        optimizer = self._optimizer(world, trainable)
+        peak = PeakMemory(device)
+        peak.reset()
+        losses = []
+        for t in range(task.local_steps):
+            seed = derive_seed(config.run_seed, task.round_id, client_id, t)
+            batch = world.datasets[client_id].batch_for_step(seed, config.batch_size).to(device)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            loss = response_cross_entropy(logits, batch.labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        del optimizer
+        return _mean(tuple(losses)), peak.peak_bytes()
+
+    def run_round(self, world: World, round_id: int, tasks: Mapping[str, TaskRecord]) -> RoundOutcome:
+        params = world.replica.params
+        weights = _weights(world, tasks)
+        average = _FullStateAverage(params)
+        snapshot = params.snapshot()
+        seconds, losses, peaks = {}, {}, {}
+        was_training = world.replica.model.training
+        world.replica.model.eval()  # same mode as MeZO's losses (dropout off); autograd still runs
+        try:
+            for client_id, task in sorted(tasks.items()):
+                start = time.perf_counter()
+                losses[client_id], peaks[client_id] = self._local_steps(world, client_id, task)
+                seconds[client_id] = time.perf_counter() - start
+                average.add(params, weights[client_id])
+                params.restore(snapshot)
+        finally:
+            params.restore(snapshot)
+            world.replica.model.train(was_training)
+        start = time.perf_counter()
+        average.write_into(params)
+        world.replica.version += 1
+        server_seconds = time.perf_counter() - start
+        clients = _full_state_clients(world, tasks, seconds, losses, peaks)
+        return RoundOutcome(clients, server_seconds, {}, world.replica.fingerprint())
+
+
+METHOD_CLASSES: dict[str, type[SeedScalarFedMeZO] | type[FullStateFedMeZO] | type[FedAvgBackprop]] = {
+    SeedScalarFedMeZO.name: SeedScalarFedMeZO,
+    FullStateFedMeZO.name: FullStateFedMeZO,
+    FedAvgBackprop.name: FedAvgBackprop,
+}

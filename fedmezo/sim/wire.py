@@ -1,0 +1,63 @@
+"""Bytes a simulated round would put on the wire, counted on the real protocol messages.
+
+The seed-scalar count serialises the very messages a daemon and the server exchange in one round
+(GetTask, SubmitUpdate, StreamRoundDeltas, ReportFingerprint; requests and responses), built by the
+same conversion functions, and measured like the server's traffic meter does: serialized protobuf
+bytes, without HTTP/2 framing. Full-state methods move the trainable tensors both ways, fp32.
+"""
+
+from __future__ import annotations
+
+from fedmezo.client.connection import update_to_pb
+from fedmezo.client.link import Update
+from fedmezo.server.config import ServerConfig
+from fedmezo.server.convert import delta_to_pb, task_result_to_pb
+from fedmezo.server.coordinator import TaskResult, TaskStatus
+from fedmezo.server.records import DeltaRecord, TaskRecord, UpdateRecord
+from fedmezo.v1 import federation_pb2 as fpb
+
+__all__ = ["FINGERPRINT_BYTES", "full_state_round_bytes", "seed_scalar_round_bytes"]
+
+FINGERPRINT_BYTES = 32
+FP32_BYTES = 4
+
+
+def seed_scalar_round_bytes(
+    config: ServerConfig, task: TaskRecord, update: UpdateRecord, delta: DeltaRecord, *, rounds_completed: int
+) -> tuple[int, int]:
+    """(up, down) bytes of one client's round under fedmezo's protocol."""
+    client_id, round_id = task.client_id, task.round_id
+    wire_update = Update(
+        round_id=round_id,
+        projected_grads=update.projected_grads,
+        losses=update.losses,
+        step_time_s=update.step_time_s,
+        peak_memory_bytes=update.peak_memory_bytes,
+        device=update.device,
+        num_examples=update.num_examples,
+    )
+    up_messages = [
+        fpb.GetTaskRequest(client_id=client_id, known_version=rounds_completed, wait_s=config.max_wait_s),
+        update_to_pb(client_id, wire_update),
+        fpb.StreamRoundDeltasRequest(client_id=client_id, from_round=round_id),
+        fpb.ReportFingerprintRequest(
+            client_id=client_id, model_version=round_id, fingerprint=bytes(FINGERPRINT_BYTES)
+        ),
+    ]
+    task_result = TaskResult(TaskStatus.ASSIGNED, rounds_completed, task, config.deadline_s)
+    down_messages = [
+        task_result_to_pb(task_result, config),
+        fpb.SubmitUpdateResponse(status=fpb.UPDATE_STATUS_ACCEPTED, round_id=round_id),
+        delta_to_pb(delta),
+        fpb.ReportFingerprintResponse(in_sync=True, action=fpb.SYNC_ACTION_NONE),
+    ]
+    return (
+        sum(m.ByteSize() for m in up_messages),
+        sum(m.ByteSize() for m in down_messages),
+    )
+
+
+def full_state_round_bytes(trainable_params: int) -> tuple[int, int]:
+    """(up, down) bytes of one client's round when the trainable tensors travel as fp32."""
+    size = trainable_params * FP32_BYTES
+    return size, size
