@@ -37,6 +37,7 @@ __all__ = [
     "REPLAY_DEADLINE_S",
     "ChannelSettings",
     "GrpcServerLink",
+    "task_from_pb",
     "translate_error",
     "update_to_pb",
 ]
@@ -138,7 +139,8 @@ def _settings_from_pb(config: common_pb2.RunConfig) -> RunSettings:
     )
 
 
-def _task_from_pb(task: federation_pb2.Task) -> Task:
+def task_from_pb(task: federation_pb2.Task) -> Task:
+    """A task as the daemon trains it: lr, eps and clip arrive as fp32 (`fedmezo simulate` reuses this)."""
     return Task(
         round_id=task.round_id,
         local_steps=task.local_steps,
@@ -282,7 +284,7 @@ class GrpcServerLink:
         status = _TASK_STATUS.get(response.status)
         if status is None:
             raise Refused("UNKNOWN", "bad_task_status", f"unknown task status {response.status}")
-        task = _task_from_pb(response.task) if status is TaskStatus.ASSIGNED else None
+        task = task_from_pb(response.task) if status is TaskStatus.ASSIGNED else None
         return TaskPoll(status=status, rounds_completed=response.rounds_completed, task=task)
 
     def submit(self, update: Update) -> None:

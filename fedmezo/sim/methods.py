@@ -23,12 +23,15 @@ from typing import Protocol
 
 import torch
 
+from fedmezo.client.connection import task_from_pb
 from fedmezo.client.link import Task
 from fedmezo.client.trainer import TrainResult, train_task
 from fedmezo.data import ClientDataset
 from fedmezo.memory import PeakMemory
 from fedmezo.server.aggregation import WEIGHT_RULES, Aggregate, aggregate
 from fedmezo.server.config import ServerConfig
+from fedmezo.server.convert import task_result_to_pb
+from fedmezo.server.coordinator import TaskResult, TaskStatus
 from fedmezo.server.model_state import Replica
 from fedmezo.server.records import DeltaRecord, TaskRecord, UpdateRecord
 from fedmezo.sim.config import SimOptions
@@ -76,16 +79,10 @@ class World(Protocol):
 
 
 def _mezo_task(config: ServerConfig, task: TaskRecord) -> Task:
-    """The task a daemon would receive (see fedmezo.client.connection)."""
-    return Task(
-        round_id=task.round_id,
-        local_steps=task.local_steps,
-        lr=task.lr,
-        eps=config.eps,
-        batch_size=config.batch_size,
-        run_seed=config.run_seed,
-        clip=config.clip or None,
-    )
+    """The task exactly as a daemon receives it: through the wire conversions, so lr, eps and clip are
+    the fp32 values a real client trains with (a float64 eps would change every projected gradient)."""
+    sent = task_result_to_pb(TaskResult(TaskStatus.ASSIGNED, task.round_id - 1, task), config)
+    return task_from_pb(sent.task)
 
 
 def _update_record(result: TrainResult, client_id: str, num_examples: int) -> UpdateRecord:
