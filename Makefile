@@ -50,7 +50,7 @@ bench: install
 demo: install
 	$(VENV)/bin/fedmezo demo
 
-# Issue #5's evidence: tables in benchmarks/RESULTS.md and plots in benchmarks/experiments/ (~45 min on
+# Issue #5's evidence: tables in benchmarks/RESULTS.md and plots in benchmarks/experiments/ (~25 min on
 # 2 CPU cores). QUICK=1: CI-sized, into artifacts/experiments-quick/. RESUME=1 reuses finished runs.
 experiments: install
 	$(PY) benchmarks/experiments.py $(if $(QUICK),--quick) $(if $(RESUME),,--fresh) \

@@ -12,12 +12,18 @@ Ratios (issue #2):
   memory_ratio             peak memory during a MeZO step ÷ peak during inference (two forwards), same batch
                            (RSS high-water mark on CPU, max_memory_allocated on CUDA)
   replay_ns_per_param_seed applying a 64-seed round delta, per parameter and seed
+  fingerprint_vs_sha256    fedmezo-fp-v1 fingerprint of θ ÷ the host SHA-256 it replaced (on CUDA the
+                           SHA-256 includes the device-to-host copy it needed); fingerprint_gbps is
+                           bytes of θ read per second, next to copy_gbps of a device-to-device copy
+
+    python benchmarks/bench_zo.py --fingerprint-only   # just the fingerprint rows (quick GPU check)
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -103,6 +109,48 @@ def load(model_name: str, random_weights: bool, device: torch.device) -> torch.n
     return model.to(device).eval()
 
 
+def host_sha256(flat: torch.Tensor) -> str:
+    """The fingerprint before fedmezo-fp-v1: copy θ to the host, one SHA-256 over its bytes."""
+    host = flat.detach().to("cpu").contiguous().numpy()
+    return hashlib.sha256(host.astype("<f4", copy=False).data).hexdigest()
+
+
+def bench_fingerprint(params: TrainableParams, device: torch.device, repeats: int) -> dict[str, Any]:
+    """fedmezo-fp-v1 where θ lives vs the old host SHA-256, and (CUDA) vs a device-to-device copy."""
+    nbytes = params.numel * 4
+    fp_s = timed(params.fingerprint, device, repeats * 3)
+    sha_s = timed(lambda: host_sha256(params.flat), device, repeats)
+    result = {
+        "fingerprint_ms": fp_s * 1e3,
+        "fingerprint_gbps": nbytes / fp_s / 1e9,
+        "host_sha256_ms": sha_s * 1e3,
+        "host_sha256_gbps": nbytes / sha_s / 1e9,
+        "fingerprint_vs_sha256": fp_s / sha_s,
+    }
+    if device.type == "cuda":
+        copy_dst = torch.empty_like(params.flat)
+        copy_s = timed(lambda: copy_dst.copy_(params.flat), device, repeats * 3)
+        result |= {
+            "d2d_copy_ms": copy_s * 1e3,
+            "d2d_copy_gbps": 2 * nbytes / copy_s / 1e9,  # read + write, as copy_gbps
+            "fingerprint_vs_d2d_copy": fp_s / copy_s,
+        }
+    return result
+
+
+def bench_fingerprint_only(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    params = TrainableParams.from_model(load(args.model, args.random_weights, device))
+    return {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+        "backend": get_backend(device).name,
+        "params": params.numel,
+        "batch": "-",
+        "threads": torch.get_num_threads(),
+    } | bench_fingerprint(params, device, args.repeats)
+
+
 def bench_device(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     model = load(args.model, args.random_weights, device)
     params = TrainableParams.from_model(model)
@@ -173,7 +221,7 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> dict[str, An
         "replay_ms": replay_s * 1e3,
         "replay_ns_per_param_seed": replay_s / (params.numel * REPLAY_SEEDS) * 1e9,
     }
-    return result
+    return result | bench_fingerprint(params, device, repeats)
 
 
 def bench_mixed(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -278,18 +326,21 @@ def main(argv: list[str] | None = None) -> int:
         choices=["fp32", "bf16"],
         help="bf16: forwards from a bf16 compute copy of fp32 θ (the GPU client's fast path)",
     )
+    parser.add_argument(
+        "--fingerprint-only", action="store_true", help="measure only the fingerprint (no forwards)"
+    )
     args = parser.parse_args(argv)
     if args.model == "llama-1b":
         args.random_weights = True
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d != "cuda" or torch.cuda.is_available()]
+    bench = bench_mixed if args.compute_dtype == "bf16" else bench_device
+    if args.fingerprint_only:
+        bench = bench_fingerprint_only
     report: dict[str, Any] = {
         "model": args.model + (" (random weights)" if args.random_weights else ""),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-        "devices": {
-            d: (bench_mixed if args.compute_dtype == "bf16" else bench_device)(args, torch.device(d))
-            for d in devices
-        },
+        "devices": {d: bench(args, torch.device(d)) for d in devices},
     }
     if args.json:
         print(json.dumps(report))

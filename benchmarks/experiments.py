@@ -68,10 +68,10 @@ class Plan:
 
 
 FULL = Plan(
-    name="full", model="smollm2-135m", max_length=64, batch_size=4, eval_limit=40,
-    pilot_rounds=2, pilot_steps=4, mezo_lrs=(1e-5, 3e-5, 1e-4), fedavg_lrs=(1e-5, 3e-5, 1e-4),
-    rounds_3=10, steps_3=4, rounds_10=5, steps_10=2,
-    sens_rounds=3, sens_steps=4, taus=(2, 4, 8), epss=(1e-4, 1e-3, 1e-2), lr_factors=(0.3, 1.0, 3.0),
+    name="full", model="smollm2-135m", max_length=64, batch_size=4, eval_limit=24,
+    pilot_rounds=2, pilot_steps=2, mezo_lrs=(1e-5, 3e-5, 1e-4), fedavg_lrs=(1e-5, 3e-5, 1e-4),
+    rounds_3=10, steps_3=2, rounds_10=3, steps_10=1,
+    sens_rounds=2, sens_steps=2, taus=(1, 2, 4), epss=(1e-4, 1e-3, 1e-2), lr_factors=(0.3, 1.0, 3.0),
     memory_batch=8,
 )  # fmt: skip
 QUICK = Plan(

@@ -58,6 +58,8 @@ _TRANSIENT = {
     grpc.StatusCode.ABORTED,
 }
 _AUTH = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+# RESOURCE_EXHAUSTED refusals that pass with time: back off and retry instead of giving up.
+_RETRY_REASONS = {"rate_limited", "too_many_streams"}
 
 T = TypeVar("T")
 
@@ -72,7 +74,7 @@ def translate_error(exc: grpc.RpcError) -> RpcFailed:
         if key == REASON_KEY:
             reason = value if isinstance(value, str) else value.decode()
     name = code.name if code is not None else "UNKNOWN"
-    if code in _TRANSIENT:
+    if code in _TRANSIENT or reason in _RETRY_REASONS:
         return Unavailable(name, reason, details)
     if code in _AUTH:
         return AuthFailed(name, reason, details)

@@ -14,10 +14,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from fedmezo.server.auth import Authenticator, load_tokens, server_credentials
+from fedmezo.server.auth import Authenticator, server_credentials
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
+from fedmezo.server.errors import StoreError
 from fedmezo.server.evaluation import Evaluator
+from fedmezo.server.interceptors import DecodeErrorInterceptor
+from fedmezo.server.limits import RateLimiter, StreamSlots
 from fedmezo.server.model_state import Replica
 from fedmezo.server.servicer import FederationServicer, StatusServicer
 from fedmezo.server.sqlite_store import SqliteStore
@@ -38,11 +41,23 @@ KEEPALIVE_OPTIONS = (
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),  # tolerate client keepalives >= 10 s
     ("grpc.http2.max_ping_strikes", 0),
 )
+PENDING_RPCS_PER_CLIENT = 4  # calls one client can have waiting for the event loop: a burst, not abuse
 STATE_DB = "state.sqlite"
 SERVICE_NAMES = (
     federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name,
     status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
 )
+
+
+def pending_rpc_options(max_clients: int) -> tuple[tuple[str, int], ...]:
+    """Room for every client's calls to arrive at once. gRPC cancels (CANCELLED) calls that arrive
+    while 1,000 (soft limit, random early drop) to 3,000 (hard limit) are already waiting for the
+    Python event loop: every client syncing after a round close at 3,000 clients exceeds that."""
+    limit = max(1000, PENDING_RPCS_PER_CLIENT * max_clients)
+    return (
+        ("grpc.server.max_pending_requests", limit),
+        ("grpc.server.max_pending_requests_hard_limit", limit),
+    )
 
 
 @dataclass
@@ -51,6 +66,7 @@ class ServerApp:
     coordinator: Coordinator
     health: health_aio.HealthServicer
     port: int
+    auth: Authenticator | None = None
     _ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -98,19 +114,29 @@ def build_app(
         config, store, replica, clock=clock, checkpoint_dir=state_dir / "checkpoints", evaluator=evaluator
     )
     coordinator.start()
-    tokens = load_tokens(config.tokens) if config.tokens else None
-    if tokens is None:
+    if config.tokens:
+        auth = Authenticator.from_file(config.tokens, readers=config.status_reader_ids)
+    else:
         logger.warning("no tokens file: clients are identified by the client_id they send (development only)")
-    auth = Authenticator(tokens)
+        auth = Authenticator(None)
+    # One budget per identity, shared by both services: a client cannot dodge it by switching service.
+    rate = RateLimiter(config.rate_limit_rps, config.rate_limit_burst)
+    slots = StreamSlots(config.max_streams_per_client)
     server = grpc.aio.server(
+        interceptors=[DecodeErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
             *KEEPALIVE_OPTIONS,
-        ]
+            *pending_rpc_options(config.max_clients),
+        ],
     )
-    federation_pb2_grpc.add_FederationServiceServicer_to_server(FederationServicer(coordinator, auth), server)
-    status_pb2_grpc.add_StatusServiceServicer_to_server(StatusServicer(coordinator, auth), server)
+    federation_pb2_grpc.add_FederationServiceServicer_to_server(
+        FederationServicer(coordinator, auth, rate, slots), server
+    )
+    status_pb2_grpc.add_StatusServiceServicer_to_server(
+        StatusServicer(coordinator, auth, rate, slots), server
+    )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = f"{config.host}:{config.port}"
@@ -120,18 +146,31 @@ def build_app(
         port = server.add_secure_port(
             address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
         )
-    return ServerApp(server, coordinator, health, port)
+    return ServerApp(server, coordinator, health, port, auth)
 
 
 async def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code."""
+    """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit code.
+
+    Raises the StoreError that stopped it when the store failed while serving (see Coordinator.fail):
+    the caller exits non-zero with that one line."""
     app = build_app(config)
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    if app.auth is not None:  # SIGHUP: re-read the tokens file now (revocation without a restart)
+        loop.add_signal_handler(signal.SIGHUP, app.auth.reload)
+    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(app.coordinator.failed.wait())}
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in waiters:
+        waiter.cancel()
+    failure = app.coordinator.failure
+    if failure is not None:
+        with contextlib.suppress(StoreError):  # flushing accounting may fail the same way
+            await app.stop()
+        raise failure
     logger.info("signal received: shutting down (grace %.0f s)", GRACE_S)
     await app.stop()
     return 0

@@ -3,24 +3,38 @@
 Identity comes from the token in the `authorization: Bearer <token>` metadata, never from the
 payload: a payload client_id that differs from the token's identity is PERMISSION_DENIED. Without a
 tokens file (development) the payload client_id is trusted, and the server logs that at start.
+
+Revocation: the tokens file is re-read when it changes (its mtime, size or inode, checked at most every
+TOKENS_CHECK_S) and on SIGHUP; a removed line is a revoked token from then on, open streams included.
+A file that no longer parses is not applied: the previous tokens stay, and the error is logged.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
 
-from fedmezo.server.errors import ConfigError, PermissionDenied, Unauthenticated
+from fedmezo.server.errors import ConfigError, InvalidRequest, PermissionDenied, Unauthenticated
 
-__all__ = ["AUTH_METADATA_KEY", "Authenticator", "load_tokens", "server_credentials"]
+__all__ = [
+    "AUTH_METADATA_KEY",
+    "MAX_CLIENT_ID_CHARS",
+    "TOKENS_CHECK_S",
+    "Authenticator",
+    "load_tokens",
+    "server_credentials",
+]
 
 logger = logging.getLogger("fedmezo.server.auth")
 
 AUTH_METADATA_KEY = "authorization"
+TOKENS_CHECK_S = 1.0  # a revoked token stops working at most this long after the file changed
+MAX_CLIENT_ID_CHARS = 128  # a payload client_id (no tokens file) is a name in logs and the dashboard
 _BEARER = "bearer "
 
 Metadata = Sequence[tuple[str, str | bytes]] | None
@@ -60,15 +74,82 @@ def _bearer(metadata: Metadata) -> str | None:
     return None
 
 
-class Authenticator:
-    """Maps request metadata to a client identity. `tokens=None` means no authentication (dev)."""
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
-    def __init__(self, tokens: Mapping[str, str] | None) -> None:
+
+class Authenticator:
+    """Maps request metadata to a client identity. `tokens=None` means no authentication (dev).
+
+    `path`: the tokens file, re-read when it changes (see the module docstring). `readers`: the
+    identities that may read per-client status views; None = every token holder.
+    """
+
+    def __init__(
+        self,
+        tokens: Mapping[str, str] | None,
+        *,
+        path: str | Path | None = None,
+        readers: frozenset[str] | None = None,
+        check_every_s: float = TOKENS_CHECK_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._tokens = dict(tokens) if tokens is not None else None
+        self._path = Path(path) if path else None
+        self._readers = readers
+        self._check_every_s = check_every_s
+        self._clock = clock
+        self._stamp = _stamp(self._path) if self._path else None
+        self._next_check = clock() + check_every_s
+        self._generation = 0
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, readers: frozenset[str] | None = None) -> Authenticator:
+        """Tokens from `path`, watched for changes."""
+        return cls(load_tokens(path), path=path, readers=readers)
 
     @property
     def enabled(self) -> bool:
         return self._tokens is not None
+
+    @property
+    def generation(self) -> int:
+        """Bumped whenever new tokens are applied: open streams re-check their caller then."""
+        return self._generation
+
+    def reload(self) -> bool:
+        """Re-read the tokens file now (SIGHUP); returns whether new tokens were applied."""
+        if self._path is None or self._tokens is None:
+            return False
+        self._stamp = _stamp(self._path)
+        try:
+            tokens = load_tokens(self._path)
+        except ConfigError as exc:
+            logger.error(
+                "tokens file not applied, the previous %d tokens stay valid: %s", len(self._tokens), exc
+            )
+            return False
+        removed = len(self._tokens.keys() - tokens.keys())
+        added = len(tokens.keys() - self._tokens.keys())
+        self._tokens = tokens
+        self._generation += 1
+        logger.info("tokens file reloaded: %d tokens (%d revoked, %d new)", len(tokens), removed, added)
+        return True
+
+    def refresh(self) -> None:
+        """Reload the tokens file if it changed (checked at most every check_every_s; cheap to call)."""
+        if self._path is None:
+            return
+        now = self._clock()
+        if now < self._next_check:
+            return
+        self._next_check = now + self._check_every_s
+        if _stamp(self._path) != self._stamp:
+            self.reload()
 
     def _lookup(self, token: str) -> str | None:
         assert self._tokens is not None
@@ -79,10 +160,14 @@ class Authenticator:
         return found
 
     def identify(self, metadata: Metadata, claimed_id: str) -> str:
-        """The caller's client id; raises Unauthenticated / PermissionDenied."""
+        """The caller's client id; raises Unauthenticated / PermissionDenied (InvalidRequest for a
+        payload id that cannot be a name, without tokens)."""
+        self.refresh()
         if self._tokens is None:
             if not claimed_id:
                 raise Unauthenticated("client_id is required")
+            if len(claimed_id) > MAX_CLIENT_ID_CHARS or not claimed_id.isprintable():
+                raise InvalidRequest(f"client_id must be 1..{MAX_CLIENT_ID_CHARS} printable characters")
             return claimed_id
         token = _bearer(metadata)
         if token is None:
@@ -91,16 +176,27 @@ class Authenticator:
         if client_id is None:
             raise Unauthenticated("unknown token")
         if claimed_id and claimed_id != client_id:
-            raise PermissionDenied(f"token belongs to {client_id!r}, not {claimed_id!r}")
+            shown = (
+                claimed_id
+                if len(claimed_id) <= MAX_CLIENT_ID_CHARS
+                else claimed_id[:MAX_CLIENT_ID_CHARS] + "..."
+            )
+            raise PermissionDenied(f"token belongs to {client_id!r}, not {shown!r}")  # never echo a huge id
         return client_id
 
-    def check_reader(self, metadata: Metadata) -> None:
-        """Status readers need any valid token when authentication is on."""
+    def check_reader(self, metadata: Metadata, *, per_client: bool = False) -> str:
+        """A status reader's identity ("" without tokens). Any valid token reads the run's config
+        and totals; `per_client` views (other clients' losses, devices, events) need a listed reader."""
+        self.refresh()
         if self._tokens is None:
-            return
+            return ""
         token = _bearer(metadata)
-        if token is None or self._lookup(token) is None:
+        reader = self._lookup(token) if token is not None else None
+        if reader is None:
             raise Unauthenticated("status requires a valid bearer token")
+        if per_client and self._readers is not None and reader not in self._readers:
+            raise PermissionDenied(f"{reader!r} may not read other clients' data (not in status_readers)")
+        return reader
 
 
 def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:

@@ -38,6 +38,10 @@ HEARTBEAT_TIMEOUT_S = 30.0
 MAX_LENGTH = 256
 MIN_MAX_LENGTH = 8  # room for a chat template's few special tokens plus an answer
 MAX_MAX_LENGTH = 1 << 20
+RATE_LIMIT_RPS = 50.0
+RATE_LIMIT_BURST = 500  # a client's start-up catch-up (a delta stream, a report, a few polls) fits easily
+MAX_STREAMS_PER_CLIENT = 8
+MAX_CLIENTS = 10_000
 LR_STRATEGIES = ("frozen", "random", "round-wise", "five-round", "model-diff")
 AGGREGATIONS = ("examples", "equal")
 MODES = ("full", "lora")
@@ -97,6 +101,27 @@ class ServerConfig:
     heartbeat_interval_s: float = _f(HEARTBEAT_INTERVAL_S, "how often clients should heartbeat (seconds)")
     heartbeat_timeout_s: float = _f(HEARTBEAT_TIMEOUT_S, "silence after which a client is offline (s)")
     max_wait_s: float = _f(30.0, "cap of one GetTask long-poll (seconds); below typical proxy idle limits")
+    # --- abuse limits, per client identity: a well-behaved client never comes near them ---
+    rate_limit_rps: float = _f(
+        RATE_LIMIT_RPS,
+        "sustained requests per second one client (or status reader) may make, a token bucket; "
+        "0 = off. A client makes about 5 per round plus a heartbeat every few seconds",
+    )
+    rate_limit_burst: int = _f(
+        RATE_LIMIT_BURST, "requests one client may make at once before the sustained rate applies"
+    )
+    max_streams_per_client: int = _f(
+        MAX_STREAMS_PER_CLIENT,
+        "GetTask long-polls and streams one client may hold open at once; a client uses 2",
+    )
+    max_clients: int = _f(
+        MAX_CLIENTS, "distinct client ids that may join; bounds what a flood of invented ids can store"
+    )
+    status_readers: str = _f(
+        "",
+        "comma-separated token identities that may list rounds, clients and events (every client's "
+        "losses and devices); empty = every token holder. Run config and status stay open to all tokens",
+    )
 
     def validate(self) -> ServerConfig:
         """Reject invalid values and combinations; returns self for chaining."""
@@ -143,6 +168,13 @@ class ServerConfig:
             problems.append("outlier_k must be 0 (off) or >= 1 (k < 1 would reject the median client)")
         if self.max_extensions < 0:
             problems.append("max_extensions must be >= 0")
+        if not (math.isfinite(self.rate_limit_rps) and self.rate_limit_rps >= 0):
+            problems.append("rate_limit_rps must be a finite number >= 0 (0 = off)")
+        for name in ("rate_limit_burst", "max_streams_per_client", "max_clients"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if self.status_readers and not self.tokens:
+            problems.append("status_readers names token identities: it needs a tokens file")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             problems.append("heartbeat_timeout_s must exceed heartbeat_interval_s")
         if not 0 <= self.run_seed < 2**64:
@@ -172,6 +204,12 @@ class ServerConfig:
     @property
     def state_path(self) -> Path:
         return Path(self.state_dir)
+
+    @property
+    def status_reader_ids(self) -> frozenset[str] | None:
+        """Identities allowed to read per-client status views; None = every token holder."""
+        ids = frozenset(x.strip() for x in self.status_readers.split(",") if x.strip())
+        return ids or None
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:

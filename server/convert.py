@@ -3,19 +3,27 @@
 The client builds its requests in fedmezo.client.connection (it may not import the server).
 
 Times cross the wire as Unix milliseconds (int64); fingerprints and hashes as raw 32-byte digests.
+
+Shape includes size: a request field that could never be valid (text longer than any name, an integer
+SQLite cannot store, more scalars than a task has steps) is refused here, before it is copied or
+stored. The domain checks (exact step count, finite values, the round) stay in the coordinator.
 """
 
 from __future__ import annotations
 
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import JoinInfo, JoinResult, RunState, TaskResult, TaskStatus, UpdateInput
+from fedmezo.server.errors import InvalidRequest, InvalidUpdate
 from fedmezo.server.records import DeltaRecord, EventRecord, RoundState
 from fedmezo.server.status_view import ClientView, RoundView, StatusView
 from fedmezo.v1 import common_pb2, federation_pb2, status_pb2
 from fedmezo.zo import RNG_SPEC
 
 __all__ = [
+    "MAX_TEXT_CHARS",
+    "activity_from_pb",
     "client_view_to_pb",
+    "cursor_from_pb",
     "delta_to_pb",
     "event_to_pb",
     "join_info_from_pb",
@@ -50,6 +58,30 @@ ACTIVITIES = {
     federation_pb2.CLIENT_ACTIVITY_TRAINING: "training",
     federation_pb2.CLIENT_ACTIVITY_SYNCING: "syncing",
 }
+MAX_TEXT_CHARS = 256  # device names, versions, specs: a line on the dashboard, not a payload
+MAX_STORED_INT = 2**63 - 1  # SQLite INTEGER is signed 64-bit; a larger uint64 cannot be stored
+
+
+def _text(name: str, value: str) -> str:
+    if len(value) > MAX_TEXT_CHARS:
+        raise InvalidRequest(f"{name} is longer than {MAX_TEXT_CHARS} characters")
+    return value
+
+
+def _stored_int(name: str, value: int) -> int:
+    if value > MAX_STORED_INT:
+        raise InvalidRequest(f"{name} {value} is out of range (at most {MAX_STORED_INT})")
+    return value
+
+
+def activity_from_pb(activity: int) -> str:
+    """An activity number from a newer client (proto3 enums are open) reads as idle."""
+    return ACTIVITIES.get(activity, "idle")  # type: ignore[call-overload]
+
+
+def cursor_from_pb(cursor: int) -> int:
+    """An event cursor past the last storable one means "after everything"."""
+    return min(cursor, MAX_STORED_INT)
 
 
 def ms(unix_s: float) -> int:
@@ -107,12 +139,14 @@ def run_config_to_pb(
 def join_info_from_pb(req: federation_pb2.JoinRequest) -> JoinInfo:
     return JoinInfo(
         manifest_sha256=req.manifest_sha256,
-        rng_spec=req.rng_spec,
-        num_examples=req.num_examples,
-        device=req.device,
+        rng_spec=_text("rng_spec", req.rng_spec),
+        num_examples=_stored_int("num_examples", req.num_examples),
+        device=_text("device", req.device),
         model_version=req.model_version,
-        client_version=req.client_version,
-        inference_peak_memory_bytes=req.inference_peak_memory_bytes,
+        client_version=_text("client_version", req.client_version),
+        inference_peak_memory_bytes=_stored_int(
+            "inference_peak_memory_bytes", req.inference_peak_memory_bytes
+        ),
     )
 
 
@@ -149,15 +183,20 @@ def task_result_to_pb(result: TaskResult, config: ServerConfig) -> federation_pb
 
 
 # --- SubmitUpdate ---
-def update_from_pb(req: federation_pb2.SubmitUpdateRequest) -> UpdateInput:
+def update_from_pb(req: federation_pb2.SubmitUpdateRequest, *, max_steps: int) -> UpdateInput:
+    """`max_steps`: the local steps of a task (every task gets the configured τ); more scalars than that
+    are refused before they are copied (a 4 MiB message would become ~30 MB of Python floats)."""
+    for name, values in (("projected_grads", req.projected_grads), ("losses", req.losses)):
+        if len(values) > max_steps:
+            raise InvalidUpdate(f"{len(values)} {name} for a task of at most {max_steps} local steps")
     return UpdateInput(
         round_id=req.round_id,
         projected_grads=tuple(req.projected_grads),
         losses=tuple(req.losses),
         step_time_s=req.step_time_s,
-        peak_memory_bytes=req.peak_memory_bytes,
-        device=req.device,
-        num_examples=req.num_examples,
+        peak_memory_bytes=_stored_int("peak_memory_bytes", req.peak_memory_bytes),
+        device=_text("device", req.device),
+        num_examples=_stored_int("num_examples", req.num_examples),
     )
 
 

@@ -63,6 +63,11 @@ __all__ = [
 logger = logging.getLogger("fedmezo.server.coordinator")
 
 TICK_S = 0.2  # how often deadlines and round opening are checked
+# A waiting long-poll or delta stream re-checks on every round transition (it is notified) and,
+# as a safety net, after this long: with 10,000 waiters a 1 s re-check alone would fill the CPU.
+RECHECK_S = 10.0
+CHECKPOINT_S = 1.0  # how often the store's log is folded into its file (in a worker thread)
+DELTAS_KEPT = 2  # decoded round deltas kept in memory for the clients following the stream
 FINGERPRINT_BYTES = 32
 # Changing these would make the stored deltas meaningless, so a restart must keep them.
 RUN_DEFINING_FIELDS = ("model", "mode", "lora_rank", "lora_alpha", "run_seed")
@@ -148,15 +153,28 @@ class Coordinator:
         self.checkpoint_dir = Path(checkpoint_dir or Path(config.state_dir) / "checkpoints")
         self.traffic = TrafficMeter(store)
         self.live: dict[str, ClientLive] = {}
+        self._clients_stored: int | None = None  # counted once, then kept: bounds joins by max_clients
         self.run_id = ""
         self._fingerprints: dict[int, bytes] = {}
         self._history: dict[str, list[RoundStat]] = {}
         self._closing: int | None = None
         self._tick_lock = asyncio.Lock()
         self._replica_lock = asyncio.Lock()  # held while the replica changes or is evaluated
-        self._changed = asyncio.Event()
+        self._changed = asyncio.Event()  # any change (event streams)
+        self._round_changed = asyncio.Event()  # a round opened or closed (long-polls, delta streams)
+        self._tick_pending = False
+        self._writes = 0  # client writes committed without their fsync (Store.sync makes them durable)
+        self._synced = 0  # ... of which this many are known to be on disk
+        self._sync: asyncio.Task[None] | None = None
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._checkpoint_due = 0.0
+        self._deltas: dict[int, DeltaRecord] = {}  # recent closed rounds: every follower reads the same one
         self._background: set[asyncio.Task[None]] = set()
         self.started_at = clock()
+        # Set when the store failed while serving (full or read-only disk, a damaged file): the server
+        # must stop, since every later write would fail too and nothing it accepts could be kept.
+        self.failure: errors.StoreError | None = None
+        self.failed = asyncio.Event()
 
     # --- startup ---
     def start(self) -> None:
@@ -164,12 +182,14 @@ class Coordinator:
         stored = self.store.get_meta("run_config")
         run_fields = {k: getattr(self.config, k) for k in RUN_DEFINING_FIELDS}
         if stored is None:
+            # run_config goes last: it marks the dir as holding a run, so a start that dies before it
+            # (a kill, a full disk at the first checkpoint) leaves a dir that simply starts afresh.
             self.run_id = secrets.token_hex(8)
-            self.store.set_meta("run_config", json.dumps(run_fields, sort_keys=True))
             self.store.set_meta("run_id", self.run_id)
             self.store.set_meta("initial_fingerprint", self.replica.fingerprint().hex())
             self.store.add_checkpoint(self.replica.save_checkpoint(self.checkpoint_dir))
             self.store.add_events([NewEvent("run_started", f"run {self.run_id}", self.clock())])
+            self.store.set_meta("run_config", json.dumps(run_fields, sort_keys=True))
         else:
             previous = json.loads(stored)
             changed = {k: (previous.get(k), v) for k, v in run_fields.items() if previous.get(k) != v}
@@ -190,6 +210,7 @@ class Coordinator:
                 self._remember(rec.round_id)
         if self.replica.version != self.rounds_completed:
             raise errors.StoreError("replica version differs from the rounds stored")
+        self.replica.warm_up()
 
     def _remember(self, round_id: int) -> None:
         """Add a closed round's accepted updates to the per-client history the LR strategies read."""
@@ -236,6 +257,10 @@ class Coordinator:
             raise errors.NotJoined(f"client {client_id!r} has not joined")
         return client
 
+    def check_joined(self, client_id: str) -> None:
+        """Refuse a client that has not joined (before a stream counts or holds anything for it)."""
+        self._joined(client_id)
+
     def changed(self) -> asyncio.Event:
         """An event set at the next state change (capture it before checking state, then wait)."""
         return self._changed
@@ -244,11 +269,18 @@ class Coordinator:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def _notify_round(self) -> None:
+        """A round opened or closed: wake the long-polls and delta streams too (only then: a join or
+        an update changes nothing they wait for, and waking every waiter per update is O(clients²))."""
+        self._round_changed.set()
+        self._round_changed = asyncio.Event()
+        self._notify()
+
     def _event(self, kind: str, message: str, round_id: int = 0, client_id: str = "") -> NewEvent:
         return NewEvent(kind, message, self.clock(), round_id=round_id, client_id=client_id)
 
     # --- client handlers ---
-    def join(self, client_id: str, info: JoinInfo) -> JoinResult:
+    async def join(self, client_id: str, info: JoinInfo) -> JoinResult:
         if info.rng_spec != RNG_SPEC:
             raise errors.IncompatibleClient(
                 f"rng spec {info.rng_spec!r} differs from the server's {RNG_SPEC!r}"
@@ -263,6 +295,10 @@ class Coordinator:
             raise errors.InvalidUpdate("num_examples must be >= 0")
         previous = self.store.get_client(client_id)
         known = previous is not None
+        if self._clients_stored is None:
+            self._clients_stored = self.store.count_clients()
+        if not known and self._clients_stored >= self.config.max_clients:
+            raise errors.TooManyClients(f"{self._clients_stored} clients joined already (max_clients)")
         record = ClientRecord(
             client_id,
             self.clock(),
@@ -276,9 +312,12 @@ class Coordinator:
         self.store.upsert_client(
             record, [self._event(kind, f"{client_id} on {info.device}", client_id=client_id)]
         )
+        self._clients_stored += 0 if known else 1
+        self._writes += 1
         self._seen(client_id).model_version = info.model_version
         self._notify()
         checkpoint = self.store.latest_checkpoint()
+        await self.durable()
         return JoinResult(
             rounds_completed=self.rounds_completed,
             fingerprint=self._fingerprints[self.rounds_completed],
@@ -313,25 +352,25 @@ class Coordinator:
         try:
             self._schedule_tick()
             while True:
-                changed = self._changed
+                changed = self._round_changed
                 if self.finished:
                     return TaskResult(TaskStatus.RUN_FINISHED, self.rounds_completed)
                 task = self.current_task(client_id)
                 if task is not None:
-                    round_ = self.store.get_round(task.round_id)
+                    round_ = self.store.open_round_record()  # current_task: the task's round is open
                     left = max(0.0, round_.deadline_at - self.clock()) if round_ else 0.0
                     return TaskResult(TaskStatus.ASSIGNED, self.rounds_completed, task, left)
                 remaining = give_up - self.clock()
                 if self.rounds_completed > known_version or remaining <= 0:
                     return TaskResult(TaskStatus.NO_TASK, self.rounds_completed)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=min(remaining, TICK_S * 5))
+                    await asyncio.wait_for(changed.wait(), timeout=min(remaining, RECHECK_S))
         finally:
             live.polls -= 1
             self._seen(client_id)
 
-    def submit_update(self, client_id: str, update: UpdateInput) -> int:
-        """Validate completely, then store durably; returns the round id acknowledged."""
+    async def submit_update(self, client_id: str, update: UpdateInput) -> int:
+        """Validate completely, then store durably; returns the round id acknowledged (once on disk)."""
         client = self._joined(client_id)
         self._seen(client_id)
         existing = self.store.get_update(update.round_id, client_id)
@@ -348,11 +387,16 @@ class Coordinator:
         )
         if existing is not None:  # a retransmission gets the same answer; anything else is a conflict
             if existing.same_payload(candidate):
+                await self.durable()  # the first copy may still be waiting for its fsync
                 return update.round_id
             raise errors.ConflictingUpdate(
                 f"{client_id} already answered round {update.round_id} differently"
             )
-        round_ = self.store.get_round(update.round_id)
+        open_round = self.store.open_round_record()
+        if open_round is not None and open_round.round_id == update.round_id:
+            round_: RoundRecord | None = open_round
+        else:
+            round_ = self.store.get_round(update.round_id)
         if round_ is None:
             raise errors.WrongRound(f"round {update.round_id} does not exist (open: {self._open_round_id()})")
         if round_.state != RoundState.OPEN or round_.round_id == self._closing:
@@ -373,14 +417,15 @@ class Coordinator:
             "update_accepted", f"mean loss {candidate.mean_loss:.4f}", update.round_id, client_id
         )
         self.store.add_update(candidate, [event])
+        self._writes += 1
         self._notify()
         self._schedule_tick()
+        await self.durable()
         return update.round_id
 
-    def report_fingerprint(self, client_id: str, version: int, fingerprint: bytes) -> bool:
+    async def report_fingerprint(self, client_id: str, version: int, fingerprint: bytes) -> bool:
         """Record whether a client's replica matches ours at `version`; returns in_sync."""
         self._joined(client_id)
-        self._seen(client_id).model_version = version
         if len(fingerprint) != FINGERPRINT_BYTES:
             raise errors.InvalidUpdate(
                 f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(fingerprint)}"
@@ -390,6 +435,7 @@ class Coordinator:
             raise errors.WrongRound(
                 f"version {version} does not exist (rounds completed: {self.rounds_completed})"
             )
+        self._seen(client_id).model_version = version  # only a valid report moves the shown version
         in_sync = fingerprint == expected
         events = (
             [] if in_sync else [self._event("fingerprint_mismatch", f"version {version}", version, client_id)]
@@ -397,9 +443,30 @@ class Coordinator:
         self.store.record_fingerprint(
             FingerprintRecord(client_id, version, fingerprint, in_sync, self.clock()), events
         )
+        self._writes += 1
         if not in_sync:
             logger.warning("client %s diverged at version %d: asked to resync", client_id, version)
+        await self.durable()
         return in_sync
+
+    async def durable(self) -> None:
+        """Return once every client write made so far is on disk. One fsync in a worker thread covers
+        all the writes since the previous one (group commit): a round's thousand updates cost a few
+        fsyncs, and the event loop serves other requests while the disk works."""
+        target = self._writes
+        while self._synced < target:
+            if self._sync is None:
+                self._sync = asyncio.get_running_loop().create_task(self._sync_store())
+                self._sync.add_done_callback(lambda t: t.cancelled() or t.exception())  # seen by waiters
+            await asyncio.shield(self._sync)
+
+    async def _sync_store(self) -> None:
+        covered = self._writes
+        try:
+            await asyncio.to_thread(self.store.sync)
+        finally:
+            self._sync = None
+        self._synced = max(self._synced, covered)
 
     async def round_deltas(self, client_id: str, from_round: int, follow: bool) -> AsyncIterator[DeltaRecord]:
         """Stored deltas from from_round on; with follow, each new one as its round closes."""
@@ -409,20 +476,30 @@ class Coordinator:
         live.polls += 1
         try:
             while True:
-                changed = self._changed
+                changed = self._round_changed
                 while next_round <= self.rounds_completed:
-                    record = self.store.get_delta(next_round)
-                    if record is None:
-                        raise errors.StoreError(f"delta of closed round {next_round} is missing")
-                    yield record
+                    yield self._delta(next_round)
                     next_round += 1
                 if not follow or self.finished:
                     return
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=TICK_S * 5)
+                    await asyncio.wait_for(changed.wait(), timeout=RECHECK_S)
         finally:
             live.polls -= 1
             self._seen(client_id)
+
+    def _delta(self, round_id: int) -> DeltaRecord:
+        """A closed round's stored delta; the latest few stay decoded, since every client follows them."""
+        record = self._deltas.get(round_id)
+        if record is None:
+            record = self.store.get_delta(round_id)
+            if record is None:
+                raise errors.StoreError(f"delta of closed round {round_id} is missing")
+            if round_id + DELTAS_KEPT > self.rounds_completed:
+                self._deltas[round_id] = record
+                for old in [r for r in self._deltas if r + DELTAS_KEPT <= self.rounds_completed]:
+                    del self._deltas[old]
+        return record
 
     def checkpoint_for(self, client_id: str) -> tuple[int, str, bytes, int, bytes]:
         self._joined(client_id)
@@ -437,9 +514,28 @@ class Coordinator:
         return rec.round_id if rec else 0
 
     def _schedule_tick(self) -> None:
+        """Run a tick soon; one pending tick covers every request until it starts (it reads fresh state)."""
+        if self._tick_pending:
+            return
+        self._tick_pending = True
         task = asyncio.get_running_loop().create_task(self.tick())
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._tick_done)
+
+    def _tick_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, errors.StoreError):
+            self.fail(exc)
+        elif exc is not None:
+            logger.error("round transition failed", exc_info=exc)
+
+    def fail(self, exc: errors.StoreError) -> None:
+        """The store failed while serving: record the first failure and ask the server to stop."""
+        if self.failure is None:
+            logger.error("state store failed, stopping: %s", exc)
+            self.failure = exc
+            self.failed.set()
 
     async def idle(self) -> None:
         """Wait until every scheduled transition finished (tests; shutdown)."""
@@ -452,17 +548,38 @@ class Coordinator:
         while True:
             try:
                 await self.tick()
+            except errors.StoreError as exc:  # nothing can be written: the server stops (serve)
+                self.fail(exc)
+                return
             except Exception:  # keep serving status; the next tick retries
                 logger.exception("round transition failed")
+            self._maybe_checkpoint()
             await asyncio.sleep(TICK_S)
+
+    def _maybe_checkpoint(self) -> None:
+        """Store housekeeping (the SQLite checkpoint) in a worker thread, one at a time, each CHECKPOINT_S."""
+        now = time.monotonic()
+        if self._checkpoint is not None or now < self._checkpoint_due:
+            return
+        self._checkpoint_due = now + CHECKPOINT_S
+        self._checkpoint = asyncio.get_running_loop().create_task(self._checkpoint_store())
+
+    async def _checkpoint_store(self) -> None:
+        try:
+            await asyncio.to_thread(self.store.checkpoint)
+        except errors.StoreError as exc:  # a broken disk fails the next commit, which stops the server
+            logger.warning("store checkpoint failed: %s", exc)
+        finally:
+            self._checkpoint = None
 
     async def tick(self) -> None:
         async with self._tick_lock:
+            self._tick_pending = False  # a change from here on schedules another tick
             open_round = self.store.open_round_record()
             if open_round is None:
                 self._maybe_open()
                 return
-            answered = len(self.store.list_updates(open_round.round_id))
+            answered = self.store.count_updates(open_round.round_id)
             decision = decide_close(
                 num_selected=len(open_round.selected),
                 num_answered=answered,
@@ -483,6 +600,8 @@ class Coordinator:
                 self._maybe_open()
 
     def _maybe_open(self) -> None:
+        if self.finished or len(self.live) < self.config.min_clients:  # cheap exits: no O(clients) scan
+            return
         online = self.online_clients()
         done = self.rounds_completed
         if not can_open_round(len(online), self.config.min_clients, done, self.config.rounds, False):
@@ -500,11 +619,12 @@ class Coordinator:
         event = self._event("round_opened", f"selected {', '.join(selected)}", round_id)
         self.store.open_round(record, tasks, [event])
         logger.info("round %d opened with %s", round_id, ", ".join(selected))
-        self._notify()
+        self._notify_round()
 
     async def _close(self, round_: RoundRecord, *, aborted: bool) -> None:
         r = round_.round_id
         self._closing = r
+        started = time.perf_counter()
         try:
             updates = [] if aborted else self.store.list_updates(r)
             tasks = {t.client_id: t for t in self.store.list_tasks(r)}
@@ -515,11 +635,16 @@ class Coordinator:
             async with self._replica_lock:  # an evaluation in progress finishes first
                 close = await self._apply_and_commit(r, updates, agg)
                 self._fingerprints[r] = close.fingerprint
+                # The close is committed: clients may fetch the delta now, not after the bookkeeping and
+                # the checkpoint below (a checkpoint only shortens a restart's replay; seconds at 135M).
+                self._notify_round()
+                published_s = time.perf_counter() - started
                 self._remember(r)
                 self.traffic.flush()
                 logger.info(
-                    "round %d %s: mean loss %.4f, fingerprint %s",
-                    r, close.state.value, close.mean_loss, close.fingerprint.hex()[:16],
+                    "round %d %s: %d updates, delta published in %.3f s, mean loss %.4f, fingerprint %s",
+                    r, close.state.value, len(updates), published_s, close.mean_loss,
+                    close.fingerprint.hex()[:16],
                 )  # fmt: skip
                 if r % self.config.checkpoint_every == 0 or r == self.config.rounds:
                     record = await asyncio.to_thread(self.replica.save_checkpoint, self.checkpoint_dir)

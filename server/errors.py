@@ -12,8 +12,13 @@ FedmezoServerError
     ├── NotSelected              the client has no task in that round
     ├── WrongRound               the round is not open (unknown or future)
     ├── InvalidUpdate            wrong number of scalars, NaN/inf, malformed fingerprint
+    ├── InvalidRequest           a field out of its range: over-long text, an integer SQLite cannot hold
     ├── ConflictingUpdate        a different update for a round the client already answered
-    └── NoCheckpoint             no checkpoint to download
+    ├── NoCheckpoint             no checkpoint to download
+    └── LimitExceeded            a per-client limit that keeps one caller from exhausting the server
+        ├── RateLimited          more requests than the client's token bucket allows
+        ├── TooManyStreams       too many long-polls / streams open at once
+        └── TooManyClients       a new client id beyond max_clients
 """
 
 from __future__ import annotations
@@ -25,14 +30,19 @@ __all__ = [
     "ConflictingUpdate",
     "FedmezoServerError",
     "IncompatibleClient",
+    "InvalidRequest",
     "InvalidUpdate",
+    "LimitExceeded",
     "NoCheckpoint",
     "NotJoined",
     "NotSelected",
     "PermissionDenied",
+    "RateLimited",
     "RoundClosed",
     "RpcError",
     "StoreError",
+    "TooManyClients",
+    "TooManyStreams",
     "Unauthenticated",
     "WrongRound",
     "grpc_code",
@@ -89,12 +99,32 @@ class InvalidUpdate(RpcError):
     reason = "invalid_update"
 
 
+class InvalidRequest(RpcError):
+    reason = "invalid_request"
+
+
 class ConflictingUpdate(RpcError):
     reason = "conflicting_update"
 
 
 class NoCheckpoint(RpcError):
     reason = "no_checkpoint"
+
+
+class LimitExceeded(RpcError):
+    reason = "limit_exceeded"
+
+
+class RateLimited(LimitExceeded):
+    reason = "rate_limited"
+
+
+class TooManyStreams(LimitExceeded):
+    reason = "too_many_streams"
+
+
+class TooManyClients(LimitExceeded):
+    reason = "too_many_clients"
 
 
 # The single place where our errors become gRPC codes (most specific class first).
@@ -107,8 +137,10 @@ _GRPC_CODES: tuple[tuple[type[RpcError], grpc.StatusCode], ...] = (
     (NotSelected, grpc.StatusCode.FAILED_PRECONDITION),
     (WrongRound, grpc.StatusCode.OUT_OF_RANGE),
     (InvalidUpdate, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (ConflictingUpdate, grpc.StatusCode.ALREADY_EXISTS),
     (NoCheckpoint, grpc.StatusCode.NOT_FOUND),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 

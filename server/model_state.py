@@ -8,6 +8,7 @@ resume = latest checkpoint + replay of the later stored deltas, each verified by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fedmezo.server.errors import StoreError
@@ -31,6 +32,8 @@ logger = logging.getLogger("fedmezo.server.model_state")
 CHECKPOINT_TENSOR = "flat"
 KEEP_CHECKPOINTS = 2  # files kept on disk; older ones are deleted once a newer one is recorded
 _HASH_CHUNK_BYTES = 1 << 20
+WARM_UP_ELEMENTS = 4096  # a few Philox blocks: enough to run every kernel path once
+CPU_SEED_BATCH = 256  # seeds per fused-kernel call on CPU: 8 KiB of sign tables each, 2 MiB a batch
 
 
 def file_sha256(path: str | Path) -> bytes:
@@ -87,30 +90,63 @@ class Replica:
         """Bytes of every model parameter as this replica holds them; tied parameters counted once."""
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
+    def warm_up(self) -> None:
+        """Run the delta and fingerprint kernels once on a scratch buffer: their first call loads the
+        compiled code (about a second on CPU), which round 1's close would otherwise pay while every
+        client waits for the delta."""
+        scratch = TrainableParams(
+            torch.zeros(WARM_UP_ELEMENTS, dtype=torch.float32, device=self.params.device),
+            ("warm_up",),
+            ((WARM_UP_ELEMENTS,),),
+        )
+        apply_round_delta(scratch, RoundDelta((1,), (1.0,)))
+        scratch.fingerprint()
+
     def apply(self, delta: RoundDelta) -> None:
-        """θ_{v+1} = θ_v + Σ_s c_s z(s); the version moves even for an empty (aborted-round) delta."""
-        apply_round_delta(self.params, delta)
+        """θ_{v+1} = θ_v + Σ_s c_s z(s); the version moves even for an empty (aborted-round) delta.
+
+        On CPU in batches of consecutive seeds: every element still gets its adds in ascending seed
+        order (bit-identical), but the fused kernel's per-seed sign tables of one batch stay in cache
+        (one call with 4,096 seeds ran 3.7x slower per seed than batches of 256 on this machine).
+        """
+        step = CPU_SEED_BATCH if self.params.device.type == "cpu" else max(delta.num_seeds, 1)
+        for start in range(0, delta.num_seeds, step):
+            end = start + step
+            apply_round_delta(self.params, RoundDelta(delta.seeds[start:end], delta.coefficients[start:end]))
         self.version += 1
 
     def save_checkpoint(self, directory: str | Path) -> CheckpointRecord:
-        """Write the flat buffer atomically (tmp + rename) and describe it for the store."""
+        """Write the flat buffer atomically (tmp + rename) and describe it for the store.
+
+        A failed write (full disk, read-only dir) removes its partial file and raises StoreError."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"round-{self.version:06d}.safetensors"
         tmp = path.with_suffix(".tmp")
         fingerprint = self.fingerprint()
         metadata = {"version": str(self.version), "fingerprint": fingerprint.hex()}
-        save_file(
-            {CHECKPOINT_TENSOR: self.params.flat.detach().cpu().contiguous()}, str(tmp), metadata=metadata
-        )
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return CheckpointRecord(self.version, str(path), file_sha256(path), path.stat().st_size, fingerprint)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            save_file(
+                {CHECKPOINT_TENSOR: self.params.flat.detach().cpu().contiguous()}, str(tmp), metadata=metadata
+            )
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            return CheckpointRecord(
+                self.version, str(path), file_sha256(path), path.stat().st_size, fingerprint
+            )
+        except (OSError, SafetensorError) as exc:
+            with contextlib.suppress(OSError):  # the dir itself may be what failed
+                tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write checkpoint {path}: {_reason(exc)}") from exc
 
     def load_checkpoint(self, record: CheckpointRecord) -> None:
         """Return to a checkpoint, refusing a file whose hash or fingerprint does not match."""
-        if file_sha256(record.path) != record.sha256:
+        try:
+            digest = file_sha256(record.path)
+        except OSError as exc:
+            raise StoreError(f"checkpoint {record.path} cannot be read: {_reason(exc)}") from exc
+        if digest != record.sha256:
             raise StoreError(f"checkpoint {record.path} is corrupt (sha256 mismatch)")
         with safe_open(record.path, framework="pt") as fh:
             flat = fh.get_tensor(CHECKPOINT_TENSOR)
@@ -120,6 +156,11 @@ class Replica:
         self.version = record.round_id
         if self.fingerprint() != record.fingerprint:
             raise StoreError(f"checkpoint {record.path}: fingerprint mismatch after loading")
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS's words for a failed file operation ("No space left on device"), else the message."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def prune_checkpoints(directory: str | Path, keep: int = KEEP_CHECKPOINTS) -> None:

@@ -15,7 +15,10 @@ import grpc
 
 from fedmezo.server import convert, errors
 from fedmezo.server.auth import Authenticator
+from fedmezo.server.config import MAX_STREAMS_PER_CLIENT
 from fedmezo.server.coordinator import Coordinator, TaskStatus
+from fedmezo.server.limits import RateLimiter, StreamSlots
+from fedmezo.server.records import DeltaRecord
 from fedmezo.server.status_view import client_views, round_views, status_view
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
 
@@ -32,16 +35,23 @@ logger = logging.getLogger("fedmezo.server.servicer")
 CHECKPOINT_CHUNK_BYTES = 1 << 20  # 1 MiB: well under the 4 MiB message limit
 REASON_METADATA_KEY = "fedmezo-reason"
 EVENT_POLL_S = 1.0
-EVENTS_PAGE = 1000
+DELTA_MESSAGES_KEPT = 4  # built round-delta messages kept for followers (the newest rounds)
+EVENTS_PAGE = 1000  # also the most events one ListEvents answers: a reply stays far below 4 MiB
 
 Resp = TypeVar("Resp")
 
 
-async def _refuse(context: grpc.aio.ServicerContext, exc: errors.FedmezoServerError) -> None:
+async def _refuse(
+    context: grpc.aio.ServicerContext, exc: errors.FedmezoServerError, coord: Coordinator
+) -> None:
     """The single mapping from our exceptions to gRPC status codes (aborts the RPC)."""
     if isinstance(exc, errors.RpcError):
         context.set_trailing_metadata(((REASON_METADATA_KEY, exc.reason),))
         await context.abort(errors.grpc_code(exc), str(exc))
+    if isinstance(exc, errors.StoreError):  # nothing was kept: the server stops, the client retries later
+        coord.fail(exc)
+        context.set_trailing_metadata(((REASON_METADATA_KEY, "store_failed"),))
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"server cannot store state: {exc}")
     logger.error("internal error: %s", exc, exc_info=exc)
     context.set_trailing_metadata(((REASON_METADATA_KEY, "internal"),))
     await context.abort(grpc.StatusCode.INTERNAL, f"server state error: {exc}")
@@ -53,7 +63,7 @@ def unary(fn: Callable[..., Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
         try:
             return await fn(self, request, context)
         except errors.FedmezoServerError as exc:
-            await _refuse(context, exc)
+            await _refuse(context, exc, self._coord)
             raise AssertionError("unreachable: abort raises") from exc
 
     return wrapper
@@ -66,7 +76,7 @@ def streaming(fn: Callable[..., AsyncIterator[Resp]]) -> Callable[..., AsyncIter
             async for item in fn(self, request, context):
                 yield item
         except errors.FedmezoServerError as exc:
-            await _refuse(context, exc)
+            await _refuse(context, exc, self._coord)
 
     return wrapper
 
@@ -83,13 +93,37 @@ def run_config_pb(coord: Coordinator) -> common_pb2.RunConfig:
 
 
 class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
-    def __init__(self, coord: Coordinator, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        coord: Coordinator,
+        auth: Authenticator,
+        rate: RateLimiter | None = None,
+        slots: StreamSlots | None = None,
+    ) -> None:
         self._coord = coord
         self._auth = auth
+        self._rate = rate if rate is not None else RateLimiter(0.0, 1)
+        self._slots = slots if slots is not None else StreamSlots(MAX_STREAMS_PER_CLIENT)
         self._config_pb = run_config_pb(coord)
+        self._delta_messages: dict[int, federation_pb2.StreamRoundDeltasResponse] = {}
+
+    def _delta_message(self, record: DeltaRecord) -> federation_pb2.StreamRoundDeltasResponse:
+        """A round's delta message, built once and sent to every follower (a round's delta never
+        changes; with N clients each message lists N participants, so building it per follower is
+        O(N²) work at every round close)."""
+        message = self._delta_messages.get(record.round_id)
+        if message is None:
+            message = convert.delta_to_pb(record)
+            if len(self._delta_messages) >= DELTA_MESSAGES_KEPT:
+                del self._delta_messages[min(self._delta_messages)]
+            self._delta_messages[record.round_id] = message
+        return message
 
     def _who(self, context: grpc.aio.ServicerContext, claimed: str) -> str:
-        return self._auth.identify(context.invocation_metadata(), claimed)
+        """The caller's identity, charged one request of its rate budget."""
+        client = self._auth.identify(context.invocation_metadata(), claimed)
+        self._rate.admit(client)
+        return client
 
     def _count(self, client: str, round_id: int, request: Any, response: Any) -> None:
         up = request.ByteSize() if request is not None else 0
@@ -103,7 +137,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     @unary
     async def Join(self, request: Any, context: Any) -> federation_pb2.JoinResponse:
         client = self._who(context, request.client_id)
-        result = self._coord.join(client, convert.join_info_from_pb(request))
+        result = await self._coord.join(client, convert.join_info_from_pb(request))
         response = convert.join_result_to_pb(result, self._config_pb)
         self._count(client, 0, request, response)
         return response
@@ -112,7 +146,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     async def Heartbeat(self, request: Any, context: Any) -> federation_pb2.HeartbeatResponse:
         client = self._who(context, request.client_id)
         done, state = self._coord.heartbeat(
-            client, request.model_version, convert.ACTIVITIES[request.activity]
+            client, request.model_version, convert.activity_from_pb(request.activity)
         )
         response = federation_pb2.HeartbeatResponse(
             rounds_completed=done, run_state=convert.run_state_to_pb(state)
@@ -123,7 +157,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     @unary
     async def GetTask(self, request: Any, context: Any) -> federation_pb2.GetTaskResponse:
         client = self._who(context, request.client_id)
-        result = await self._coord.get_task(client, request.known_version, request.wait_s)
+        with self._slots.hold(client):
+            result = await self._coord.get_task(client, request.known_version, request.wait_s)
         response = convert.task_result_to_pb(result, self._coord.config)
         round_id = (
             result.task.round_id
@@ -136,7 +171,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     @unary
     async def SubmitUpdate(self, request: Any, context: Any) -> federation_pb2.SubmitUpdateResponse:
         client = self._who(context, request.client_id)
-        round_id = self._coord.submit_update(client, convert.update_from_pb(request))
+        update = convert.update_from_pb(request, max_steps=self._coord.config.local_steps)
+        round_id = await self._coord.submit_update(client, update)
         response = federation_pb2.SubmitUpdateResponse(
             status=federation_pb2.UPDATE_STATUS_ACCEPTED, round_id=round_id
         )
@@ -146,7 +182,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
     @unary
     async def ReportFingerprint(self, request: Any, context: Any) -> federation_pb2.ReportFingerprintResponse:
         client = self._who(context, request.client_id)
-        in_sync = self._coord.report_fingerprint(client, request.model_version, request.fingerprint)
+        in_sync = await self._coord.report_fingerprint(client, request.model_version, request.fingerprint)
         action = federation_pb2.SYNC_ACTION_NONE if in_sync else federation_pb2.SYNC_ACTION_RESYNC
         response = federation_pb2.ReportFingerprintResponse(in_sync=in_sync, action=action)
         self._count(client, request.model_version, request, response)
@@ -157,11 +193,20 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self, request: Any, context: Any
     ) -> AsyncIterator[federation_pb2.StreamRoundDeltasResponse]:
         client = self._who(context, request.client_id)
-        self._count(client, max(1, request.from_round), request, None)
-        async for record in self._coord.round_deltas(client, request.from_round, request.follow):
-            message = convert.delta_to_pb(record)
-            self._count(client, record.round_id, None, message)
-            yield message
+        self._coord.check_joined(client)  # refused before the request is counted
+        generation = self._auth.generation
+        with self._slots.hold(client):
+            # The request's bytes go to the first round it can get, never to a made-up round id.
+            first = min(max(1, request.from_round), self._coord.rounds_completed + 1)
+            self._count(client, first, request, None)
+            async for record in self._coord.round_deltas(client, request.from_round, request.follow):
+                self._auth.refresh()
+                if self._auth.generation != generation:  # tokens reloaded: is this one still valid?
+                    self._auth.identify(context.invocation_metadata(), request.client_id)
+                    generation = self._auth.generation
+                message = self._delta_message(record)
+                self._count(client, record.round_id, None, message)
+                yield message
 
     @streaming
     async def DownloadCheckpoint(
@@ -171,7 +216,7 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         round_id, path, sha256, size, fingerprint = self._coord.checkpoint_for(client)
         self._count(client, 0, request, None)
         offset = 0
-        with open(path, "rb") as fh:
+        with self._slots.hold(client), open(path, "rb") as fh:
             while True:
                 data = await asyncio.to_thread(fh.read, CHECKPOINT_CHUNK_BYTES)
                 if not data and offset > 0:
@@ -190,13 +235,25 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
 class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     """Read-only: nothing here changes the run."""
 
-    def __init__(self, coord: Coordinator, auth: Authenticator) -> None:
+    def __init__(
+        self,
+        coord: Coordinator,
+        auth: Authenticator,
+        rate: RateLimiter | None = None,
+        slots: StreamSlots | None = None,
+    ) -> None:
         self._coord = coord
         self._auth = auth
+        self._rate = rate if rate is not None else RateLimiter(0.0, 1)
+        self._slots = slots if slots is not None else StreamSlots(MAX_STREAMS_PER_CLIENT)
         self._config_pb = run_config_pb(coord)
 
-    def _check(self, context: Any) -> None:
-        self._auth.check_reader(context.invocation_metadata())
+    def _check(self, context: Any, *, per_client: bool = False) -> str:
+        """The reader's identity ("" without tokens: nothing to key a limit by), charged one request."""
+        reader = self._auth.check_reader(context.invocation_metadata(), per_client=per_client)
+        if reader:
+            self._rate.admit(reader)
+        return reader
 
     @unary
     async def GetRunConfig(self, request: Any, context: Any) -> status_pb2.GetRunConfigResponse:
@@ -210,21 +267,22 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
 
     @unary
     async def ListRounds(self, request: Any, context: Any) -> status_pb2.ListRoundsResponse:
-        self._check(context)
+        self._check(context, per_client=True)
         views = round_views(self._coord, request.from_round, request.limit)
         return status_pb2.ListRoundsResponse(rounds=[convert.round_view_to_pb(v) for v in views])
 
     @unary
     async def ListClients(self, request: Any, context: Any) -> status_pb2.ListClientsResponse:
-        self._check(context)
+        self._check(context, per_client=True)
         return status_pb2.ListClientsResponse(
             clients=[convert.client_view_to_pb(v) for v in client_views(self._coord)]
         )
 
     @unary
     async def ListEvents(self, request: Any, context: Any) -> status_pb2.ListEventsResponse:
-        self._check(context)
-        events = self._coord.store.list_events(request.after_cursor, request.limit or EVENTS_PAGE)
+        self._check(context, per_client=True)
+        after = convert.cursor_from_pb(request.after_cursor)
+        events = self._coord.store.list_events(after, min(request.limit or EVENTS_PAGE, EVENTS_PAGE))
         next_cursor = events[-1].cursor if events else request.after_cursor
         return status_pb2.ListEventsResponse(
             events=[convert.event_to_pb(e) for e in events], next_cursor=next_cursor
@@ -234,11 +292,18 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     async def StreamEvents(
         self, request: Any, context: Any
     ) -> AsyncIterator[status_pb2.StreamEventsResponse]:
-        self._check(context)
-        cursor = request.after_cursor
-        while True:
-            for event in self._coord.store.list_events(cursor, EVENTS_PAGE):
-                cursor = event.cursor
-                yield status_pb2.StreamEventsResponse(event=convert.event_to_pb(event))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._coord.changed().wait(), timeout=EVENT_POLL_S)
+        reader = self._check(context, per_client=True)
+        generation = self._auth.generation
+        cursor = convert.cursor_from_pb(request.after_cursor)
+        # Readers without an identity (no tokens file, development) are not limited.
+        with self._slots.hold(reader) if reader else contextlib.nullcontext():
+            while True:
+                self._auth.refresh()
+                if self._auth.generation != generation:  # tokens reloaded: is this one still valid?
+                    self._auth.check_reader(context.invocation_metadata(), per_client=True)
+                    generation = self._auth.generation
+                for event in self._coord.store.list_events(cursor, EVENTS_PAGE):
+                    cursor = event.cursor
+                    yield status_pb2.StreamEventsResponse(event=convert.event_to_pb(event))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._coord.changed().wait(), timeout=EVENT_POLL_S)

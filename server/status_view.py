@@ -93,8 +93,7 @@ class ClientView:
 
 def status_view(coord: Coordinator) -> StatusView:
     open_round = coord.store.open_round_record()
-    totals = coord.traffic.records()
-    events = coord.store.list_events(after_cursor=0)
+    bytes_up, bytes_down = coord.traffic.run_totals()
     return StatusView(
         run_state=coord.run_state(),
         rounds_completed=coord.rounds_completed,
@@ -102,11 +101,11 @@ def status_view(coord: Coordinator) -> StatusView:
         total_rounds=coord.config.rounds,
         fingerprint=coord.fingerprint_at(coord.rounds_completed) or b"",
         clients_online=len(coord.online_clients()),
-        clients_total=len(coord.store.list_clients()),
-        bytes_up=sum(t.bytes_up for t in totals),
-        bytes_down=sum(t.bytes_down for t in totals),
+        clients_total=coord.store.count_clients(),
+        bytes_up=bytes_up,
+        bytes_down=bytes_down,
         started_at=coord.started_at,
-        last_event_cursor=events[-1].cursor if events else 0,
+        last_event_cursor=coord.store.last_event_cursor(),
     )
 
 

@@ -116,6 +116,14 @@ class Store(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (a no-op for stores that hold none)."""
 
+    def checkpoint(self) -> None:  # noqa: B027 - optional hook
+        """Housekeeping a store may want off the event loop (SQLite: fold its log into the file)."""
+
+    def sync(self) -> None:  # noqa: B027 - optional hook
+        """Make every write so far durable. `add_update`, `upsert_client` and `record_fingerprint` may
+        return before their write reached the disk (a store may batch their syncs: group commit); call
+        this before acknowledging one. Thread-safe. A no-op for stores with nothing to sync."""
+
     # --- derived helpers shared by every store ---
     def rounds_completed(self) -> int:
         """The model version: rounds closed or aborted (they are closed in order)."""
@@ -125,6 +133,18 @@ class Store(ABC):
     def open_round_record(self) -> RoundRecord | None:
         opened = [r for r in self.list_rounds() if r.state == RoundState.OPEN]
         return opened[-1] if opened else None
+
+    def count_updates(self, round_id: int) -> int:
+        """Updates stored for a round (the close decision after every update needs only the count)."""
+        return len(self.list_updates(round_id))
+
+    def count_clients(self) -> int:
+        return len(self.list_clients())
+
+    def last_event_cursor(self) -> int:
+        """The newest event's cursor (0 when none): GetStatus reports it on every call."""
+        events = self.list_events()
+        return events[-1].cursor if events else 0
 
 
 def _check_close(round_: RoundRecord | None, close: RoundClose, tasks: set[str]) -> None:

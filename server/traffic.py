@@ -24,8 +24,11 @@ class TrafficMeter:
         self._lock = threading.Lock()
         self._totals: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
         self._pending: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+        self._run_up = self._run_down = 0  # whole run, all clients: GetStatus reads them on every call
         for rec in store.list_traffic():
             self._totals[(rec.round_id, rec.client_id)] = [rec.bytes_up, rec.bytes_down]
+            self._run_up += rec.bytes_up
+            self._run_down += rec.bytes_down
 
     def record(self, client_id: str, round_id: int, bytes_up: int, bytes_down: int) -> None:
         with self._lock:
@@ -33,6 +36,8 @@ class TrafficMeter:
                 cell = table[(round_id, client_id)]
                 cell[0] += bytes_up
                 cell[1] += bytes_down
+            self._run_up += bytes_up
+            self._run_down += bytes_down
 
     def flush(self) -> None:
         with self._lock:
@@ -40,6 +45,11 @@ class TrafficMeter:
         self._store.add_traffic(
             TrafficRecord(r, c, up, down) for (r, c), (up, down) in sorted(pending.items())
         )
+
+    def run_totals(self) -> tuple[int, int]:
+        """(bytes up, bytes down) over the whole run and every client."""
+        with self._lock:
+            return self._run_up, self._run_down
 
     def records(self) -> list[TrafficRecord]:
         with self._lock:

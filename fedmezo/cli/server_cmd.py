@@ -11,7 +11,7 @@ __all__ = ["EXIT_CONFIG", "EXIT_STATE", "register"]
 logger = logging.getLogger("fedmezo.server")
 
 EXIT_CONFIG = 2  # invalid configuration (nothing was started)
-EXIT_STATE = 3  # the state dir cannot be used (other run, corrupt checkpoint, database error)
+EXIT_STATE = 3  # the state dir cannot be used: corrupt, read-only or full (at start or while serving)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -233,6 +233,7 @@ class _Federation:
                 f"--port={self.target.rsplit(':', 1)[1]}",
                 f"--state-dir={workdir.server_state}",
                 f"--tokens={workdir.tokens}",
+                f"--status-readers={','.join(READER_IDS)}",  # clients never see each other's metrics
                 *([f"--tls-cert={tls.cert}", f"--tls-key={tls.key}"] if tls else ["--insecure"]),
             ],
         )

@@ -1,9 +1,10 @@
 """Backends that add c·z(seed) to the flat parameter buffer, and how one is chosen.
 
-Every backend implements one operation, `apply(params, seeds, values)`: for each element,
+Every backend implements two operations. `apply(params, seeds, values)`: for each element,
 in the order given, `w ← fp32(w + (z_k ? v_k : −v_k))` with `v_k = fp32(values[k])` (design §2).
 A MeZO perturbation is one (seed, ±ε) pair, the restore-and-update is (seed, ε), (seed, −η·g), and a
-round delta is its (seed, c_s) list in ascending seed order. All backends give identical bits.
+round delta is its (seed, c_s) list in ascending seed order. `chunk_digests(flat)`: the parallel part
+of the fingerprint (fedmezo-fp-v1, fingerprint.py), run where θ lives. All backends give identical bits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from fedmezo.zo.fingerprint import U32Array, chunk_digests_reference, words_of
 from fedmezo.zo.params import TrainableParams
 from fedmezo.zo.rng import rademacher
 
@@ -43,11 +45,18 @@ class Backend(Protocol):
 
     def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None: ...
 
+    def chunk_digests(self, flat: torch.Tensor) -> U32Array:
+        """fedmezo-fp-v1 chunk digests (n_chunks, 4) uint32 of a flat fp32 buffer (fingerprint.py)."""
+        ...
+
 
 class ReferenceBackend:
     """Readable and slow: materialises z per tensor with the numpy Philox reference. For tests."""
 
     name = "reference"
+
+    def chunk_digests(self, flat: torch.Tensor) -> U32Array:
+        return chunk_digests_reference(words_of(flat).cpu().numpy().view(np.uint32))
 
     def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None:
         check_seeds(seeds, values)

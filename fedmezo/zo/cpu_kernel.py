@@ -13,9 +13,11 @@ from functools import lru_cache
 
 import numba
 import numpy as np
+import torch
 from numba import njit, prange
 
 from fedmezo.zo.backend import check_seeds
+from fedmezo.zo.fingerprint import U32Array, words_of
 from fedmezo.zo.params import Segment, TrainableParams
 from fedmezo.zo.philox import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
 from fedmezo.zo.rng import DOMAIN_DIRECTION, ELEMENTS_PER_BLOCK
@@ -162,6 +164,14 @@ class NumbaBackend:
     """Fused regenerate-and-add over the whole flat buffer on CPU threads (numba prange)."""
 
     name = "numba"
+
+    def chunk_digests(self, flat: torch.Tensor) -> U32Array:
+        """fedmezo-fp-v1 chunk digests on CPU threads (fingerprint_numba)."""
+        from fedmezo.zo.fingerprint_numba import chunk_digests_numba
+
+        if flat.device.type != "cpu":
+            raise ValueError("the numba backend runs on CPU tensors only")
+        return chunk_digests_numba(words_of(flat).numpy().view(np.uint32))
 
     def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None:
         check_seeds(seeds, values)

@@ -1,8 +1,8 @@
 """Trainable parameters as views of one flat fp32 buffer, in manifest order (design §2–3).
 
 One contiguous buffer lets a single fused kernel regenerate-and-add z over every trainable tensor in
-one launch, makes the round-start snapshot one memcpy, and makes the fingerprint one hash over bytes
-that are already in manifest order. Tensor ids are positions in the sorted list of unique names.
+one launch, makes the round-start snapshot one memcpy, and makes the fingerprint one parallel pass over
+words that are already in manifest order. Tensor ids are positions in the sorted list of unique names.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from fedmezo.zo.fingerprint import FINGERPRINT_SPEC, fingerprint
 from fedmezo.zo.rng import RNG_SPEC
 
 __all__ = ["ComputeView", "Manifest", "Segment", "TrainableParams"]
@@ -32,15 +33,24 @@ class Segment:
 
 @dataclass(frozen=True)
 class Manifest:
-    """Sorted unique trainable names and shapes: what two replicas must agree on before syncing."""
+    """Sorted unique trainable names and shapes: what two replicas must agree on before syncing.
+
+    The fingerprint spec is part of it, so a replica that hashes θ differently is refused at join
+    instead of being found out of sync after every round.
+    """
 
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     rng_spec: str = RNG_SPEC
+    fingerprint_spec: str = FINGERPRINT_SPEC
 
     def to_json(self) -> str:
         return json.dumps(
-            {"rng_spec": self.rng_spec, "tensors": [[n, list(s)] for n, s in zip(self.names, self.shapes)]},
+            {
+                "rng_spec": self.rng_spec,
+                "fingerprint_spec": self.fingerprint_spec,
+                "tensors": [[n, list(s)] for n, s in zip(self.names, self.shapes)],
+            },
             separators=(",", ":"),
         )
 
@@ -148,6 +158,9 @@ class TrainableParams:
             self.compute.copy.copy_(self.flat)
 
     def fingerprint(self) -> str:
-        """SHA-256 of the fp32 bytes of the trainable tensors in manifest order (little-endian)."""
-        host = self.flat.detach().to("cpu").contiguous().numpy()
-        return hashlib.sha256(host.astype("<f4", copy=False).data).hexdigest()
+        """fedmezo-fp-v1 (hex SHA-256) of θ's fp32 words in manifest order, computed where θ lives.
+
+        Same value on every backend; on CUDA only the chunk digests (16 bytes per 256 KiB) cross to
+        the host (fingerprint.py).
+        """
+        return fingerprint(self.flat)

@@ -15,6 +15,7 @@ from fedmezo.zo.philox import philox4x32, split_seed
 
 __all__ = [
     "DOMAIN_DIRECTION",
+    "DOMAIN_FINGERPRINT",
     "DOMAIN_INIT",
     "ELEMENTS_PER_BLOCK",
     "RNG_SPEC",
@@ -27,6 +28,7 @@ RNG_SPEC = "fedmezo-rng-v1"
 ELEMENTS_PER_BLOCK = 128  # 4 words x 32 bits per Philox call
 DOMAIN_DIRECTION = 0  # counter word c2 for perturbation directions
 DOMAIN_INIT = 2  # counter word c2 for portable weight initialisation (tiny-random, LoRA A)
+DOMAIN_FINGERPRINT = 3  # counter word c2 for the chunk keys of fedmezo-fp-v1 (fingerprint.py)
 
 _BIT_INDEX = np.arange(32, dtype=np.uint32)
 

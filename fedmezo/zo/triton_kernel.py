@@ -18,13 +18,22 @@ import numpy as np
 import torch
 
 from fedmezo.zo.backend import check_seeds
+from fedmezo.zo.fingerprint import CHUNK_WORDS, LANES, U32Array, chunk_keys, num_chunks, words_of
 from fedmezo.zo.params import Segment, TrainableParams
 from fedmezo.zo.rng import ELEMENTS_PER_BLOCK
 
-__all__ = ["TILE_BLOCKS", "TritonBackend", "triton_available", "triton_philox_blocks"]
+__all__ = [
+    "FINGERPRINT_TILE",
+    "TILE_BLOCKS",
+    "TritonBackend",
+    "triton_available",
+    "triton_chunk_digests",
+    "triton_philox_blocks",
+]
 
 TILE_BLOCKS = 16  # Philox blocks per program: 2,048 fp32 weights (8 KiB) per program
 NUM_WARPS = 4  # warps per program (benchmarks/tune_triton_pass.py sweeps both on a GPU)
+FINGERPRINT_TILE = 4096  # words per fingerprint program (16 KiB); must divide CHUNK_WORDS
 
 
 def triton_available(device: torch.device | str) -> bool:
@@ -50,6 +59,40 @@ def _keys_tensor(seeds: Sequence[int], device: torch.device) -> torch.Tensor:
     u64 = np.array(seeds, dtype=np.uint64)
     words = np.stack([(u64 & np.uint64(0xFFFFFFFF)), (u64 >> np.uint64(32))], axis=1).astype(np.uint32)
     return torch.from_numpy(words.reshape(-1).view(np.int32).copy()).to(device)
+
+
+@lru_cache(maxsize=1)
+def _fingerprint_kernel() -> Any:
+    from fedmezo.zo import _triton_fingerprint
+
+    return _triton_fingerprint.digest_kernel
+
+
+@lru_cache(maxsize=8)
+def _chunk_keys_on(n_chunks: int, device: torch.device) -> torch.Tensor:
+    """The chunk keys as int32 on `device`, uploaded once per buffer size."""
+    return torch.from_numpy(chunk_keys(n_chunks).reshape(-1).view(np.int32).copy()).to(device)
+
+
+def triton_chunk_digests(
+    flat: torch.Tensor, tile: int = FINGERPRINT_TILE, num_warps: int = NUM_WARPS
+) -> U32Array:
+    """fedmezo-fp-v1 chunk digests computed where `flat` lives; only (n_chunks, 4) words reach the host."""
+    if CHUNK_WORDS % tile:
+        raise ValueError(f"the fingerprint tile ({tile}) must divide the chunk ({CHUNK_WORDS} words)")
+    if not triton_available(flat.device):
+        raise RuntimeError(f"Triton cannot run on {flat.device} here (CUDA, or CPU with TRITON_INTERPRET=1)")
+    words = words_of(flat)
+    n_chunks = num_chunks(words.numel())
+    tiles_per_chunk = CHUNK_WORDS // tile
+    sums = torch.zeros((n_chunks * tiles_per_chunk, LANES), dtype=torch.int64, device=flat.device)
+    n_tiles = -(-words.numel() // tile)  # the last chunk's missing tiles keep their zero sums
+    _fingerprint_kernel()[(n_tiles,)](
+        words, _chunk_keys_on(n_chunks, flat.device), sums, words.numel(),
+        CHUNK=CHUNK_WORDS, TILE=tile, num_warps=num_warps,
+    )  # fmt: skip
+    digests = sums.view(n_chunks, tiles_per_chunk, LANES).sum(dim=1) & 0xFFFFFFFF  # exact integer sums
+    return digests.cpu().numpy().astype(np.uint32)
 
 
 @lru_cache(maxsize=16)
@@ -85,6 +128,10 @@ class TritonBackend:
     def __init__(self, tile_blocks: int = TILE_BLOCKS, num_warps: int = NUM_WARPS):
         self.tile_blocks = tile_blocks
         self.num_warps = num_warps
+
+    def chunk_digests(self, flat: torch.Tensor) -> U32Array:
+        """fedmezo-fp-v1 chunk digests of a flat fp32 buffer, on the device that holds it."""
+        return triton_chunk_digests(flat, num_warps=self.num_warps)
 
     def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None:
         """θ += Σ v z; with a compute copy attached, the same pass also writes copy = bf16(θ)."""

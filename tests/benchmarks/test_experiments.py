@@ -41,6 +41,7 @@ def _load() -> ModuleType:
 experiments = _load()
 
 
+@pytest.mark.timeout(QUICK_LIMIT_S + 300)
 def test_make_experiments_quick(tmp_path: Path) -> None:
     out = tmp_path / "quick"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -171,6 +171,8 @@ def test_conversions_and_bearer_token(served: tuple[Scripted, GrpcServerLink]) -
         (grpc.StatusCode.FAILED_PRECONDITION, "round_closed", Refused),
         (grpc.StatusCode.INVALID_ARGUMENT, "invalid_update", Refused),
         (grpc.StatusCode.UNAVAILABLE, "", Unavailable),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited", Unavailable),  # retried with backoff
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "too_many_clients", Refused),  # waiting will not help
     ],
 )
 def test_status_codes_map_onto_the_error_tree(

@@ -4,79 +4,33 @@ operator gives, and with mTLS a client certificate from another CA is refused.""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.pki import has_openssl, make_pki
+from helpers.processes import FEDMEZO, START_TIMEOUT_S, free_port, spawn, subprocess_env
 
-START_TIMEOUT_S = 60.0
-pytestmark = pytest.mark.skipif(
-    subprocess.run(["which", "openssl"], capture_output=True).returncode != 0, reason="needs openssl"
-)
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_ca(d: Path, name: str) -> None:
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-            "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=d)  # fmt: skip
-
-
-def make_leaf(d: Path, name: str, ca: str, *, server: bool) -> None:
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-            "-out", f"{name}.csr", cwd=d)  # fmt: skip
-    ext = d / f"{name}.ext"
-    ext.write_text(
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n" if server else "extendedKeyUsage=clientAuth\n"
-    )
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-days", "2", "-extfile", ext.name, "-out", f"{name}.pem", cwd=d)  # fmt: skip
+pytestmark = pytest.mark.skipif(not has_openssl(), reason="needs openssl")
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "other-ca"):
-        make_ca(d, ca)
-    make_leaf(d, "server", "ca", server=True)
-    make_leaf(d, "client", "ca", server=False)
-    make_leaf(d, "rogue", "other-ca", server=False)
-    return d
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def start_server(tmp: Path, pki: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    cmd = [sys.executable, "-m", "fedmezo.cli.main", "server", "--model", "tiny-random", "--rounds", "1",
-           "--port", str(port), "--host", "127.0.0.1", "--state-dir", str(tmp / "state"),
-           "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"), *extra]  # fmt: skip
-    log = (tmp / "server.log").open("ab")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ}), port
+    args = ["server", "--model", "tiny-random", "--rounds", "1", "--port", str(port), "--host", "127.0.0.1",
+            "--state-dir", str(tmp / "state"), "--tls-cert", str(pki / "server.pem"),
+            "--tls-key", str(pki / "server.key"), *extra]  # fmt: skip
+    return spawn(args, tmp / "server.log"), port
 
 
 def status(port: int, *tls: str) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "fedmezo.cli.main",
-        "status",
-        "--server",
-        f"127.0.0.1:{port}",
-        "--json",
-        *tls,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    cmd = [*FEDMEZO, "status", "--server", f"127.0.0.1:{port}", "--json", *tls]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=subprocess_env())
 
 
 def wait_until_serving(

@@ -82,6 +82,25 @@ def test_model_diff_signal_ranks_the_far_client_highest() -> None:
     assert max(diffs, key=lambda c: diffs[c]) == "c" and all(d > 0 for d in diffs.values())
 
 
+def test_model_diff_equals_its_definition_over_every_seed_of_the_round() -> None:
+    """Parity for the O(tau)-per-client form: sqrt(Σ_s (a_s − c_s)²) over all seeds, a_s = 0 off own seeds."""
+    rng = np.random.default_rng(7)
+    clients = [f"k{i:03d}" for i in range(60)]
+    tasks = {c: TaskRecord(1, c, float(np.float32(rng.uniform(1e-4, 1e-3))), 3) for c in clients}
+    updates = [
+        _update(c, list(rng.standard_normal(3) * rng.uniform(0.1, 5)), 10 + i) for i, c in enumerate(clients)
+    ]
+    agg = aggregate(1, updates, tasks, run_seed=11, rule="examples")
+    coefficient = dict(zip(agg.delta.seeds, agg.delta.coefficients))
+    for outcome, u in zip(agg.outcomes, updates):
+        own: dict[int, float] = {}
+        for t, g in enumerate(u.projected_grads):
+            seed = derive_seed(11, 1, u.client_id, t)
+            own[seed] = own.get(seed, 0.0) - tasks[u.client_id].lr * g
+        direct = math.sqrt(math.fsum((own.get(s, 0.0) - c) ** 2 for s, c in coefficient.items()))
+        assert outcome.model_diff == pytest.approx(direct, rel=1e-12), u.client_id
+
+
 def _ctx(
     history: dict[str, list[RoundStat]], selected: tuple[str, ...] = ("a", "b", "c", "new")
 ) -> LrContext:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeClient, grads_for, running_server
+from helpers.server_rpc import FakeClient, grads_for, running_server
 
 from fedmezo.cli.main import main as cli_main
 from fedmezo.data import evaluate, generate_demo_dataset, read_jsonl, write_jsonl

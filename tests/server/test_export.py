@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import FakeClient, grads_for, running_server
+from helpers.server_rpc import FakeClient, grads_for, running_server
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedmezo.cli.main import main as cli_main

@@ -4,55 +4,33 @@ round are kept, closed rounds are intact, and the run completes. Real processes,
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import grpc
-from conftest import FakeClient, apply_wire_delta, grads_for
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers.processes import free_port, spawn, wait_until_serving
+from helpers.server_rpc import FakeClient, apply_wire_delta, grads_for
 
 from fedmezo.server.model_state import Replica
 from fedmezo.server.sqlite_store import SqliteStore
 from fedmezo.v1 import federation_pb2 as fpb
 
 STEPS = 4
-START_TIMEOUT_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start(state_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable, "-m", "fedmezo.cli.main", "server", "--model", "tiny-random", "--rounds", "3",
-        "--clients-per-round", "3", "--min-clients", "3", "--local-steps", str(STEPS), "--port", str(port),
-        "--host", "127.0.0.1", "--state-dir", str(state_dir), "--insecure", "--lr", "1e-3",
+    args = [
+        "server", "--model", "tiny-random", "--rounds", "3", "--clients-per-round", "3", "--min-clients", "3",
+        "--local-steps", str(STEPS), "--port", str(port), "--host", "127.0.0.1",
+        "--state-dir", str(state_dir), "--insecure", "--lr", "1e-3",
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ})
-    deadline = time.monotonic() + START_TIMEOUT_S
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return proc
-            except grpc.RpcError:
-                time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server did not start:\n" + log.read_text())
+    proc = spawn(args, log)
+    wait_until_serving(proc, port, log)
+    return proc
 
 
 def test_sigkill_mid_round_resumes(tmp_path: Path) -> None:
-    port, state, log = _free_port(), tmp_path / "state", tmp_path / "server.log"
+    port, state, log = free_port(), tmp_path / "state", tmp_path / "server.log"
     replica = Replica.load("tiny-random")  # the test's own client-side replica
     manifest = replica.manifest_sha256
     ids = ["c0", "c1", "c2"]

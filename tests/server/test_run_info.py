@@ -8,7 +8,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import FakeClient, FakeClock, running_server
+from helpers.server_rpc import FakeClient, FakeClock, running_server
 
 from fedmezo.server.config import ServerConfig, load_config
 from fedmezo.server.convert import ms

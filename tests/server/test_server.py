@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import FakeClient, FakeClock, apply_wire_delta, grads_for, rpc_code, running_server
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers.server_rpc import FakeClient, FakeClock, apply_wire_delta, grads_for, rpc_code, running_server
 
 from fedmezo.server.app import ServerApp
 from fedmezo.server.model_state import Replica

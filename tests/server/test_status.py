@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FakeClient, grads_for, running_server
+from helpers.server_rpc import FakeClient, grads_for, running_server
 
 from fedmezo.cli.main import main as cli_main
 from fedmezo.server.model_state import Replica

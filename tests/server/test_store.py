@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +241,82 @@ def test_sqlite_adds_the_inference_peak_column_to_a_version_1_file(tmp_path: Pat
     assert s.get_client("new") == ClientRecord("new", 2.0, 4, "cpu", "0.1.0", 7)
     assert s.get_meta("schema_version") == "2"
     s.close()
+
+
+def test_counts_cursor_and_open_round_follow_every_write(store: Store) -> None:
+    """The cheap reads the hot paths use (counts, last cursor, the cached open round) never go stale."""
+    assert store.count_clients() == 0 and store.last_event_cursor() == 0
+    store.upsert_client(ClientRecord("a", 1.0, 5, "cpu"), [NewEvent("client_joined", "a", 1.0)])
+    store.upsert_client(ClientRecord("a", 2.0, 5, "cpu"))
+    store.upsert_client(ClientRecord("b", 2.0, 5, "cpu"))
+    assert store.count_clients() == 2
+    assert store.open_round_record() is None  # read (and, for SQLite, cached) before the round opens
+    _open(store)
+    first = store.open_round_record()
+    assert first is not None and first.round_id == 1 and first.deadline_at == 70.0
+    assert store.count_updates(1) == 0
+    store.add_update(_update(client="b"))
+    store.add_update(_update(client="a"))
+    assert store.count_updates(1) == 2 and store.count_updates(2) == 0
+    store.extend_round(1, 130.0, 1)
+    extended = store.open_round_record()
+    assert extended is not None and extended.deadline_at == 130.0 and extended.extensions == 1
+    store.close_round(_close(clients=("a", "b")))
+    assert store.open_round_record() is None
+    _open(store, round_id=2)
+    second = store.open_round_record()
+    assert second is not None and second.round_id == 2
+    assert store.last_event_cursor() == store.list_events()[-1].cursor
+    with pytest.raises(StoreError):  # a refused write leaves the cached round as it was
+        _open(store, round_id=2)
+    assert repr(store.open_round_record()) == repr(second)  # NaN mean_loss: compare by value text
+
+
+def test_sqlite_reader_sees_the_open_round_another_connection_writes(tmp_path: Path) -> None:
+    """A read-only store (export, inspection) must not cache: the server process writes the file."""
+    writer = SqliteStore(tmp_path / "state.sqlite")
+    reader = SqliteStore(tmp_path / "state.sqlite", read_only=True)
+    assert reader.open_round_record() is None
+    _open(writer)
+    opened = reader.open_round_record()
+    assert opened is not None and opened.round_id == 1
+    writer.add_update(_update())
+    writer.close_round(_close())
+    assert reader.open_round_record() is None
+    reader.close()
+    writer.close()
+
+
+def test_sqlite_checkpoints_only_in_checkpoint_which_may_run_beside_the_writer(tmp_path: Path) -> None:
+    """Commits never checkpoint (their fsyncs would stall the event loop); `checkpoint()` folds the WAL
+    into the file from another thread while the writer goes on, and nothing written is lost."""
+    path = tmp_path / "state.sqlite"
+    s = SqliteStore(path)
+    clients = tuple(f"c{i:03d}" for i in range(300))
+    _open(s, clients=clients)
+    size_before = path.stat().st_size
+    for c in clients[:100]:
+        s.add_update(_update(client=c))
+    assert path.stat().st_size == size_before  # everything still in the WAL
+    s.checkpoint()
+    assert path.stat().st_size > size_before  # folded into the database file
+    stop = threading.Event()
+
+    def checkpoint_until_stopped() -> None:
+        while not stop.is_set():
+            s.checkpoint()
+
+    worker = threading.Thread(target=checkpoint_until_stopped)
+    worker.start()
+    try:
+        for c in clients[100:]:
+            s.add_update(_update(client=c))
+            s.sync()
+    finally:
+        stop.set()
+        worker.join()
+    assert s.count_updates(1) == len(clients)
+    s.close()
+    again = SqliteStore(path)  # reopening runs quick_check over every page
+    assert [u.client_id for u in again.list_updates(1)] == list(clients)
+    again.close()

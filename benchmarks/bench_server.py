@@ -1,0 +1,698 @@
+"""Server load benchmark: N simulated clients speak the real protocol to one `fedmezo server` on loopback.
+
+    python benchmarks/bench_server.py                          # 1,000 clients, 3 rounds, a table
+    python benchmarks/bench_server.py --clients 20 --json      # one JSON object on stdout
+    python benchmarks/bench_server.py --train-s 0              # every update of a round at once
+    python benchmarks/bench_server.py --clients 10000 --procs 2 --train-s 1:21   # the stretch figure
+
+What runs: `fedmezo server` as a subprocess (tiny-random, plaintext, state in a temp dir, every online
+client selected, quorum 1.0 so a round closes the moment its last update arrives) and `--procs`
+load-generator processes, each driving its share of the clients as asyncio coroutines with one gRPC
+channel (one TCP connection) per client. A simulated client does what the real daemon
+(fedmezo.client.daemon) does, without a model:
+
+    Join -> repeat { GetTask (long-poll) -> "train" (sleep uniform(LO, HI), --train-s LO:HI) ->
+                     SubmitUpdate(tau synthetic fp32 scalars) -> StreamRoundDeltas(follow) until its
+                     round's delta -> ReportFingerprint (echoing the server's fingerprint) }
+    and a Heartbeat every heartbeat_interval_s in the background.
+
+`--train-s LO:HI` stands for the clients' training time: real clients finish their tau MeZO steps at
+different moments (seconds to minutes apart), so updates arrive spread over that window, and none
+arrives before its client could have trained (two forward passes per step: 80 ms a step for
+SmolLM2-135M on an H100, 2 s on this CPU). The default 1:6 s is a fast fleet; 0:5 lets some
+clients answer instantly, right into the burst of every client fetching the delta, reporting its
+fingerprint and polling for the next task; 0 sends every update of a round at once (the worst case).
+
+Reported (all clocks are CLOCK_MONOTONIC, shared by every process on the machine):
+  latency per RPC   client-observed, call to response, p50/p99/max in ms. GetTask is a long-poll and
+                    StreamRoundDeltas a follow stream: their figures include waiting for the round
+                    to open or close (the "wait" rows), not just server work.
+  round_close_s     last SubmitUpdate response of a round -> the first client receiving that round's
+                    delta (aggregate, apply the delta to the replica, fingerprint, commit, notify);
+                    the worst round.
+  server CPU        utime + stime of the server process during the load (/proc/<pid>/stat), and
+                    its RSS before the load and at its peak (VmHWM).
+  load-gen CPU      the same for the load generators: they share the machine's cores with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import random
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from multiprocessing.sharedctypes import SynchronizedArray
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
+
+MODEL = "tiny-random"
+START_TIMEOUT_S = 120.0  # a cold server imports torch + transformers and builds the model
+DEFAULT_JOIN_RATE = 0.0  # clients started per second
+DEFAULT_TRAIN_S = (1.0, 6.0)  # seconds a client trains before it submits (module docstring)
+RPC_TIMEOUT_S = 60.0  # generous: under a burst the queue, not the server, sets the latency
+LONG_POLL_S = 30.0  # what the real client asks for (the server caps it at max_wait_s)
+ROUND_DEADLINE_S = 600.0  # never reached: quorum 1.0 closes a round at its last update
+RETRIES = 5  # UNAVAILABLE is retried like the real client does; every retry is counted
+RETRY_BASE_S = 0.2
+PROGRESS_EVERY_S = 0.5
+STOP_GRACE_S = 15.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = 1
+
+PUBLISHED = re.compile(r"round (\d+) \w+: \d+ updates, delta published in ([0-9.]+) s")
+
+# Counters each load generator exposes to the parent for the progress line.
+JOINED, SUBMITTED, SYNCED, FAILED = range(4)
+
+
+# --- the server process ----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of a process, seconds (fields 14 and 15 of /proc/<pid>/stat)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_memory_mib(pid: int) -> tuple[float, float]:
+    """(current RSS, peak RSS) of a process in MiB, from /proc/<pid>/status."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024.0
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+@dataclass
+class ServerProcess:
+    """`fedmezo server` on a free loopback port, its log in the work dir; stopped in `close`."""
+
+    workdir: Path
+    clients: int
+    rounds: int
+    local_steps: int
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def start(self) -> None:
+        args = [
+            sys.executable, "-m", "fedmezo.cli.main", "server",
+            f"--model={MODEL}", "--insecure", "--host=127.0.0.1", f"--port={self.port}",
+            f"--state-dir={self.workdir / 'state'}",
+            f"--rounds={self.rounds}", f"--local-steps={self.local_steps}",
+            f"--min-clients={self.clients}", f"--clients-per-round={self.clients}",
+            "--quorum=1.0", f"--deadline-s={ROUND_DEADLINE_S}", f"--max-wait-s={LONG_POLL_S}",
+            f"--checkpoint-every={self.rounds}",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMEZO_")}
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        give_up = time.monotonic() + START_TIMEOUT_S
+        with grpc.insecure_channel(self.target) as channel:
+            stub = status_pb2_grpc.StatusServiceStub(channel)
+            while True:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+                try:
+                    stub.GetRunConfig(status_pb2.GetRunConfigRequest(), timeout=2.0)
+                    return
+                except grpc.RpcError:
+                    if time.monotonic() > give_up:
+                        raise RuntimeError(f"server not ready in {START_TIMEOUT_S:.0f} s") from None
+                    time.sleep(0.2)
+
+    def run_config(self) -> common_pb2.RunConfig:
+        with grpc.insecure_channel(self.target) as channel:
+            stub = status_pb2_grpc.StatusServiceStub(channel)
+            return stub.GetRunConfig(status_pb2.GetRunConfigRequest(), timeout=10.0).config
+
+    def rounds_closed(self) -> list[Any]:
+        with grpc.insecure_channel(self.target) as channel:
+            stub = status_pb2_grpc.StatusServiceStub(channel)
+            return list(stub.ListRounds(status_pb2.ListRoundsRequest(from_round=1), timeout=60.0).rounds)
+
+    def publish_times(self) -> dict[int, float]:
+        """Per round, the server's own close time: aggregate + apply + fingerprint + commit (its log)."""
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(errors="replace")
+            return {int(m[1]): float(m[2]) for m in PUBLISHED.finditer(text)}
+        return {}
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def close(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+# --- one simulated client ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoadSettings:
+    target: str
+    manifest_sha256: bytes
+    rng_spec: str
+    train_s: tuple[float, float]
+    heartbeat_s: float
+    seed: int
+
+
+@dataclass
+class Samples:
+    """What one load generator measured; merged by the parent."""
+
+    latency_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    submitted_at: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    submit_ms: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    assigned_at: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    delta_at: dict[int, list[float]] = field(default_factory=lambda: defaultdict(list))
+    accepted: int = 0
+    in_sync: int = 0
+    errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    cpu_s: float = 0.0
+    failed_clients: list[str] = field(default_factory=list)
+
+
+def _retryable(exc: grpc.aio.AioRpcError) -> bool:
+    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class SimClient:
+    """The real client's protocol loop (client/daemon.py) with synthetic scalars and no model."""
+
+    def __init__(self, client_id: str, settings: LoadSettings, samples: Samples, counters: Any) -> None:
+        self.client_id = client_id
+        self.settings = settings
+        self.samples = samples
+        self.counters = counters
+        self.channel = grpc.aio.insecure_channel(settings.target)
+        self.stub = federation_pb2_grpc.FederationServiceStub(self.channel)
+        self.rng = random.Random(f"{settings.seed}/{client_id}")
+        self.version = 0
+        self.activity = federation_pb2.CLIENT_ACTIVITY_IDLE
+        self.closing = False  # our own shutdown cancels a heartbeat in flight: not an error
+
+    async def call(self, name: str, method: Any, request: Any, timeout: float = RPC_TIMEOUT_S) -> Any:
+        """One unary RPC, timed; UNAVAILABLE/RESOURCE_EXHAUSTED retried with backoff and counted."""
+        for attempt in range(RETRIES + 1):
+            start = time.monotonic()
+            try:
+                response = await method(request, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                if self.closing:
+                    raise
+                self.samples.errors[f"{name}:{exc.code().name}"] += 1
+                if attempt == RETRIES or not _retryable(exc):
+                    raise
+                await asyncio.sleep(self.rng.uniform(0, RETRY_BASE_S * 2**attempt))
+                continue
+            self.samples.latency_ms[name].append((time.monotonic() - start) * 1e3)
+            return response
+        raise AssertionError("unreachable")
+
+    async def run(self, start_delay: float = 0.0) -> None:
+        heartbeat: asyncio.Task[None] | None = None
+        try:
+            await asyncio.sleep(start_delay)
+            joined = await self.call("Join", self.stub.Join, self._join_request())
+            self.counters[JOINED] += 1
+            self.version = joined.rounds_completed
+            if self.settings.heartbeat_s > 0:
+                heartbeat = asyncio.get_running_loop().create_task(self._heartbeats())
+            while await self._one_poll():
+                pass
+        except grpc.aio.AioRpcError:
+            self.samples.failed_clients.append(self.client_id)
+            self.counters[FAILED] += 1
+        finally:
+            self.closing = True
+            if heartbeat is not None:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
+            await self.channel.close()
+
+    def _join_request(self) -> federation_pb2.JoinRequest:
+        return federation_pb2.JoinRequest(
+            client_id=self.client_id,
+            manifest_sha256=self.settings.manifest_sha256,
+            rng_spec=self.settings.rng_spec,
+            num_examples=self.rng.randint(16, 256),
+            device="sim",
+            client_version="bench_server",
+        )
+
+    async def _one_poll(self) -> bool:
+        """One GetTask and whatever follows; False once the run is finished."""
+        request = federation_pb2.GetTaskRequest(
+            client_id=self.client_id, known_version=self.version, wait_s=LONG_POLL_S
+        )
+        poll = await self.call("GetTask", self.stub.GetTask, request, LONG_POLL_S + RPC_TIMEOUT_S)
+        if poll.status == federation_pb2.TASK_STATUS_RUN_FINISHED:
+            return False
+        if poll.status == federation_pb2.TASK_STATUS_ASSIGNED:
+            self.samples.assigned_at[poll.task.round_id].append(time.monotonic())
+            await self._do_task(poll.task)
+        return True
+
+    async def _do_task(self, task: federation_pb2.Task) -> None:
+        self.activity = federation_pb2.CLIENT_ACTIVITY_TRAINING
+        await asyncio.sleep(self.rng.uniform(*self.settings.train_s))
+        steps = task.local_steps
+        update = federation_pb2.SubmitUpdateRequest(
+            client_id=self.client_id,
+            round_id=task.round_id,
+            projected_grads=[self.rng.gauss(0.0, 1.0) for _ in range(steps)],
+            losses=[2.0 + self.rng.gauss(0.0, 0.1) for _ in range(steps)],
+            step_time_s=0.5,
+            peak_memory_bytes=1 << 28,
+            device="sim",
+        )
+        start = time.monotonic()
+        response = await self.call("SubmitUpdate", self.stub.SubmitUpdate, update)
+        self.samples.submitted_at[task.round_id].append(time.monotonic())
+        self.samples.submit_ms[task.round_id].append((time.monotonic() - start) * 1e3)
+        if response.status == federation_pb2.UPDATE_STATUS_ACCEPTED:
+            self.samples.accepted += 1
+        self.counters[SUBMITTED] += 1
+        self.activity = federation_pb2.CLIENT_ACTIVITY_SYNCING
+        fingerprint = await self._follow_deltas(task.round_id)
+        report = federation_pb2.ReportFingerprintRequest(
+            client_id=self.client_id, model_version=self.version, fingerprint=fingerprint
+        )
+        answer = await self.call("ReportFingerprint", self.stub.ReportFingerprint, report)
+        self.samples.in_sync += int(answer.in_sync)
+        self.counters[SYNCED] += 1
+        self.activity = federation_pb2.CLIENT_ACTIVITY_IDLE
+
+    async def _follow_deltas(self, round_id: int) -> bytes:
+        """StreamRoundDeltas(follow) until round_id's delta; returns the server's fingerprint after it."""
+        request = federation_pb2.StreamRoundDeltasRequest(
+            client_id=self.client_id, from_round=self.version + 1, follow=True
+        )
+        start = time.monotonic()
+        call = self.stub.StreamRoundDeltas(request, timeout=ROUND_DEADLINE_S)
+        try:
+            async for message in call:
+                self.version = message.round_id
+                if message.round_id >= round_id:
+                    now = time.monotonic()
+                    self.samples.delta_at[round_id].append(now)
+                    self.samples.latency_ms["StreamRoundDeltas (wait)"].append((now - start) * 1e3)
+                    return bytes(message.fingerprint)
+        except grpc.aio.AioRpcError as exc:
+            self.samples.errors[f"StreamRoundDeltas:{exc.code().name}"] += 1
+            raise
+        finally:
+            call.cancel()
+        raise RuntimeError(f"delta stream ended before round {round_id}")
+
+    async def _heartbeats(self) -> None:
+        """What the daemon's heartbeat thread sends, first after one interval (jittered start)."""
+        await asyncio.sleep(self.rng.uniform(0.0, self.settings.heartbeat_s))
+        while True:
+            request = federation_pb2.HeartbeatRequest(
+                client_id=self.client_id, model_version=self.version, activity=self.activity
+            )
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self.call("Heartbeat", self.stub.Heartbeat, request)
+            await asyncio.sleep(self.settings.heartbeat_s)
+
+
+# --- a load-generator process ------------------------------------------------------------------------------
+async def _drive(
+    clients: list[tuple[str, float]], settings: LoadSettings, counters: Any, control: Any
+) -> Samples:
+    """Run (client id, start delay) pairs until they finish or the parent says stop (a client failed)."""
+    go, stop = control
+    samples = Samples()
+    sims = [SimClient(c, settings, samples, counters) for c, _ in clients]
+    while not go.is_set():  # every generator starts its clients at the same moment
+        await asyncio.sleep(0.01)
+    tasks = [asyncio.create_task(sim.run(delay)) for sim, (_, delay) in zip(sims, clients)]
+    while not stop.is_set():
+        _, pending = await asyncio.wait(tasks, timeout=0.2)
+        if not pending:
+            break
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return samples
+
+
+def load_generator(
+    clients: list[tuple[str, float]], settings: LoadSettings, counters: Any, control: Any, out: Any
+) -> None:
+    """Process entry point: run the clients, send the samples (plain dicts) to the parent."""
+    start_cpu = time.process_time()
+    samples = asyncio.run(_drive(clients, settings, counters, control))
+    samples.cpu_s = time.process_time() - start_cpu
+    out.put(
+        {
+            "latency_ms": dict(samples.latency_ms),
+            "submitted_at": dict(samples.submitted_at),
+            "submit_ms": dict(samples.submit_ms),
+            "assigned_at": dict(samples.assigned_at),
+            "delta_at": dict(samples.delta_at),
+            "accepted": samples.accepted,
+            "in_sync": samples.in_sync,
+            "errors": dict(samples.errors),
+            "cpu_s": samples.cpu_s,
+            "failed_clients": samples.failed_clients,
+        }
+    )
+
+
+# --- the parent: orchestrate, merge, report ----------------------------------------------------------------
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {
+        "latency_ms": defaultdict(list),
+        "submitted_at": defaultdict(list),
+        "submit_ms": defaultdict(list),
+        "assigned_at": defaultdict(list),
+        "delta_at": defaultdict(list),
+        "errors": defaultdict(int),
+        "accepted": 0,
+        "in_sync": 0,
+        "cpu_s": 0.0,
+        "failed_clients": [],
+    }
+    for part in parts:
+        for key in ("latency_ms", "submitted_at", "submit_ms", "assigned_at", "delta_at"):
+            for name, values in part[key].items():
+                merged[key][name].extend(values)
+        for name, count in part["errors"].items():
+            merged["errors"][name] += count
+        for key in ("accepted", "in_sync", "cpu_s", "failed_clients"):
+            merged[key] += part[key]
+    return merged
+
+
+def _progress(counters: list[Any], clients: int, rounds: int, started: float) -> str:
+    joined, submitted, synced, failed = (sum(c[i] for c in counters) for i in range(4))
+    text = (
+        f"\r[{time.monotonic() - started:6.1f} s] joined {joined}/{clients}  "
+        f"submitted {submitted}/{clients * rounds}  synced {synced}/{clients * rounds}"
+    )
+    return text + (f"  FAILED {failed}" if failed else "")
+
+
+def run_load(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
+    """Start the generators, show progress, collect and merge their samples."""
+    config = server.run_config()
+    heartbeat_s = config.heartbeat_interval_s if args.heartbeat else 0.0
+    settings = LoadSettings(
+        server.target, bytes(config.manifest_sha256), config.rng_spec, args.train_s, heartbeat_s, args.seed
+    )
+    ids = [f"sim-{i:05d}" for i in range(args.clients)]
+    ctx = mp.get_context("spawn")  # a clean interpreter: no grpc state inherited across fork
+    delays = [i / args.join_rate if args.join_rate > 0 else 0.0 for i in range(len(ids))]
+    schedule = list(zip(ids, delays))
+    go, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    counters: list[SynchronizedArray[int]] = [ctx.Array("l", 4, lock=False) for _ in range(args.procs)]
+    workers = [
+        ctx.Process(
+            target=load_generator, args=(schedule[k :: args.procs], settings, counters[k], (go, stop), out)
+        )
+        for k in range(args.procs)
+    ]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.0)  # let the generators import grpc before the clock starts
+    assert server.process is not None
+    cpu_before = proc_cpu_s(server.process.pid)
+    rss_before, _ = proc_memory_mib(server.process.pid)
+    started = time.monotonic()
+    go.set()
+    parts: list[dict[str, Any]] = []
+    next_progress = 0.0
+    while len(parts) < len(workers):
+        failed = sum(c[FAILED] for c in counters)
+        if not stop.is_set() and (failed or time.monotonic() - started > args.timeout_s):
+            # With quorum 1.0 a failed client stalls every later round: stop, report what happened.
+            print(f"\nstopping: {failed} client(s) failed or the time limit passed", file=sys.stderr)
+            stop.set()
+        if time.monotonic() - started > args.timeout_s + STOP_GRACE_S:
+            for worker in workers:
+                worker.kill()
+            raise RuntimeError(f"load did not finish in {args.timeout_s:.0f} s")
+        if not args.quiet and time.monotonic() >= next_progress:
+            print(
+                _progress(counters, args.clients, args.rounds, started), end="", file=sys.stderr, flush=True
+            )
+            next_progress = time.monotonic() + PROGRESS_EVERY_S
+        with contextlib.suppress(Exception):
+            parts.append(out.get(timeout=0.1))
+        if any(w.exitcode not in (None, 0) for w in workers):
+            raise RuntimeError("a load generator crashed")
+    wall_s = time.monotonic() - started
+    if not args.quiet:
+        print(_progress(counters, args.clients, args.rounds, started), file=sys.stderr, flush=True)
+    for worker in workers:
+        worker.join()
+    merged = _merge(parts)
+    merged["wall_s"] = wall_s
+    merged["server_cpu_s"] = proc_cpu_s(server.process.pid) - cpu_before
+    merged["server_rss_before_mib"] = rss_before
+    merged["server_rss_mib"], merged["server_peak_rss_mib"] = proc_memory_mib(server.process.pid)
+    return merged
+
+
+def summarize(
+    args: argparse.Namespace, merged: dict[str, Any], rounds: list[Any], published: dict[int, float]
+) -> dict[str, Any]:
+    """The report: flat headline keys first, then per-RPC and per-round detail."""
+    rpc = {
+        name: {
+            "n": len(values),
+            "p50_ms": percentile(values, 50),
+            "p99_ms": percentile(values, 99),
+            "max_ms": max(values),
+        }
+        for name, values in sorted(merged["latency_ms"].items())
+    }
+    per_round = []
+    for r in range(1, args.rounds + 1):
+        submitted, delivered = merged["submitted_at"].get(r, []), merged["delta_at"].get(r, [])
+        assigned = merged["assigned_at"].get(r, [])
+        if not submitted or not delivered or not assigned:
+            continue
+        per_round.append(
+            {
+                "round": r,
+                "submits": len(submitted),
+                "task_spread_s": max(assigned) - min(assigned),
+                "submit_window_s": max(submitted) - min(submitted),
+                "p99_submit_ms": percentile(merged["submit_ms"][r], 99),
+                "close_s": min(delivered) - max(submitted),
+                "server_publish_s": published.get(r, math.nan),
+                "delta_spread_s": max(delivered) - min(delivered),
+            }
+        )
+    submit = merged["latency_ms"].get("SubmitUpdate", [math.nan])
+    closed = [r for r in rounds if r.state == status_pb2.ROUND_STATE_CLOSED]
+    return {
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "local_steps": args.local_steps,
+        "procs": args.procs,
+        "join_rate": args.join_rate,
+        "train_s": list(args.train_s),
+        "heartbeat": args.heartbeat,
+        "p50_submit_ms": percentile(submit, 50),
+        "p99_submit_ms": percentile(submit, 99),
+        "round_close_s": max((r["close_s"] for r in per_round), default=math.nan),
+        "server_publish_s": max(published.values(), default=math.nan),
+        "submits_expected": args.clients * args.rounds,
+        "submits_accepted": merged["accepted"],
+        "fingerprints_in_sync": merged["in_sync"],
+        "rounds_closed": len(closed),
+        "accepted_per_round": [sum(c.accepted for c in r.clients) for r in rounds],
+        "failed_clients": len(merged["failed_clients"]),
+        "errors": dict(merged["errors"]),
+        "wall_s": merged["wall_s"],
+        "server_cpu_s": merged["server_cpu_s"],
+        "server_rss_before_mib": merged["server_rss_before_mib"],
+        "server_peak_rss_mib": merged["server_peak_rss_mib"],
+        "loadgen_cpu_s": merged["cpu_s"],
+        "rpc": rpc,
+        "per_round": per_round,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}, grpcio {grpc.__version__}",
+    }
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(
+        f"{report['clients']} clients x {report['rounds']} rounds, tau={report['local_steps']}, "
+        f"{report['procs']} load-generator process(es), "
+        f"training {report['train_s'][0]:g}-{report['train_s'][1]:g} s, "
+        f"heartbeats {'on' if report['heartbeat'] else 'off'}  ({report['machine']})"
+    )
+    print(f"\n{'RPC':28s} {'n':>7s} {'p50 ms':>9s} {'p99 ms':>9s} {'max ms':>9s}")
+    for name, row in report["rpc"].items():
+        print(f"{name:28s} {row['n']:7d} {row['p50_ms']:9.2f} {row['p99_ms']:9.2f} {row['max_ms']:9.2f}")
+    print(
+        f"\n{'round':>5s} {'submits':>8s} {'tasks out s':>12s} {'submit window s':>16s} "
+        f"{'p99 submit ms':>14s} {'close s':>8s} {'server s':>9s}"
+    )
+    for row in report["per_round"]:
+        print(
+            f"{row['round']:5d} {row['submits']:8d} {row['task_spread_s']:12.3f} "
+            f"{row['submit_window_s']:16.3f} {row['p99_submit_ms']:14.2f} {row['close_s']:8.3f} "
+            f"{row['server_publish_s']:9.3f}"
+        )
+    print(
+        f"\nsubmit p50 {report['p50_submit_ms']:.2f} ms, p99 {report['p99_submit_ms']:.2f} ms; "
+        f"round close (worst) {report['round_close_s']:.3f} s"
+    )
+    print(
+        f"accepted {report['submits_accepted']}/{report['submits_expected']}, "
+        f"in sync {report['fingerprints_in_sync']}, failed clients {report['failed_clients']}, "
+        f"errors {report['errors'] or 'none'}"
+    )
+    print(
+        f"server CPU {report['server_cpu_s']:.1f} s over {report['wall_s']:.1f} s wall, "
+        f"RSS {report['server_rss_before_mib']:.0f} MiB before the load, "
+        f"peak {report['server_peak_rss_mib']:.0f} MiB; load generators CPU {report['loadgen_cpu_s']:.1f} s"
+    )
+
+
+def raise_fd_limit() -> None:
+    """One socket per client on each side: lift the soft open-files limit to the hard one (inherited)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def train_window(text: str) -> tuple[float, float]:
+    """`--train-s` as (lo, hi) seconds: "5" = 0..5, "1:6" = 1..6."""
+    lo_text, _, hi_text = text.rpartition(":")
+    try:
+        lo, hi = float(lo_text or 0.0), float(hi_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected [LO:]HI seconds, got {text!r}") from None
+    if not 0.0 <= lo <= hi or not math.isfinite(hi):
+        raise argparse.ArgumentTypeError(f"need 0 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--clients", type=int, default=1000, help="simulated clients (all selected every round)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="federated rounds")
+    parser.add_argument(
+        "--local-steps", type=int, default=1,
+        help="tau: scalars per update; the server's delta apply costs params x clients x tau x 0.22 ns",
+    )  # fmt: skip
+    parser.add_argument("--procs", type=int, default=1, help="load-generator processes")
+    parser.add_argument(
+        "--join-rate", type=float, default=DEFAULT_JOIN_RATE,
+        help="clients started per second (a fleet comes online over time); 0 = all at once",
+    )  # fmt: skip
+    parser.add_argument(
+        "--train-s", type=train_window, default=DEFAULT_TRAIN_S, metavar="[LO:]HI",
+        help="each client 'trains' for uniform(LO, HI) seconds (LO 0 when omitted) before submitting; "
+        f"0 = every update at once (default {DEFAULT_TRAIN_S[0]:g}:{DEFAULT_TRAIN_S[1]:g})",
+    )  # fmt: skip
+    parser.add_argument("--no-heartbeat", dest="heartbeat", action="store_false", help="send no heartbeats")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the synthetic scalars and timings")
+    parser.add_argument("--timeout-s", type=float, default=900.0, help="give up after this long")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (server log, state)")
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.rounds < 1 or args.local_steps < 1 or args.procs < 1:
+        parser.error("--clients, --rounds, --local-steps and --procs must be >= 1")
+    args.procs = min(args.procs, args.clients)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    raise_fd_limit()
+    workdir = Path(tempfile.mkdtemp(prefix="bench_server-"))
+    server = ServerProcess(workdir, args.clients, args.rounds, args.local_steps)
+    try:
+        if not args.quiet:
+            print(f"starting fedmezo server ({MODEL}) in {workdir}", file=sys.stderr)
+        server.start()
+        merged = run_load(args, server)
+        report = summarize(args, merged, server.rounds_closed(), server.publish_times())
+    except Exception:
+        print(f"server log tail:\n{server.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        code = server.close()
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    report["server_exit_code"] = code
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print_table(report)
+    complete = report["submits_accepted"] == report["submits_expected"] and not report["failed_clients"]
+    return 0 if complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The server load benchmark end to end at a small scale: a real `fedmezo server` process, simulated
+clients over real sockets, and the JSON report the issue asks for (benchmarks/bench_server.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_server.py"
+CLIENTS = 20
+ROUNDS = 2
+LOCAL_STEPS = 2
+
+
+def test_bench_server_json_report_is_complete_and_sane() -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [
+            sys.executable, str(BENCH), f"--clients={CLIENTS}", f"--rounds={ROUNDS}",
+            f"--local-steps={LOCAL_STEPS}", "--train-s=0.5", "--procs=2", "--json", "--quiet",
+        ],
+        capture_output=True, text=True, timeout=100, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout  # exactly one JSON object, nothing else on stdout
+    report = json.loads(lines[0])
+
+    # The headline figures exist, are finite and ordered.
+    for key in ("p50_submit_ms", "p99_submit_ms", "round_close_s"):
+        assert math.isfinite(report[key]), (key, report[key])
+    assert 0 < report["p50_submit_ms"] <= report["p99_submit_ms"] < 10_000
+    assert 0 <= report["round_close_s"] < 30
+    # Every client's every update was acknowledged, counted by the server, and every client ended
+    # in sync with the server's fingerprint; nothing failed or was retried.
+    assert report["submits_expected"] == CLIENTS * ROUNDS
+    assert report["submits_accepted"] == CLIENTS * ROUNDS
+    assert report["accepted_per_round"] == [CLIENTS] * ROUNDS
+    assert report["rounds_closed"] == ROUNDS
+    assert report["fingerprints_in_sync"] == CLIENTS * ROUNDS
+    assert report["failed_clients"] == 0
+    assert report["errors"] == {}
+    # Per-RPC latencies for every RPC of the protocol, one sample per call made.
+    rpc = report["rpc"]
+    assert rpc["Join"]["n"] == CLIENTS
+    assert rpc["SubmitUpdate"]["n"] == CLIENTS * ROUNDS
+    assert rpc["ReportFingerprint"]["n"] == CLIENTS * ROUNDS
+    assert rpc["StreamRoundDeltas (wait)"]["n"] == CLIENTS * ROUNDS
+    assert rpc["GetTask"]["n"] >= CLIENTS * (ROUNDS + 1)  # a task per round, then RUN_FINISHED
+    for row in rpc.values():
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert [r["round"] for r in report["per_round"]] == list(range(1, ROUNDS + 1))
+    # The server's resources were read from /proc and it shut down cleanly.
+    assert report["server_cpu_s"] > 0
+    assert report["server_rss_before_mib"] > 0
+    assert report["server_peak_rss_mib"] >= report["server_rss_before_mib"]
+    assert report["loadgen_cpu_s"] > 0
+    assert report["server_exit_code"] == 0
