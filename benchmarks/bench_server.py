@@ -29,7 +29,10 @@ Reported (all clocks are CLOCK_MONOTONIC, shared by every process on the machine
                     to open or close (the "wait" rows), not just server work.
   round_close_s     last SubmitUpdate response of a round -> the first client receiving that round's
                     delta (aggregate, apply the delta to the replica, fingerprint, commit, notify);
-                    the worst round.
+                    the worst round. server_publish_s is the server's own figure (its log): from
+                    the moment it stored the last update, which is before that update's fsync and
+                    acknowledgement, so it can exceed round_close_s; server_apply_s is the part
+                    spent applying the delta (params x seeds x ~0.22 ns on this CPU when idle).
   server CPU        utime + stime of the server process during the load (/proc/<pid>/stat), and
                     its RSS before the load and at its peak (VmHWM).
   load-gen CPU      the same for the load generators: they share the machine's cores with the server.
@@ -40,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -71,14 +75,16 @@ DEFAULT_TRAIN_S = (1.0, 6.0)  # seconds a client trains before it submits (modul
 RPC_TIMEOUT_S = 60.0  # generous: under a burst the queue, not the server, sets the latency
 LONG_POLL_S = 30.0  # what the real client asks for (the server caps it at max_wait_s)
 ROUND_DEADLINE_S = 600.0  # never reached: quorum 1.0 closes a round at its last update
+HEARTBEAT_TIMEOUT_FACTOR = 6.0  # silence (in intervals) before the server counts a client offline
 RETRIES = 5  # UNAVAILABLE is retried like the real client does; every retry is counted
 RETRY_BASE_S = 0.2
 PROGRESS_EVERY_S = 0.5
 STOP_GRACE_S = 15.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE_KIB = 1
 
-PUBLISHED = re.compile(r"round (\d+) \w+: \d+ updates, delta published in ([0-9.]+) s")
+PUBLISHED = re.compile(
+    r"round (\d+) \w+: \d+ updates, delta published in ([0-9.]+) s \(\d+ seeds applied in ([0-9.]+) s\)"
+)
 
 # Counters each load generator exposes to the parent for the progress line.
 JOINED, SUBMITTED, SYNCED, FAILED = range(4)
@@ -116,6 +122,7 @@ class ServerProcess:
     clients: int
     rounds: int
     local_steps: int
+    heartbeat_s: float = 5.0  # the server's heartbeat_interval_s, which clients follow
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -135,7 +142,8 @@ class ServerProcess:
             f"--rounds={self.rounds}", f"--local-steps={self.local_steps}",
             f"--min-clients={self.clients}", f"--clients-per-round={self.clients}",
             "--quorum=1.0", f"--deadline-s={ROUND_DEADLINE_S}", f"--max-wait-s={LONG_POLL_S}",
-            f"--checkpoint-every={self.rounds}",
+            f"--checkpoint-every={self.rounds}", f"--heartbeat-interval-s={self.heartbeat_s}",
+            f"--heartbeat-timeout-s={self.heartbeat_s * HEARTBEAT_TIMEOUT_FACTOR}",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMEZO_")}
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -169,11 +177,11 @@ class ServerProcess:
             stub = status_pb2_grpc.StatusServiceStub(channel)
             return list(stub.ListRounds(status_pb2.ListRoundsRequest(from_round=1), timeout=60.0).rounds)
 
-    def publish_times(self) -> dict[int, float]:
-        """Per round, the server's own close time: aggregate + apply + fingerprint + commit (its log)."""
+    def publish_times(self) -> dict[int, tuple[float, float]]:
+        """Per round, the server's own (close time, of which applying the delta), from its log."""
         with contextlib.suppress(OSError):
             text = self.log_path.read_text(errors="replace")
-            return {int(m[1]): float(m[2]) for m in PUBLISHED.finditer(text)}
+            return {int(m[1]): (float(m[2]), float(m[3])) for m in PUBLISHED.finditer(text)}
         return {}
 
     def log_tail(self, lines: int = 30) -> str:
@@ -373,6 +381,7 @@ async def _drive(
     go, stop = control
     samples = Samples()
     sims = [SimClient(c, settings, samples, counters) for c, _ in clients]
+    gc.freeze()  # as the server does: full collections would pause every client of this process
     while not go.is_set():  # every generator starts its clients at the same moment
         await asyncio.sleep(0.01)
     tasks = [asyncio.create_task(sim.run(delay)) for sim, (_, delay) in zip(sims, clients)]
@@ -410,6 +419,14 @@ def load_generator(
 
 
 # --- the parent: orchestrate, merge, report ----------------------------------------------------------------
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.machine()
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""
     ordered = sorted(values)
@@ -512,7 +529,10 @@ def run_load(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
 
 
 def summarize(
-    args: argparse.Namespace, merged: dict[str, Any], rounds: list[Any], published: dict[int, float]
+    args: argparse.Namespace,
+    merged: dict[str, Any],
+    rounds: list[Any],
+    published: dict[int, tuple[float, float]],
 ) -> dict[str, Any]:
     """The report: flat headline keys first, then per-RPC and per-round detail."""
     rpc = {
@@ -538,7 +558,8 @@ def summarize(
                 "submit_window_s": max(submitted) - min(submitted),
                 "p99_submit_ms": percentile(merged["submit_ms"][r], 99),
                 "close_s": min(delivered) - max(submitted),
-                "server_publish_s": published.get(r, math.nan),
+                "server_publish_s": published.get(r, (math.nan, math.nan))[0],
+                "server_apply_s": published.get(r, (math.nan, math.nan))[1],
                 "delta_spread_s": max(delivered) - min(delivered),
             }
         )
@@ -552,10 +573,11 @@ def summarize(
         "join_rate": args.join_rate,
         "train_s": list(args.train_s),
         "heartbeat": args.heartbeat,
+        "heartbeat_s": args.heartbeat_s,
         "p50_submit_ms": percentile(submit, 50),
         "p99_submit_ms": percentile(submit, 99),
         "round_close_s": max((r["close_s"] for r in per_round), default=math.nan),
-        "server_publish_s": max(published.values(), default=math.nan),
+        "server_publish_s": max((p for p, _ in published.values()), default=math.nan),
         "submits_expected": args.clients * args.rounds,
         "submits_accepted": merged["accepted"],
         "fingerprints_in_sync": merged["in_sync"],
@@ -570,30 +592,31 @@ def summarize(
         "loadgen_cpu_s": merged["cpu_s"],
         "rpc": rpc,
         "per_round": per_round,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}, grpcio {grpc.__version__}",
     }
 
 
 def print_table(report: dict[str, Any]) -> None:
+    beats = f"every {report['heartbeat_s']:g} s" if report["heartbeat"] else "off"
     print(
         f"{report['clients']} clients x {report['rounds']} rounds, tau={report['local_steps']}, "
         f"{report['procs']} load-generator process(es), "
         f"training {report['train_s'][0]:g}-{report['train_s'][1]:g} s, "
-        f"heartbeats {'on' if report['heartbeat'] else 'off'}  ({report['machine']})"
+        f"heartbeats {beats}  ({report['machine']})"
     )
     print(f"\n{'RPC':28s} {'n':>7s} {'p50 ms':>9s} {'p99 ms':>9s} {'max ms':>9s}")
     for name, row in report["rpc"].items():
         print(f"{name:28s} {row['n']:7d} {row['p50_ms']:9.2f} {row['p99_ms']:9.2f} {row['max_ms']:9.2f}")
     print(
         f"\n{'round':>5s} {'submits':>8s} {'tasks out s':>12s} {'submit window s':>16s} "
-        f"{'p99 submit ms':>14s} {'close s':>8s} {'server s':>9s}"
+        f"{'p99 submit ms':>14s} {'close s':>8s} {'server s':>9s} {'apply s':>8s}"
     )
     for row in report["per_round"]:
         print(
             f"{row['round']:5d} {row['submits']:8d} {row['task_spread_s']:12.3f} "
             f"{row['submit_window_s']:16.3f} {row['p99_submit_ms']:14.2f} {row['close_s']:8.3f} "
-            f"{row['server_publish_s']:9.3f}"
+            f"{row['server_publish_s']:9.3f} {row['server_apply_s']:8.3f}"
         )
     print(
         f"\nsubmit p50 {report['p50_submit_ms']:.2f} ms, p99 {report['p99_submit_ms']:.2f} ms; "
@@ -652,6 +675,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="each client 'trains' for uniform(LO, HI) seconds (LO 0 when omitted) before submitting; "
         f"0 = every update at once (default {DEFAULT_TRAIN_S[0]:g}:{DEFAULT_TRAIN_S[1]:g})",
     )  # fmt: skip
+    parser.add_argument(
+        "--heartbeat-s", type=float, default=5.0,
+        help="the server's heartbeat interval, which every client follows (server default 5 s)",
+    )  # fmt: skip
     parser.add_argument("--no-heartbeat", dest="heartbeat", action="store_false", help="send no heartbeats")
     parser.add_argument("--seed", type=int, default=0, help="seeds the synthetic scalars and timings")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="give up after this long")
@@ -669,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="bench_server-"))
-    server = ServerProcess(workdir, args.clients, args.rounds, args.local_steps)
+    server = ServerProcess(workdir, args.clients, args.rounds, args.local_steps, args.heartbeat_s)
     try:
         if not args.quiet:
             print(f"starting fedmezo server ({MODEL}) in {workdir}", file=sys.stderr)

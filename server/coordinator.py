@@ -66,6 +66,7 @@ TICK_S = 0.2  # how often deadlines and round opening are checked
 # A waiting long-poll or delta stream re-checks on every round transition (it is notified) and,
 # as a safety net, after this long: with 10,000 waiters a 1 s re-check alone would fill the CPU.
 RECHECK_S = 10.0
+SLOW_SYNC_S = 0.1  # a group fsync slower than this is logged: client acknowledgements waited for it
 CHECKPOINT_S = 1.0  # how often the store's log is folded into its file (in a worker thread)
 DELTAS_KEPT = 2  # decoded round deltas kept in memory for the clients following the stream
 FINGERPRINT_BYTES = 32
@@ -168,6 +169,7 @@ class Coordinator:
         self._sync: asyncio.Task[None] | None = None
         self._checkpoint: asyncio.Task[None] | None = None
         self._checkpoint_due = 0.0
+        self._apply_s = 0.0  # how long the last round's delta took to apply to the replica
         self._deltas: dict[int, DeltaRecord] = {}  # recent closed rounds: every follower reads the same one
         self._background: set[asyncio.Task[None]] = set()
         self.started_at = clock()
@@ -461,12 +463,16 @@ class Coordinator:
             await asyncio.shield(self._sync)
 
     async def _sync_store(self) -> None:
-        covered = self._writes
+        covered, batch = self._writes, self._writes - self._synced
+        started = time.perf_counter()
         try:
             await asyncio.to_thread(self.store.sync)
         finally:
             self._sync = None
         self._synced = max(self._synced, covered)
+        took_s = time.perf_counter() - started
+        if took_s > SLOW_SYNC_S:  # every acknowledgement waiting on it waited this long
+            logger.warning("slow disk: syncing %d client writes took %.3f s", batch, took_s)
 
     async def round_deltas(self, client_id: str, from_round: int, follow: bool) -> AsyncIterator[DeltaRecord]:
         """Stored deltas from from_round on; with follow, each new one as its round closes."""
@@ -642,9 +648,10 @@ class Coordinator:
                 self._remember(r)
                 self.traffic.flush()
                 logger.info(
-                    "round %d %s: %d updates, delta published in %.3f s, mean loss %.4f, fingerprint %s",
-                    r, close.state.value, len(updates), published_s, close.mean_loss,
-                    close.fingerprint.hex()[:16],
+                    "round %d %s: %d updates, delta published in %.3f s (%d seeds applied in %.3f s), "
+                    "mean loss %.4f, fingerprint %s",
+                    r, close.state.value, len(updates), published_s, close.num_seeds, self._apply_s,
+                    close.mean_loss, close.fingerprint.hex()[:16],
                 )  # fmt: skip
                 if r % self.config.checkpoint_every == 0 or r == self.config.rounds:
                     record = await asyncio.to_thread(self.replica.save_checkpoint, self.checkpoint_dir)
@@ -660,7 +667,9 @@ class Coordinator:
         snapshot = self.replica.params.snapshot()  # undo point: the store must never lag the replica
         version = self.replica.version
         try:
+            applying = time.perf_counter()
             await asyncio.to_thread(self.replica.apply, agg.delta)
+            self._apply_s = time.perf_counter() - applying  # for the close's log line
             fingerprint = await asyncio.to_thread(self.replica.fingerprint)
             accepted = {o.client_id for o in agg.outcomes if o.accepted}
             losses = [u.mean_loss for u in updates if u.client_id in accepted and math.isfinite(u.mean_loss)]
