@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
@@ -37,7 +37,7 @@ from fedmezo.server.model_state import Replica
 from fedmezo.server.records import TaskRecord
 from fedmezo.server.rounds import sample_clients, sample_size
 from fedmezo.sim.config import DEMO_DATA, SimOptions
-from fedmezo.sim.methods import METHOD_CLASSES, RoundOutcome
+from fedmezo.sim.methods import METHOD_CLASSES, RoundOutcome, finite_mean
 from fedmezo.zo import Backend, get_backend
 
 __all__ = ["RoundResult", "SimResult", "Simulation", "client_data", "write_jsonl_rounds"]
@@ -184,7 +184,7 @@ class Simulation:
         start = time.perf_counter()
         result = SimResult(
             method=self.options.method,
-            config={k: v for k, v in asdict(self.config).items()},
+            config=asdict(self.config),
             options=asdict(self.options),
             trainable_params=self.replica.trainable_params,
             clients={c: d.num_examples for c, d in self.datasets.items()},
@@ -210,7 +210,7 @@ class Simulation:
                 round_id=round_id,
                 selected=tuple(tasks),
                 lrs={c: t.lr for c, t in tasks.items()},
-                train_loss=_mean(c.mean_loss for c in clients),
+                train_loss=finite_mean(c.mean_loss for c in clients),
                 client_seconds={c.client_id: c.seconds for c in clients},
                 server_seconds=outcome.server_seconds,
                 round_seconds=max((c.seconds for c in clients), default=0.0) + outcome.server_seconds,
@@ -227,11 +227,6 @@ class Simulation:
                 on_round(record)
         result.wall_seconds = time.perf_counter() - start
         return result
-
-
-def _mean(values: Iterable[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return math.fsum(finite) / len(finite) if finite else math.nan
 
 
 def _fmt(value: float | None) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +46,7 @@ __all__ = [
     "FullStateFedMeZO",
     "RoundOutcome",
     "SeedScalarFedMeZO",
+    "finite_mean",
 ]
 
 
@@ -99,7 +100,8 @@ def _update_record(result: TrainResult, client_id: str, num_examples: int) -> Up
     )
 
 
-def _mean(values: tuple[float, ...]) -> float:
+def finite_mean(values: Iterable[float]) -> float:
+    """Mean of the finite values (NaN when none): skipped steps and missing signals do not count."""
     finite = [v for v in values if math.isfinite(v)]
     return math.fsum(finite) / len(finite) if finite else math.nan
 
@@ -162,7 +164,7 @@ class SeedScalarFedMeZO:
             )
             clients.append(
                 ClientRound(
-                    u.client_id, seconds[u.client_id], _mean(u.losses), u.peak_memory_bytes, up, down,
+                    u.client_id, seconds[u.client_id], finite_mean(u.losses), u.peak_memory_bytes, up, down,
                     tasks[u.client_id].lr,
                 )
             )  # fmt: skip
@@ -223,7 +225,7 @@ class FullStateFedMeZO:
         # the personalized-lr signals come from the same scalars the seed-scalar server would see
         agg = _aggregate(world, round_id, updates, tasks)
         diffs = {o.client_id: o.model_diff for o in agg.outcomes if o.accepted}
-        losses = {u.client_id: _mean(u.losses) for u in updates}
+        losses = {u.client_id: finite_mean(u.losses) for u in updates}
         peaks = {u.client_id: u.peak_memory_bytes for u in updates}
         clients = _full_state_clients(world, tasks, seconds, losses, peaks)
         return RoundOutcome(clients, server_seconds, diffs, world.replica.fingerprint())
@@ -258,7 +260,7 @@ class FedAvgBackprop:
             optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
         del optimizer
-        return _mean(tuple(losses)), peak.peak_bytes()
+        return finite_mean(tuple(losses)), peak.peak_bytes()
 
     def run_round(self, world: World, round_id: int, tasks: Mapping[str, TaskRecord]) -> RoundOutcome:
         params = world.replica.params
