@@ -19,6 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = (
     "convergence_rounds",
     "convergence_wallclock",
+    "convergence_wallclock_link",
     "exact_match",
     "memory",
     "communication",
@@ -100,7 +101,7 @@ def _results(
         "convergence": conv,
         "memory": {k: {"peak_bytes": v, "baseline_bytes": 0} for k, v in
                    {"inference": 100, "fedmezo": 101, "fedavg-sgd": 150, "fedavg-adamw": 300}.items()},
-        "personalization": {s: _run(v) for s, v in personal.items()},
+        "personalization": {"1e-4": {s: _run(v) for s, v in personal.items()}},
     }  # fmt: skip
     results["trajectory"] = {
         "c3": experiments.trajectory_gap(conv["c3"]["fedmezo"], conv["c3"]["fedmezo-full"])
@@ -118,18 +119,41 @@ def test_verdicts_follow_the_numbers() -> None:
     assert by_claim == {"1": "refuted", "2": "confirmed", "3": "refuted", "4": "refuted"}
 
 
+def test_personalization_verdict_counts_every_base_rate() -> None:
+    results = _results([3.0, 2.0], [3.0, 2.5], [3.0, 2.0], {"frozen": [3.0, 2.5], "random": [3.0, 2.6]})
+    results["personalization"]["3e-05"] = {"frozen": _run([3.0, 2.8]), "random": _run([3.0, 2.7])}
+    verdict = experiments.claim_personalization(results)
+    assert verdict["verdict"] == "partly confirmed"
+    assert "η₀ 1e-4" in verdict["evidence"] and "η₀ 3e-05" in verdict["evidence"]
+
+
 def test_section_is_replaced_and_the_rest_kept(tmp_path: Path) -> None:
     md = tmp_path / "RESULTS.md"
-    md.write_text("# Measured results\n\n## Other\nkeep me\n")
+    quoted = f"Prose that quotes `{experiments.BEGIN}` inline is not a marker."
+    md.write_text(f"# Measured results\n\n## Other\n{quoted}\nkeep me\n")
     first = f"{experiments.BEGIN}\nold\n{experiments.END}\n"
     experiments.write_section(md, first)
     experiments.write_section(md, f"{experiments.BEGIN}\nnew\n{experiments.END}\n")
     text = md.read_text()
-    assert "keep me" in text and "new" in text and "old" not in text
-    assert text.count(experiments.BEGIN) == 1
+    assert "keep me" in text and quoted in text and "new" in text and "old" not in text
+    assert text.count(f"\n{experiments.BEGIN}\n") == 1
 
 
-def test_interpolation_on_the_wall_clock() -> None:
+def test_the_federated_model_is_a_step_function_of_wall_clock() -> None:
     curve = [(0.0, 4.0), (10.0, 2.0)]
-    assert experiments._interp(curve, 5.0) == pytest.approx(3.0)
-    assert math.isnan(experiments._interp(curve, 11.0))
+    assert experiments.loss_at(curve, 5.0) == 4.0  # round 1 has not closed yet
+    assert experiments.loss_at(curve, 10.0) == 2.0
+    assert math.isnan(experiments.loss_at(curve, 11.0))
+
+
+def test_transfers_over_the_link_are_added_per_round() -> None:
+    run = _run([3.0, 2.0, 1.0], seconds=1.0, bytes_per_round=12_500_000)  # 100 Mbit for one client
+    assert experiments.wall_curve(run) == [(0.0, 3.0), (1.0, 2.0), (2.0, 1.0)]
+    with_link = experiments.wall_curve(run, link_mbps=100.0)
+    assert with_link == [(0.0, 3.0), (pytest.approx(2.0), 2.0), (pytest.approx(4.0), 1.0)]
+
+
+def test_time_to_a_target_loss() -> None:
+    curve = [(0.0, 4.0), (10.0, 2.5), (20.0, 2.0)]
+    assert experiments.time_to(curve, 2.5) == 10.0
+    assert experiments.time_to(curve, 1.0) == math.inf
