@@ -10,7 +10,15 @@ PYTEST_ARGS ?=
 
 .PHONY: install browser proto test test-long test-gpu lint bench demo experiments clean
 
-install: $(STAMP)
+# The stubs are rebuilt whenever a .proto changes (the install stamp does not watch them).
+STUBS := fedmezo/v1/.generated
+PROTOS := $(wildcard proto/fedmezo/v1/*.proto)
+
+install: $(STAMP) $(STUBS)
+
+$(STUBS): $(STAMP) $(PROTOS)
+	$(PY) scripts/gen_proto.py
+	touch $(STUBS)
 
 $(STAMP): pyproject.toml Makefile scripts/gen_proto.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +37,7 @@ browser:
 
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
+	touch $(STUBS)
 
 test: install browser
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -26,6 +26,7 @@ from fedmezo.dashboard.schemas import (
     ServerStatus,
 )
 from fedmezo.v1 import common_pb2, status_pb2, status_pb2_grpc
+from fedmezo.status_pages import list_all_rounds
 
 __all__ = [
     "RPC_DEADLINE_S",
@@ -167,9 +168,7 @@ class GrpcStatusSource:
         )
 
     def rounds(self, from_round: int = 0, limit: int = 0) -> list[RoundInfo]:
-        reply = self._call(
-            self._stub.ListRounds, status_pb2.ListRoundsRequest(from_round=from_round, limit=limit)
-        )
+        pages = list_all_rounds(lambda request: self._call(self._stub.ListRounds, request), from_round, limit)
         return [
             RoundInfo(
                 round_id=r.round_id,
@@ -203,7 +202,7 @@ class GrpcStatusSource:
                     for c in r.clients
                 ],
             )
-            for r in reply.rounds
+            for r in pages
         ]
 
     def clients(self) -> list[ClientInfo]:

@@ -212,7 +212,7 @@ class ServerConfig:
         return ids or None
 
 
-def _coerce(name: str, kind: Any, value: Any) -> Any:
+def coerce_field(name: str, kind: Any, value: Any) -> Any:
     """Convert a TOML/env/flag value to the field's type, with a message naming the field."""
     try:
         if kind in (bool, "bool"):
@@ -279,7 +279,7 @@ def load_config(
     for name, value in flags.items():
         if name in known and value is not None:
             values[name] = value
-    coerced = {name: _coerce(name, known[name].type, value) for name, value in values.items()}
+    coerced = {name: coerce_field(name, known[name].type, value) for name, value in values.items()}
     config = dataclasses.replace(ServerConfig(), **coerced).validate()
     logger.info("effective config: %s", config.redacted())
     return config

@@ -37,6 +37,10 @@ REASON_METADATA_KEY = "fedmezo-reason"
 EVENT_POLL_S = 1.0
 DELTA_MESSAGES_KEPT = 4  # built round-delta messages kept for followers (the newest rounds)
 EVENTS_PAGE = 1000  # also the most events one ListEvents answers: a reply stays far below 4 MiB
+# One ListRounds page: rounds decoded per call (bounds its event-loop time) and the bytes they may
+# take (a round lists every selected client, so a long run outgrows the 4 MiB message limit).
+ROUNDS_PAGE = 256
+ROUNDS_PAGE_BYTES = 2 << 20
 
 Resp = TypeVar("Resp")
 
@@ -268,8 +272,21 @@ class StatusServicer(status_pb2_grpc.StatusServiceServicer):
     @unary
     async def ListRounds(self, request: Any, context: Any) -> status_pb2.ListRoundsResponse:
         self._check(context, per_client=True)
-        views = round_views(self._coord, request.from_round, request.limit)
-        return status_pb2.ListRoundsResponse(rounds=[convert.round_view_to_pb(v) for v in views])
+        wanted = request.limit
+        views = round_views(self._coord, request.from_round, min(wanted or ROUNDS_PAGE, ROUNDS_PAGE))
+        reply = status_pb2.ListRoundsResponse()
+        size = 0
+        for view in views:
+            info = convert.round_view_to_pb(view)
+            size += info.ByteSize() + 8  # + the field's tag and length prefix
+            if reply.rounds and size > ROUNDS_PAGE_BYTES:
+                break  # a page always holds one round, however large
+            reply.rounds.append(info)
+        if reply.rounds and (not wanted or len(reply.rounds) < wanted):
+            after = reply.rounds[-1].round_id + 1
+            if self._coord.store.list_rounds(after, 1):
+                reply.next_from_round = after
+        return reply
 
     @unary
     async def ListClients(self, request: Any, context: Any) -> status_pb2.ListClientsResponse:

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +45,9 @@ def _nan_to_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def status_json(status: Any, config: Any, rounds: Any, clients: Any) -> dict[str, Any]:
-    """The JSON document of `fedmezo status --json` from the four StatusService responses."""
+def status_json(status: Any, config: Any, rounds: Sequence[Any], clients: Any) -> dict[str, Any]:
+    """The JSON document of `fedmezo status --json` from StatusService's replies (`rounds`: every
+    RoundInfo, all pages of ListRounds)."""
     from google.protobuf.json_format import MessageToDict
 
     from fedmezo.v1 import common_pb2
@@ -107,7 +109,7 @@ def status_json(status: Any, config: Any, rounds: Any, clients: Any) -> dict[str
                     for c in r.clients
                 ],
             }
-            for r in rounds.rounds
+            for r in rounds
         ],
     }
 
@@ -138,6 +140,7 @@ def token_from_args(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     import grpc
 
+    from fedmezo.status_pages import list_all_rounds
     from fedmezo.v1 import status_pb2, status_pb2_grpc
 
     if not args.insecure and not args.tls_ca:
@@ -150,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             kw: dict[str, Any] = {"timeout": RPC_DEADLINE_S, "metadata": metadata}
             status = stub.GetStatus(status_pb2.GetStatusRequest(), **kw)
             config = stub.GetRunConfig(status_pb2.GetRunConfigRequest(), **kw).config
-            rounds = stub.ListRounds(status_pb2.ListRoundsRequest(), **kw)
+            rounds = list_all_rounds(lambda request: stub.ListRounds(request, **kw))
             clients = stub.ListClients(status_pb2.ListClientsRequest(), **kw)
         except grpc.RpcError as exc:
             print(f"fedmezo status: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from fedmezo.data.partition import Scheme
-from fedmezo.server.config import ENV_PREFIX, ServerConfig, _coerce
+from fedmezo.server.config import ENV_PREFIX, ServerConfig, coerce_field
 from fedmezo.server.errors import ConfigError
 
 __all__ = [
@@ -181,8 +181,8 @@ def load_sim_config(
             run_values[name] = value
         elif name in _SIM_FIELDS:
             sim_values[name] = value
-    run = {n: _coerce(n, _SERVER_FIELDS[n].type, v) for n, v in run_values.items()}
-    sim = {n: _coerce(n, _SIM_FIELDS[n].type, v) for n, v in sim_values.items()}
+    run = {n: coerce_field(n, _SERVER_FIELDS[n].type, v) for n, v in run_values.items()}
+    sim = {n: coerce_field(n, _SIM_FIELDS[n].type, v) for n, v in sim_values.items()}
     try:
         config = dataclasses.replace(ServerConfig(insecure=True), **run).validate()
     except ConfigError as exc:
