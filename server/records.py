@@ -68,6 +68,11 @@ class TaskRecord:
     local_steps: int
 
 
+def mean_loss(losses: tuple[float, ...]) -> float:
+    """An update's mean step loss (NaN without steps; a NaN step makes it NaN)."""
+    return sum(losses) / len(losses) if losses else float("nan")
+
+
 @dataclass(frozen=True)
 class UpdateRecord:
     """An update exactly as accepted from the wire (before any aggregation decision)."""
@@ -95,7 +100,16 @@ class UpdateRecord:
 
     @property
     def mean_loss(self) -> float:
-        return sum(self.losses) / len(self.losses) if self.losses else float("nan")
+        return mean_loss(self.losses)
+
+
+@dataclass(frozen=True)
+class ClientUpdateStats:
+    """One client's updates over the whole run, as ListClients shows them."""
+
+    accepted_rounds: int
+    last_mean_loss: float  # of its newest update, accepted or not
+    peak_memory_bytes: int  # the largest any of its updates reported
 
 
 @dataclass(frozen=True)

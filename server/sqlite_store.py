@@ -30,6 +30,7 @@ from fedmezo.server.errors import StoreError
 from fedmezo.server.records import (
     CheckpointRecord,
     ClientRecord,
+    ClientUpdateStats,
     DeltaRecord,
     EventRecord,
     FingerprintRecord,
@@ -41,6 +42,7 @@ from fedmezo.server.records import (
     TrafficRecord,
     UpdateOutcome,
     UpdateRecord,
+    mean_loss,
 )
 from fedmezo.server.store import Store, _check_close
 
@@ -501,6 +503,20 @@ class SqliteStore(Store):
     def list_updates(self, round_id: int) -> list[UpdateRecord]:
         rows = self._query("SELECT * FROM updates WHERE round_id=? ORDER BY client_id", (round_id,))
         return [self._update(r) for r in rows]
+
+    def client_update_stats(self) -> dict[str, ClientUpdateStats]:
+        """Two aggregate queries instead of decoding every update of every round in Python."""
+        totals = self._query(
+            "SELECT u.client_id, COALESCE(SUM(o.accepted), 0), MAX(u.peak_memory_bytes) FROM updates u "
+            "LEFT JOIN outcomes o ON o.round_id = u.round_id AND o.client_id = u.client_id "
+            "GROUP BY u.client_id"
+        )
+        # SQLite fills the bare column `losses` from the row holding MAX(round_id): the newest update.
+        newest = dict(self._query("SELECT client_id, losses, MAX(round_id) FROM updates GROUP BY client_id"))
+        out = {}
+        for client_id, accepted, peak in totals:
+            out[client_id] = ClientUpdateStats(int(accepted), mean_loss(_f32_tuple(newest[client_id])), int(peak))
+        return out
 
     def list_outcomes(self, round_id: int) -> list[UpdateOutcome]:
         rows = self._query(

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from fedmezo.server.coordinator import Coordinator, RunState
-from fedmezo.server.records import RoundState
+from fedmezo.server.records import ClientUpdateStats, RoundState
 
 __all__ = [
     "ClientRoundView",
@@ -189,22 +189,13 @@ def round_views(coord: Coordinator, from_round: int = 1, limit: int = 0) -> list
 def client_views(coord: Coordinator) -> list[ClientView]:
     fingerprints = coord.store.latest_fingerprints()
     traffic = coord.traffic.by_client()
-    stats: dict[str, tuple[int, float, int]] = {}  # participated, last loss, peak memory
-    for rec in coord.store.list_rounds():
-        outcomes = {o.client_id: o for o in coord.store.list_outcomes(rec.round_id)}
-        for u in coord.store.list_updates(rec.round_id):
-            n, loss, peak = stats.get(u.client_id, (0, math.nan, 0))
-            counted = outcomes.get(u.client_id)
-            stats[u.client_id] = (
-                n + int(bool(counted and counted.accepted)),
-                u.mean_loss,
-                max(peak, u.peak_memory_bytes),
-            )
+    stats = coord.store.client_update_stats()
+    none = ClientUpdateStats(0, math.nan, 0)
     views = []
     for client in coord.store.list_clients():
         live = coord.live.get(client.client_id)
         fp = fingerprints.get(client.client_id)
-        n, loss, peak = stats.get(client.client_id, (0, math.nan, 0))
+        s = stats.get(client.client_id, none)
         up, down = traffic.get(client.client_id, (0, 0))
         views.append(
             ClientView(
@@ -212,13 +203,13 @@ def client_views(coord: Coordinator) -> list[ClientView]:
                 online=coord.is_online(client.client_id),
                 joined_at=client.joined_at,
                 last_heartbeat=live.last_seen if live else 0.0,
-                rounds_participated=n,
-                last_loss=loss,
+                rounds_participated=s.accepted_rounds,
+                last_loss=s.last_mean_loss,
                 fingerprint=fp.fingerprint if fp else b"",
                 fingerprint_version=fp.version if fp else 0,
                 in_sync=bool(fp and fp.in_sync and fp.fingerprint == coord.fingerprint_at(fp.version)),
                 device=client.device,
-                peak_memory_bytes=peak,
+                peak_memory_bytes=s.peak_memory_bytes,
                 bytes_up=up,
                 bytes_down=down,
                 num_examples=client.num_examples,

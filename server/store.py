@@ -7,6 +7,7 @@ Every mutating method is atomic: it validates first and either applies everythin
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -15,6 +16,7 @@ from fedmezo.server.errors import StoreError
 from fedmezo.server.records import (
     CheckpointRecord,
     ClientRecord,
+    ClientUpdateStats,
     DeltaRecord,
     EventRecord,
     FingerprintRecord,
@@ -140,6 +142,21 @@ class Store(ABC):
 
     def count_clients(self) -> int:
         return len(self.list_clients())
+
+    def client_update_stats(self) -> dict[str, ClientUpdateStats]:
+        """Per client over every round (ListClients asks on every call; SqliteStore answers in SQL)."""
+        stats: dict[str, ClientUpdateStats] = {}
+        for rec in self.list_rounds():
+            outcomes = {o.client_id: o for o in self.list_outcomes(rec.round_id)}
+            for u in self.list_updates(rec.round_id):
+                old = stats.get(u.client_id, ClientUpdateStats(0, math.nan, 0))
+                counted = outcomes.get(u.client_id)
+                stats[u.client_id] = ClientUpdateStats(
+                    old.accepted_rounds + int(bool(counted and counted.accepted)),
+                    u.mean_loss,
+                    max(old.peak_memory_bytes, u.peak_memory_bytes),
+                )
+        return stats
 
     def last_event_cursor(self) -> int:
         """The newest event's cursor (0 when none): GetStatus reports it on every call."""

@@ -320,3 +320,22 @@ def test_sqlite_checkpoints_only_in_checkpoint_which_may_run_beside_the_writer(t
     again = SqliteStore(path)  # reopening runs quick_check over every page
     assert [u.client_id for u in again.list_updates(1)] == list(clients)
     again.close()
+
+
+def test_client_update_stats_match_the_round_by_round_reading(store: Store) -> None:
+    """SqliteStore's two aggregate queries give what reading every update of every round gives."""
+    _open(store, 1, ("a", "b"))
+    store.add_update(_update(1, "a"))
+    store.add_update(UpdateRecord(1, "b", (1.0,), (4.0, float("nan")), 0.1, 4096, "cpu", 10, 11.0))
+    store.close_round(_close(1, ("a",)))  # b's update is not counted
+    _open(store, 2, ("a", "b"))
+    store.add_update(UpdateRecord(2, "a", (1.0,), (1.5, 0.5), 0.1, 512, "cpu", 10, 11.0))
+    store.add_update(_update(2, "b"))
+    store.close_round(_close(2, ("a", "b")))
+    _open(store, 3, ("a",))
+    store.add_update(UpdateRecord(3, "a", (1.0,), (7.0,), 0.1, 256, "cpu", 10, 11.0))  # round still open
+    stats = store.client_update_stats()
+    assert stats == Store.client_update_stats(store)
+    assert set(stats) == {"a", "b"}
+    assert (stats["a"].accepted_rounds, stats["a"].last_mean_loss, stats["a"].peak_memory_bytes) == (2, 7.0, 1024)
+    assert (stats["b"].accepted_rounds, stats["b"].last_mean_loss, stats["b"].peak_memory_bytes) == (1, 2.5, 4096)
