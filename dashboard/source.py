@@ -25,8 +25,8 @@ from fedmezo.dashboard.schemas import (
     RunConfigInfo,
     ServerStatus,
 )
-from fedmezo.v1 import common_pb2, status_pb2, status_pb2_grpc
 from fedmezo.status_pages import list_all_rounds
+from fedmezo.v1 import common_pb2, status_pb2, status_pb2_grpc
 
 __all__ = [
     "RPC_DEADLINE_S",

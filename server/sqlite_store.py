@@ -512,10 +512,13 @@ class SqliteStore(Store):
             "GROUP BY u.client_id"
         )
         # SQLite fills the bare column `losses` from the row holding MAX(round_id): the newest update.
-        newest = dict(self._query("SELECT client_id, losses, MAX(round_id) FROM updates GROUP BY client_id"))
+        rows = self._query("SELECT client_id, losses, MAX(round_id) FROM updates GROUP BY client_id")
+        newest = {client_id: losses for client_id, losses, _ in rows}
         out = {}
         for client_id, accepted, peak in totals:
-            out[client_id] = ClientUpdateStats(int(accepted), mean_loss(_f32_tuple(newest[client_id])), int(peak))
+            out[client_id] = ClientUpdateStats(
+                int(accepted), mean_loss(_f32_tuple(newest[client_id])), int(peak)
+            )
         return out
 
     def list_outcomes(self, round_id: int) -> list[UpdateOutcome]:

@@ -157,3 +157,7 @@ def test_time_to_a_target_loss() -> None:
     curve = [(0.0, 4.0), (10.0, 2.5), (20.0, 2.0)]
     assert experiments.time_to(curve, 2.5) == 10.0
     assert experiments.time_to(curve, 1.0) == math.inf
+
+
+def test_mean_loss_after_start_is_the_area_under_the_curve() -> None:
+    assert experiments.mean_loss_after_start(_run([4.0, 3.0, 1.0])) == pytest.approx(2.0)  # round 0 left out

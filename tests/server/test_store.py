@@ -13,6 +13,7 @@ from fedmezo.server.errors import StoreError
 from fedmezo.server.records import (
     CheckpointRecord,
     ClientRecord,
+    ClientUpdateStats,
     DeltaRecord,
     FingerprintRecord,
     NewEvent,
@@ -337,5 +338,5 @@ def test_client_update_stats_match_the_round_by_round_reading(store: Store) -> N
     stats = store.client_update_stats()
     assert stats == Store.client_update_stats(store)
     assert set(stats) == {"a", "b"}
-    assert (stats["a"].accepted_rounds, stats["a"].last_mean_loss, stats["a"].peak_memory_bytes) == (2, 7.0, 1024)
-    assert (stats["b"].accepted_rounds, stats["b"].last_mean_loss, stats["b"].peak_memory_bytes) == (1, 2.5, 4096)
+    assert stats["a"] == ClientUpdateStats(accepted_rounds=2, last_mean_loss=7.0, peak_memory_bytes=1024)
+    assert stats["b"] == ClientUpdateStats(accepted_rounds=1, last_mean_loss=2.5, peak_memory_bytes=4096)
