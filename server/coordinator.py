@@ -32,7 +32,13 @@ from fedmezo.server.aggregation import Aggregate, aggregate
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.evaluation import EVAL_LOSS, Evaluator
 from fedmezo.server.lr_strategies import LrContext, RoundStat, personalized_lrs
-from fedmezo.server.model_state import Replica, prune_checkpoints, restore_replica
+from fedmezo.server.model_state import (
+    CHECKPOINTS_DIR,
+    Replica,
+    locate_checkpoint,
+    prune_checkpoints,
+    restore_replica,
+)
 from fedmezo.server.records import (
     ClientRecord,
     DeltaRecord,
@@ -151,7 +157,7 @@ class Coordinator:
         self.replica = replica
         self.evaluator = evaluator
         self.clock = clock
-        self.checkpoint_dir = Path(checkpoint_dir or Path(config.state_dir) / "checkpoints")
+        self.checkpoint_dir = Path(checkpoint_dir or Path(config.state_dir) / CHECKPOINTS_DIR)
         self.traffic = TrafficMeter(store)
         self.live: dict[str, ClientLive] = {}
         self._clients_stored: int | None = None  # counted once, then kept: bounds joins by max_clients
@@ -200,7 +206,7 @@ class Coordinator:
                     f"state dir holds another run; changed run-defining fields: {changed}"
                 )
             self.run_id = self.store.get_meta("run_id") or ""
-            restore_replica(self.replica, self.store)
+            restore_replica(self.replica, self.store, self.checkpoint_dir)
             self.store.add_events(
                 [NewEvent("run_resumed", f"resumed at version {self.replica.version}", self.clock())]
             )
@@ -510,6 +516,8 @@ class Coordinator:
     def checkpoint_for(self, client_id: str) -> tuple[int, str, bytes, int, bytes]:
         self._joined(client_id)
         record = self.store.latest_checkpoint()
+        if record is not None:
+            record = locate_checkpoint(record, self.checkpoint_dir)
         if record is None or not Path(record.path).exists():
             raise errors.NoCheckpoint("no checkpoint available")
         return record.round_id, record.path, record.sha256, record.size, record.fingerprint

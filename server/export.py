@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmezo.server.errors import StoreError
-from fedmezo.server.model_state import Replica, restore_replica
+from fedmezo.server.model_state import CHECKPOINTS_DIR, Replica, restore_replica
 from fedmezo.server.sqlite_store import SqliteStore
 
 __all__ = ["ExportResult", "export_model"]
@@ -48,7 +48,7 @@ def export_model(state_dir: str | Path, out_dir: str | Path, *, device: str = "c
         initial = store.get_meta("initial_fingerprint")
         if initial and replica.version == 0 and replica.fingerprint().hex() != initial:
             raise StoreError("the model loads differently than when the run started (fingerprint of θ_0)")
-        restore_replica(replica, store)
+        restore_replica(replica, store, Path(state_dir) / CHECKPOINTS_DIR)
     finally:
         store.close()
     out = Path(out_dir)

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,15 @@ from fedmezo.server.records import CheckpointRecord, DeltaRecord
 from fedmezo.server.store import Store
 from fedmezo.zo import RoundDelta, TrainableParams, apply_round_delta
 
-__all__ = ["CHECKPOINT_TENSOR", "KEEP_CHECKPOINTS", "Replica", "delta_of", "file_sha256", "restore_replica"]
+__all__ = [
+    "CHECKPOINT_TENSOR",
+    "KEEP_CHECKPOINTS",
+    "Replica",
+    "delta_of",
+    "file_sha256",
+    "locate_checkpoint",
+    "restore_replica",
+]
 
 logger = logging.getLogger("fedmezo.server.model_state")
 
@@ -169,10 +177,28 @@ def prune_checkpoints(directory: str | Path, keep: int = KEEP_CHECKPOINTS) -> No
         old.unlink(missing_ok=True)
 
 
-def restore_replica(replica: Replica, store: Store) -> None:
+CHECKPOINTS_DIR = "checkpoints"  # under the state dir, unless the server is given another
+
+
+def locate_checkpoint(record: CheckpointRecord, directory: str | Path | None) -> CheckpointRecord:
+    """The record with a path that exists: as stored, else the same file in `directory`.
+
+    The store keeps the path the server was given. A state dir given relative to another working
+    directory, or copied elsewhere (to export on another machine), still holds its checkpoints under
+    their own names. When neither exists the record is returned unchanged, so errors name the stored path.
+    """
+    stored = Path(record.path)
+    if directory is None or stored.exists():
+        return record
+    moved = Path(directory) / stored.name
+    return replace(record, path=str(moved)) if moved.exists() else record
+
+
+def restore_replica(replica: Replica, store: Store, checkpoint_dir: str | Path | None = None) -> None:
     """Bring a freshly loaded θ_0 replica to the store's latest version, verifying every step."""
     checkpoint = store.latest_checkpoint()
     if checkpoint is not None and checkpoint.round_id > 0:
+        checkpoint = locate_checkpoint(checkpoint, checkpoint_dir)
         replica.load_checkpoint(checkpoint)
         logger.info("resumed from checkpoint %s (version %d)", checkpoint.path, checkpoint.round_id)
     for record in store.list_deltas(replica.version + 1):

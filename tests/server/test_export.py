@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from helpers.server_rpc import FakeClient, grads_for, running_server
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -46,3 +48,45 @@ def test_export_after_rounds_loads_and_generates(tmp_path: Path, replica: Replic
 
 def test_export_of_missing_state_dir_fails_cleanly(tmp_path: Path) -> None:
     assert cli_main(["export", "--state-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 3
+
+
+def test_a_copied_state_dir_resumes_and_exports_from_its_own_checkpoints(
+    tmp_path: Path, replica: Replica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store keeps checkpoint paths as the server was given them (here relative to another working
+    directory); a copy of the state dir elsewhere still finds its checkpoints by name."""
+    first_cwd = tmp_path / "first"
+    first_cwd.mkdir()
+    monkeypatch.chdir(first_cwd)
+
+    async def run_rounds() -> bytes:
+        async with running_server(tmp_path, replica, rounds=2, min_clients=1, clients_per_round=1,
+                                  checkpoint_every=1, state_dir="state") as app:  # fmt: skip
+            c = FakeClient(app.port, "solo", manifest=replica.manifest_sha256)
+            await c.join()
+            for r in (1, 2):
+                await c.get_task(r - 1, 5.0)
+                await c.submit(r, grads_for("solo", r, 4), [1.0] * 4)
+                await c.wait_delta(r)
+            await c.close()
+            return app.coordinator.replica.fingerprint()
+
+    fingerprint = asyncio.run(run_rounds())
+    copied = tmp_path / "copied"
+    shutil.copytree(first_cwd / "state", copied)
+    shutil.rmtree(first_cwd / "state")  # the stored paths now lead nowhere
+    monkeypatch.chdir(tmp_path)
+
+    async def restart() -> None:
+        fresh = Replica.load("tiny-random")
+        async with running_server(tmp_path, fresh, rounds=2, min_clients=1, clients_per_round=1,
+                                  checkpoint_every=1, state_dir=str(copied)) as app:  # fmt: skip
+            assert app.coordinator.replica.version == 2
+            assert app.coordinator.replica.fingerprint() == fingerprint
+            round_id, path, *_ = app.coordinator.checkpoint_for("solo")  # what DownloadCheckpoint sends
+            assert round_id == 2 and Path(path).parent == copied / "checkpoints"
+
+    asyncio.run(restart())
+    out = tmp_path / "hf"
+    assert cli_main(["export", "--state-dir", str(copied), "--out", str(out)]) == 0
+    assert json.loads((out / "fedmezo.json").read_text())["fingerprint"] == fingerprint.hex()
