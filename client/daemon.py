@@ -281,14 +281,7 @@ class Daemon:
             on_step=lambda step: setattr(self._progress, "step", step),
             progress=self.progress_bar,
         )
-        return Update(
-            round_id=task.round_id,
-            projected_grads=result.projected_grads,
-            losses=result.losses,
-            step_time_s=result.step_time_s,
-            peak_memory_bytes=result.peak_memory_bytes,
-            device=result.device,
-        )
+        return result.to_update()
 
     def request_stop(self) -> None:
         """Ask the loop to end (thread-safe; a signal handler calls this): training abandons its step."""

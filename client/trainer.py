@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from fedmezo.client.errors import Stopped
-from fedmezo.client.link import Task
+from fedmezo.client.link import Task, Update
 from fedmezo.memory import PeakMemory
 from fedmezo.zo import Backend, Batch, TrainableParams, derive_seed, make_loss_fn, mezo_step
 from fedmezo.zo.mixed import ComputeCopy, mezo_step_mixed
@@ -47,6 +47,18 @@ class TrainResult:
     peak_memory_bytes: int
     device: str
     skipped_steps: int
+
+    def to_update(self, num_examples: int = 0) -> Update:
+        """The upload of this result (`num_examples` 0: the server keeps the count given at Join)."""
+        return Update(
+            round_id=self.round_id,
+            projected_grads=self.projected_grads,
+            losses=self.losses,
+            step_time_s=self.step_time_s,
+            peak_memory_bytes=self.peak_memory_bytes,
+            device=self.device,
+            num_examples=num_examples,
+        )
 
 
 def device_label(device: torch.device) -> str:

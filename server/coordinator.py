@@ -130,6 +130,20 @@ class UpdateInput:
     device: str = ""
     num_examples: int = 0
 
+    def to_record(self, client_id: str, *, received_at: float, num_examples: int = 0) -> UpdateRecord:
+        """As stored; `num_examples` stands in when the update does not give its own (older clients)."""
+        return UpdateRecord(
+            round_id=self.round_id,
+            client_id=client_id,
+            projected_grads=tuple(self.projected_grads),
+            losses=tuple(self.losses),
+            step_time_s=self.step_time_s,
+            peak_memory_bytes=self.peak_memory_bytes,
+            device=self.device,
+            num_examples=self.num_examples or num_examples,
+            received_at=received_at,
+        )
+
 
 @dataclass
 class ClientLive:
@@ -382,17 +396,7 @@ class Coordinator:
         client = self._joined(client_id)
         self._seen(client_id)
         existing = self.store.get_update(update.round_id, client_id)
-        candidate = UpdateRecord(
-            round_id=update.round_id,
-            client_id=client_id,
-            projected_grads=tuple(update.projected_grads),
-            losses=tuple(update.losses),
-            step_time_s=update.step_time_s,
-            peak_memory_bytes=update.peak_memory_bytes,
-            device=update.device,
-            num_examples=update.num_examples or client.num_examples,
-            received_at=self.clock(),
-        )
+        candidate = update.to_record(client_id, received_at=self.clock(), num_examples=client.num_examples)
         if existing is not None:  # a retransmission gets the same answer; anything else is a conflict
             if existing.same_payload(candidate):
                 await self.durable()  # the first copy may still be waiting for its fsync

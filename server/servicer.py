@@ -96,7 +96,9 @@ def run_config_pb(coord: Coordinator) -> common_pb2.RunConfig:
     )
 
 
-class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
+class _Servicer:
+    """What both services hold: the run, the authenticator, the per-client limits, the run config."""
+
     def __init__(
         self,
         coord: Coordinator,
@@ -109,6 +111,17 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
         self._rate = rate if rate is not None else RateLimiter(0.0, 1)
         self._slots = slots if slots is not None else StreamSlots(MAX_STREAMS_PER_CLIENT)
         self._config_pb = run_config_pb(coord)
+
+
+class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceServicer):
+    def __init__(
+        self,
+        coord: Coordinator,
+        auth: Authenticator,
+        rate: RateLimiter | None = None,
+        slots: StreamSlots | None = None,
+    ) -> None:
+        super().__init__(coord, auth, rate, slots)
         self._delta_messages: dict[int, federation_pb2.StreamRoundDeltasResponse] = {}
 
     def _delta_message(self, record: DeltaRecord) -> federation_pb2.StreamRoundDeltasResponse:
@@ -236,21 +249,8 @@ class FederationServicer(federation_pb2_grpc.FederationServiceServicer):
                     return
 
 
-class StatusServicer(status_pb2_grpc.StatusServiceServicer):
+class StatusServicer(_Servicer, status_pb2_grpc.StatusServiceServicer):
     """Read-only: nothing here changes the run."""
-
-    def __init__(
-        self,
-        coord: Coordinator,
-        auth: Authenticator,
-        rate: RateLimiter | None = None,
-        slots: StreamSlots | None = None,
-    ) -> None:
-        self._coord = coord
-        self._auth = auth
-        self._rate = rate if rate is not None else RateLimiter(0.0, 1)
-        self._slots = slots if slots is not None else StreamSlots(MAX_STREAMS_PER_CLIENT)
-        self._config_pb = run_config_pb(coord)
 
     def _check(self, context: Any, *, per_client: bool = False) -> str:
         """The reader's identity ("" without tokens: nothing to key a limit by), charged one request."""
