@@ -23,19 +23,20 @@ from typing import Protocol
 
 import torch
 
-from fedmezo.client.connection import task_from_pb
+from fedmezo.client.connection import task_from_pb, update_to_pb
 from fedmezo.client.link import Task
 from fedmezo.client.trainer import TrainResult, train_task
 from fedmezo.data import ClientDataset
 from fedmezo.memory import PeakMemory
 from fedmezo.server.aggregation import WEIGHT_RULES, Aggregate, aggregate
 from fedmezo.server.config import ServerConfig
-from fedmezo.server.convert import task_result_to_pb
+from fedmezo.server.convert import task_result_to_pb, update_from_pb
 from fedmezo.server.coordinator import TaskResult, TaskStatus
 from fedmezo.server.model_state import Replica
 from fedmezo.server.records import DeltaRecord, TaskRecord, UpdateRecord
 from fedmezo.sim.config import SimOptions
 from fedmezo.sim.wire import full_state_round_bytes, seed_scalar_round_bytes
+from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.zo import Backend, TrainableParams, derive_seed
 from fedmezo.zo.objective import response_cross_entropy
 
@@ -86,18 +87,14 @@ def _mezo_task(config: ServerConfig, task: TaskRecord) -> Task:
     return task_from_pb(sent.task)
 
 
-def _update_record(result: TrainResult, client_id: str, num_examples: int) -> UpdateRecord:
-    return UpdateRecord(
-        round_id=result.round_id,
-        client_id=client_id,
-        projected_grads=result.projected_grads,
-        losses=result.losses,
-        step_time_s=result.step_time_s,
-        peak_memory_bytes=result.peak_memory_bytes,
-        device=result.device,
-        num_examples=num_examples,
-        received_at=0.0,
-    )
+def _submit(
+    task: TaskRecord, client_id: str, result: TrainResult, num_examples: int
+) -> tuple[UpdateRecord, fpb.SubmitUpdateRequest]:
+    """The upload as the server receives and stores it: through the wire conversions, so the losses the
+    personalized-lr strategies read are the fp32 values a real server sees, not their float64 means."""
+    request = update_to_pb(client_id, result.to_update(num_examples))
+    stored = update_from_pb(request, max_steps=task.local_steps).to_record(client_id, received_at=0.0)
+    return stored, request
 
 
 def finite_mean(values: Iterable[float]) -> float:
@@ -120,9 +117,10 @@ LocalModelHook = Callable[[str, TrainableParams], None]
 
 def _train_mezo(
     world: World, tasks: Mapping[str, TaskRecord], on_trained: LocalModelHook | None = None
-) -> tuple[list[UpdateRecord], dict[str, float]]:
-    """Every selected client's τ MeZO steps from θ_r; the replica is back at θ_r afterwards."""
-    updates, seconds = [], {}
+) -> tuple[list[UpdateRecord], dict[str, fpb.SubmitUpdateRequest], dict[str, float]]:
+    """Every selected client's τ MeZO steps from θ_r; the replica is back at θ_r afterwards.
+    Returns the stored updates, the requests that carried them and each client's training seconds."""
+    updates, requests, seconds = [], {}, {}
     for client_id, task in sorted(tasks.items()):
         dataset = world.datasets[client_id]
         hook: Callable[[TrainableParams], None] | None = None
@@ -140,8 +138,9 @@ def _train_mezo(
             progress=False,
         )
         seconds[client_id] = time.perf_counter() - start
-        updates.append(_update_record(result, client_id, dataset.num_examples))
-    return updates, seconds
+        stored, requests[client_id] = _submit(task, client_id, result, dataset.num_examples)
+        updates.append(stored)
+    return updates, requests, seconds
 
 
 class SeedScalarFedMeZO:
@@ -150,7 +149,7 @@ class SeedScalarFedMeZO:
     name = "fedmezo"
 
     def run_round(self, world: World, round_id: int, tasks: Mapping[str, TaskRecord]) -> RoundOutcome:
-        updates, seconds = _train_mezo(world, tasks)
+        updates, requests, seconds = _train_mezo(world, tasks)
         start = time.perf_counter()
         agg = _aggregate(world, round_id, updates, tasks)
         world.replica.apply(agg.delta)
@@ -160,7 +159,7 @@ class SeedScalarFedMeZO:
         clients = []
         for u in updates:
             up, down = seed_scalar_round_bytes(
-                world.config, tasks[u.client_id], u, delta, rounds_completed=round_id - 1
+                world.config, tasks[u.client_id], requests[u.client_id], delta, rounds_completed=round_id - 1
             )
             clients.append(
                 ClientRound(
@@ -217,7 +216,7 @@ class FullStateFedMeZO:
         params = world.replica.params
         weights = _weights(world, tasks)
         average = _FullStateAverage(params)
-        updates, seconds = _train_mezo(world, tasks, on_trained=lambda c, p: average.add(p, weights[c]))
+        updates, _, seconds = _train_mezo(world, tasks, on_trained=lambda c, p: average.add(p, weights[c]))
         start = time.perf_counter()
         average.write_into(params)
         world.replica.version += 1

@@ -8,12 +8,10 @@ bytes, without HTTP/2 framing. Full-state methods move the trainable tensors bot
 
 from __future__ import annotations
 
-from fedmezo.client.connection import update_to_pb
-from fedmezo.client.link import Update
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.convert import delta_to_pb, task_result_to_pb
 from fedmezo.server.coordinator import TaskResult, TaskStatus
-from fedmezo.server.records import DeltaRecord, TaskRecord, UpdateRecord
+from fedmezo.server.records import DeltaRecord, TaskRecord
 from fedmezo.v1 import federation_pb2 as fpb
 
 __all__ = ["FINGERPRINT_BYTES", "full_state_round_bytes", "seed_scalar_round_bytes"]
@@ -23,22 +21,18 @@ FP32_BYTES = 4
 
 
 def seed_scalar_round_bytes(
-    config: ServerConfig, task: TaskRecord, update: UpdateRecord, delta: DeltaRecord, *, rounds_completed: int
+    config: ServerConfig,
+    task: TaskRecord,
+    submitted: fpb.SubmitUpdateRequest,
+    delta: DeltaRecord,
+    *,
+    rounds_completed: int,
 ) -> tuple[int, int]:
-    """(up, down) bytes of one client's round under fedmezo's protocol."""
+    """(up, down) bytes of one client's round under fedmezo's protocol (`submitted`: its upload)."""
     client_id, round_id = task.client_id, task.round_id
-    wire_update = Update(
-        round_id=round_id,
-        projected_grads=update.projected_grads,
-        losses=update.losses,
-        step_time_s=update.step_time_s,
-        peak_memory_bytes=update.peak_memory_bytes,
-        device=update.device,
-        num_examples=update.num_examples,
-    )
     up_messages = [
         fpb.GetTaskRequest(client_id=client_id, known_version=rounds_completed, wait_s=config.max_wait_s),
-        update_to_pb(client_id, wire_update),
+        submitted,
         fpb.StreamRoundDeltasRequest(client_id=client_id, from_round=round_id),
         fpb.ReportFingerprintRequest(
             client_id=client_id, model_version=round_id, fingerprint=bytes(FINGERPRINT_BYTES)

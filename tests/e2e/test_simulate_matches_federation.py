@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from helpers.federation import Federation
 
 from fedmezo.sim import Simulation, load_sim_config
@@ -18,11 +19,16 @@ ROUNDS, STEPS = 2, 3
 CLIENTS = ("c1", "c2", "c3")
 
 
-def test_simulation_ends_every_round_on_the_federations_fingerprint(tmp_path: Path) -> None:
+# round-wise: round 2's learning rates come from round 1's losses, which the server reads as fp32
+@pytest.mark.parametrize(("strategy", "spread"), [("frozen", 0.0), ("round-wise", 5e-5)])
+def test_simulation_ends_every_round_on_the_federations_fingerprint(
+    tmp_path: Path, strategy: str, spread: float
+) -> None:
     with Federation(tmp_path) as fed:
         fed.start_server(
-            f"--rounds={ROUNDS}", f"--local-steps={STEPS}", "--min-clients=3", "--clients-per-round=3"
-        )
+            f"--rounds={ROUNDS}", f"--local-steps={STEPS}", "--min-clients=3", "--clients-per-round=3",
+            f"--lr-strategy={strategy}", f"--lr-spread={spread}",
+        )  # fmt: skip
         for client_id in CLIENTS:
             fed.start_client(client_id)
         fed.wait_clients()
@@ -40,7 +46,8 @@ def test_simulation_ends_every_round_on_the_federations_fingerprint(tmp_path: Pa
             "local_steps": STEPS,
             "batch_size": 2,
             "lr": 1e-4,
-            "lr_spread": 0,
+            "lr_spread": spread,
+            "lr_strategy": strategy,
             "max_length": 64,
             "data": str(data_dir),
             "eval_data": str(held_out),
