@@ -22,7 +22,7 @@ from fedmezo.server.errors import StoreError
 from fedmezo.server.evaluation import Evaluator
 from fedmezo.server.interceptors import DecodeErrorInterceptor
 from fedmezo.server.limits import RateLimiter, StreamSlots
-from fedmezo.server.model_state import Replica
+from fedmezo.server.model_state import CHECKPOINTS_DIR, Replica
 from fedmezo.server.servicer import FederationServicer, StatusServicer
 from fedmezo.server.sqlite_store import SqliteStore
 from fedmezo.server.store import Store
@@ -103,16 +103,9 @@ def build_app(
     state_dir = config.state_path
     store = store or SqliteStore(state_dir / STATE_DB)
     if replica is None:
-        replica = Replica.load(
-            config.model,
-            mode=config.mode,
-            device=config.device,
-            rank=config.lora_rank,
-            alpha=config.lora_alpha,
-            seed=config.run_seed,
-        )
+        replica = Replica.for_run(config)
     coordinator = Coordinator(
-        config, store, replica, clock=clock, checkpoint_dir=state_dir / "checkpoints", evaluator=evaluator
+        config, store, replica, clock=clock, checkpoint_dir=state_dir / CHECKPOINTS_DIR, evaluator=evaluator
     )
     coordinator.start()
     if config.tokens:

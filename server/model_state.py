@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from fedmezo.server.config import ServerConfig
 from fedmezo.server.errors import StoreError
 from fedmezo.server.records import CheckpointRecord, DeltaRecord
 from fedmezo.server.store import Store
@@ -81,6 +82,18 @@ class Replica:
             run_seed=lora.get("seed", 0),
         )
         return cls(model, loaded.tokenizer, params)
+
+    @classmethod
+    def for_run(cls, config: ServerConfig, device: str | None = None) -> Replica:
+        """θ_0 of the run `config` defines (its model, mode, LoRA shape and seed) on `device`."""
+        return cls.load(
+            config.model,
+            mode=config.mode,
+            device=device or config.device,
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            seed=config.run_seed,
+        )
 
     @property
     def manifest_sha256(self) -> bytes:

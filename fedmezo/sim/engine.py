@@ -128,14 +128,7 @@ class Simulation:
     def __init__(self, config: ServerConfig, options: SimOptions, *, exact_match: bool = True) -> None:
         self.config = config
         self.options = options
-        self.replica = Replica.load(
-            config.model,
-            mode=config.mode,
-            device=options.device,
-            rank=config.lora_rank,
-            alpha=config.lora_alpha,
-            seed=config.run_seed,
-        )
+        self.replica = Replica.for_run(config, options.device)
         self.backend: Backend | None = get_backend(self.replica.params.device)
         examples, held_out = client_data(options, config)
         self.datasets: Mapping[str, ClientDataset] = {
