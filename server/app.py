@@ -18,7 +18,7 @@ from grpc_health.v1.health import aio as health_aio
 from fedmezo.server.auth import Authenticator, server_credentials
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
-from fedmezo.server.errors import StoreError
+from fedmezo.fl.errors import StoreError
 from fedmezo.server.evaluation import Evaluator
 from fedmezo.server.interceptors import DecodeErrorInterceptor
 from fedmezo.server.limits import RateLimiter, StreamSlots

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from fedmezo.server.errors import ConfigError, InvalidRequest, PermissionDenied, Unauthenticated
+from fedmezo.fl.errors import ConfigError, InvalidRequest, PermissionDenied, Unauthenticated
 
 __all__ = [
     "AUTH_METADATA_KEY",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fedmezo.server.errors import ConfigError
+from fedmezo.fl.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",

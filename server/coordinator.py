@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from fedmezo.server import errors
+from fedmezo.fl import errors
 from fedmezo.server.aggregation import Aggregate, aggregate
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.evaluation import EVAL_LOSS, Evaluator

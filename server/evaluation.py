@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedmezo.data import DataError, Example, evaluate, read_jsonl
 from fedmezo.server.config import ServerConfig
-from fedmezo.server.errors import ConfigError
+from fedmezo.fl.errors import ConfigError
 from fedmezo.server.model_state import Replica
 
 __all__ = ["EVAL_BATCH_SIZE", "EVAL_EXAMPLES", "EVAL_LOSS", "EXACT_MATCH", "EvalOutcome", "Evaluator"]

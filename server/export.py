@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedmezo.server.errors import StoreError
+from fedmezo.fl.errors import StoreError
 from fedmezo.server.model_state import CHECKPOINTS_DIR, Replica, restore_replica
 from fedmezo.server.sqlite_store import SqliteStore
 

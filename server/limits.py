@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from fedmezo.server.errors import RateLimited, TooManyStreams
+from fedmezo.fl.errors import RateLimited, TooManyStreams
 
 __all__ = ["RateLimiter", "StreamSlots"]
 

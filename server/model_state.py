@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fedmezo.server.config import ServerConfig
-from fedmezo.server.errors import StoreError
+from fedmezo.fl.errors import StoreError
 from fedmezo.server.records import CheckpointRecord, DeltaRecord
 from fedmezo.server.store import Store
 from fedmezo.zo import RoundDelta, TrainableParams, apply_round_delta

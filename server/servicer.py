@@ -13,12 +13,14 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fedmezo.server import convert, errors
+from fedmezo.fl import errors
+from fedmezo.server import convert
 from fedmezo.server.auth import Authenticator
 from fedmezo.server.config import MAX_STREAMS_PER_CLIENT
 from fedmezo.server.coordinator import Coordinator, TaskStatus
 from fedmezo.server.limits import RateLimiter, StreamSlots
 from fedmezo.server.records import DeltaRecord
+from fedmezo.server.status_codes import grpc_code
 from fedmezo.server.status_view import client_views, round_views, status_view
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
 
@@ -46,12 +48,12 @@ Resp = TypeVar("Resp")
 
 
 async def _refuse(
-    context: grpc.aio.ServicerContext, exc: errors.FedmezoServerError, coord: Coordinator
+    context: grpc.aio.ServicerContext, exc: errors.FedmezoError, coord: Coordinator
 ) -> None:
     """The single mapping from our exceptions to gRPC status codes (aborts the RPC)."""
-    if isinstance(exc, errors.RpcError):
+    if isinstance(exc, errors.Refusal):
         context.set_trailing_metadata(((REASON_METADATA_KEY, exc.reason),))
-        await context.abort(errors.grpc_code(exc), str(exc))
+        await context.abort(grpc_code(exc), str(exc))
     if isinstance(exc, errors.StoreError):  # nothing was kept: the server stops, the client retries later
         coord.fail(exc)
         context.set_trailing_metadata(((REASON_METADATA_KEY, "store_failed"),))
@@ -66,7 +68,7 @@ def unary(fn: Callable[..., Awaitable[Resp]]) -> Callable[..., Awaitable[Resp]]:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Resp:
         try:
             return await fn(self, request, context)
-        except errors.FedmezoServerError as exc:
+        except errors.FedmezoError as exc:
             await _refuse(context, exc, self._coord)
             raise AssertionError("unreachable: abort raises") from exc
 
@@ -79,7 +81,7 @@ def streaming(fn: Callable[..., AsyncIterator[Resp]]) -> Callable[..., AsyncIter
         try:
             async for item in fn(self, request, context):
                 yield item
-        except errors.FedmezoServerError as exc:
+        except errors.FedmezoError as exc:
             await _refuse(context, exc, self._coord)
 
     return wrapper

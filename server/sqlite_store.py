@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmezo.server.errors import StoreError
+from fedmezo.fl.errors import StoreError
 from fedmezo.server.records import (
     CheckpointRecord,
     ClientRecord,

@@ -12,7 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 
-from fedmezo.server.errors import StoreError
+from fedmezo.fl.errors import StoreError
 from fedmezo.server.records import (
     CheckpointRecord,
     ClientRecord,

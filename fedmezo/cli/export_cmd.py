@@ -26,12 +26,12 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedmezo.server.errors import FedmezoServerError
+    from fedmezo.fl.errors import FedmezoError
     from fedmezo.server.export import export_model
 
     try:
         result = export_model(args.state_dir, args.out, device=args.device)
-    except (FedmezoServerError, OSError) as exc:
+    except (FedmezoError, OSError) as exc:
         logger.error("export failed: %s", exc)
         return EXIT_STATE
     print(f"exported round {result.version} (fingerprint {result.fingerprint.hex()}) to {result.out_dir}")

@@ -38,7 +38,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedmezo.server.errors import ConfigError
+    from fedmezo.fl.errors import ConfigError
     from fedmezo.sim import RoundResult, Simulation, load_sim_config, write_jsonl_rounds
 
     flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "progress")}

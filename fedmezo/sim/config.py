@@ -21,7 +21,7 @@ from typing import Any, get_args
 
 from fedmezo.data.partition import Scheme
 from fedmezo.server.config import ENV_PREFIX, ServerConfig, coerce_field
-from fedmezo.server.errors import ConfigError
+from fedmezo.fl.errors import ConfigError
 
 __all__ = [
     "DEMO_DATA",

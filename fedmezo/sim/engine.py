@@ -30,7 +30,7 @@ from fedmezo.data import (
     read_jsonl,
 )
 from fedmezo.server.config import ServerConfig
-from fedmezo.server.errors import ConfigError
+from fedmezo.fl.errors import ConfigError
 from fedmezo.server.evaluation import EVAL_LOSS, EXACT_MATCH, Evaluator
 from fedmezo.server.lr_strategies import LrContext, RoundStat, personalized_lrs
 from fedmezo.server.model_state import Replica

@@ -9,7 +9,7 @@ import pytest
 
 from fedmezo.server.auth import Authenticator, load_tokens
 from fedmezo.server.config import ServerConfig, add_arguments, load_config
-from fedmezo.server.errors import ConfigError, PermissionDenied, Unauthenticated
+from fedmezo.fl.errors import ConfigError, PermissionDenied, Unauthenticated
 
 
 def test_precedence_toml_env_flags(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from helpers.server_rpc import FakeClient, FakeClock, running_server
 
 from fedmezo.server.config import ServerConfig, load_config
 from fedmezo.server.convert import ms
-from fedmezo.server.errors import ConfigError
+from fedmezo.fl.errors import ConfigError
 from fedmezo.server.model_state import Replica
 from fedmezo.v1 import status_pb2
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmezo.server.errors import StoreError
+from fedmezo.fl.errors import StoreError
 from fedmezo.server.records import (
     CheckpointRecord,
     ClientRecord,

@@ -18,7 +18,7 @@ from helpers.server_rpc import FakeClient, grads_for, make_config, rpc_code
 
 from fedmezo.server.app import build_app
 from fedmezo.server.coordinator import Coordinator
-from fedmezo.server.errors import StoreError
+from fedmezo.fl.errors import StoreError
 from fedmezo.server.model_state import Replica
 from fedmezo.server.records import CheckpointRecord, NewEvent, RoundClose, UpdateRecord
 from fedmezo.server.sqlite_store import SqliteStore

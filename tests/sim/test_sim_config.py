@@ -12,7 +12,7 @@ from fedmezo.cli.main import build_parser, main
 from fedmezo.cli.simulate_cmd import EXIT_CONFIG
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.config import add_arguments as add_server_arguments
-from fedmezo.server.errors import ConfigError
+from fedmezo.fl.errors import ConfigError
 from fedmezo.sim import RUN_KEYS, SimOptions, load_sim_config
 
 

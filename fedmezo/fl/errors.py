@@ -1,9 +1,9 @@
-"""One exception tree for the server, and the ONE table that maps it to gRPC status codes.
+"""One exception tree for the protocol, shared by server, client and simulation (no transport here).
 
-FedmezoServerError
+FedmezoError
 ├── ConfigError                  bad configuration (startup; never crosses the wire)
 ├── StoreError                   the state store failed (sqlite3.Error is translated in store code)
-└── RpcError                     a request the server refuses; carries its gRPC code and a reason
+└── Refusal                      a request the protocol refuses; `reason` is its stable wire name
     ├── Unauthenticated          missing or unknown bearer token
     ├── PermissionDenied         client_id in the payload is not the token's identity
     ├── NotJoined                the client must Join first
@@ -19,16 +19,16 @@ FedmezoServerError
         ├── RateLimited          more requests than the client's token bucket allows
         ├── TooManyStreams       too many long-polls / streams open at once
         └── TooManyClients       a new client id beyond max_clients
+
+The server maps these onto gRPC status codes in one table (`fedmezo.server.status_codes`).
 """
 
 from __future__ import annotations
 
-import grpc
-
 __all__ = [
     "ConfigError",
     "ConflictingUpdate",
-    "FedmezoServerError",
+    "FedmezoError",
     "IncompatibleClient",
     "InvalidRequest",
     "InvalidUpdate",
@@ -38,80 +38,79 @@ __all__ = [
     "NotSelected",
     "PermissionDenied",
     "RateLimited",
+    "Refusal",
     "RoundClosed",
-    "RpcError",
     "StoreError",
     "TooManyClients",
     "TooManyStreams",
     "Unauthenticated",
     "WrongRound",
-    "grpc_code",
 ]
 
 
-class FedmezoServerError(Exception):
-    """Base of every error the server raises on purpose."""
+class FedmezoError(Exception):
+    """Base of every error fedmezo raises on purpose."""
 
 
-class ConfigError(FedmezoServerError):
+class ConfigError(FedmezoError):
     """Invalid configuration, reported at load time."""
 
 
-class StoreError(FedmezoServerError):
+class StoreError(FedmezoError):
     """The state store failed; the original sqlite3.Error is the __cause__."""
 
 
-class RpcError(FedmezoServerError):
+class Refusal(FedmezoError):
     """A refused request. `reason` is a stable snake_case name sent as `fedmezo-reason` metadata."""
 
     reason = "refused"
 
 
-class Unauthenticated(RpcError):
+class Unauthenticated(Refusal):
     reason = "unauthenticated"
 
 
-class PermissionDenied(RpcError):
+class PermissionDenied(Refusal):
     reason = "permission_denied"
 
 
-class NotJoined(RpcError):
+class NotJoined(Refusal):
     reason = "not_joined"
 
 
-class IncompatibleClient(RpcError):
+class IncompatibleClient(Refusal):
     reason = "incompatible_client"
 
 
-class RoundClosed(RpcError):
+class RoundClosed(Refusal):
     reason = "round_closed"
 
 
-class NotSelected(RpcError):
+class NotSelected(Refusal):
     reason = "not_selected"
 
 
-class WrongRound(RpcError):
+class WrongRound(Refusal):
     reason = "wrong_round"
 
 
-class InvalidUpdate(RpcError):
+class InvalidUpdate(Refusal):
     reason = "invalid_update"
 
 
-class InvalidRequest(RpcError):
+class InvalidRequest(Refusal):
     reason = "invalid_request"
 
 
-class ConflictingUpdate(RpcError):
+class ConflictingUpdate(Refusal):
     reason = "conflicting_update"
 
 
-class NoCheckpoint(RpcError):
+class NoCheckpoint(Refusal):
     reason = "no_checkpoint"
 
 
-class LimitExceeded(RpcError):
+class LimitExceeded(Refusal):
     reason = "limit_exceeded"
 
 
@@ -125,28 +124,3 @@ class TooManyStreams(LimitExceeded):
 
 class TooManyClients(LimitExceeded):
     reason = "too_many_clients"
-
-
-# The single place where our errors become gRPC codes (most specific class first).
-_GRPC_CODES: tuple[tuple[type[RpcError], grpc.StatusCode], ...] = (
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (NotJoined, grpc.StatusCode.FAILED_PRECONDITION),
-    (IncompatibleClient, grpc.StatusCode.FAILED_PRECONDITION),
-    (RoundClosed, grpc.StatusCode.FAILED_PRECONDITION),
-    (NotSelected, grpc.StatusCode.FAILED_PRECONDITION),
-    (WrongRound, grpc.StatusCode.OUT_OF_RANGE),
-    (InvalidUpdate, grpc.StatusCode.INVALID_ARGUMENT),
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (ConflictingUpdate, grpc.StatusCode.ALREADY_EXISTS),
-    (NoCheckpoint, grpc.StatusCode.NOT_FOUND),
-    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-)
-
-
-def grpc_code(error: RpcError) -> grpc.StatusCode:
-    """The status code for a refused request (FAILED_PRECONDITION for an unlisted subclass)."""
-    for cls, code in _GRPC_CODES:
-        if isinstance(error, cls):
-            return code
-    return grpc.StatusCode.FAILED_PRECONDITION
