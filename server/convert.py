@@ -14,7 +14,7 @@ from __future__ import annotations
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import JoinInfo, JoinResult, RunState, TaskResult, TaskStatus, UpdateInput
 from fedmezo.fl.errors import InvalidRequest, InvalidUpdate
-from fedmezo.server.records import DeltaRecord, EventRecord, RoundState
+from fedmezo.fl.records import DeltaRecord, EventRecord, RoundState
 from fedmezo.server.status_view import ClientView, RoundView, StatusView
 from fedmezo.v1 import common_pb2, federation_pb2, status_pb2
 from fedmezo.zo import RNG_SPEC

@@ -28,10 +28,10 @@ from enum import StrEnum
 from pathlib import Path
 
 from fedmezo.fl import errors
-from fedmezo.server.aggregation import Aggregate, aggregate
+from fedmezo.fl.aggregation import Aggregate, aggregate
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.evaluation import EVAL_LOSS, Evaluator
-from fedmezo.server.lr_strategies import LrContext, RoundStat, personalized_lrs
+from fedmezo.fl.lr import LrContext, RoundStat, personalized_lrs
 from fedmezo.server.model_state import (
     CHECKPOINTS_DIR,
     Replica,
@@ -39,7 +39,7 @@ from fedmezo.server.model_state import (
     prune_checkpoints,
     restore_replica,
 )
-from fedmezo.server.records import (
+from fedmezo.fl.records import (
     ClientRecord,
     DeltaRecord,
     FingerprintRecord,
@@ -50,7 +50,7 @@ from fedmezo.server.records import (
     TaskRecord,
     UpdateRecord,
 )
-from fedmezo.server.rounds import CloseDecision, can_open_round, decide_close, sample_clients, sample_size
+from fedmezo.fl.selection import CloseDecision, can_open_round, decide_close, sample_clients, sample_size
 from fedmezo.server.store import Store
 from fedmezo.server.traffic import TrafficMeter
 from fedmezo.zo import RNG_SPEC

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from fedmezo.server.config import ServerConfig
 from fedmezo.fl.errors import StoreError
-from fedmezo.server.records import CheckpointRecord, DeltaRecord
+from fedmezo.fl.records import CheckpointRecord, DeltaRecord
 from fedmezo.server.store import Store
 from fedmezo.zo import RoundDelta, TrainableParams, apply_round_delta
 

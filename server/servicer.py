@@ -19,7 +19,7 @@ from fedmezo.server.auth import Authenticator
 from fedmezo.server.config import MAX_STREAMS_PER_CLIENT
 from fedmezo.server.coordinator import Coordinator, TaskStatus
 from fedmezo.server.limits import RateLimiter, StreamSlots
-from fedmezo.server.records import DeltaRecord
+from fedmezo.fl.records import DeltaRecord
 from fedmezo.server.status_codes import grpc_code
 from fedmezo.server.status_view import client_views, round_views, status_view
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc

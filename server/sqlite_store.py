@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fedmezo.fl.errors import StoreError
-from fedmezo.server.records import (
+from fedmezo.fl.records import (
     CheckpointRecord,
     ClientRecord,
     ClientUpdateStats,

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from fedmezo.server.coordinator import Coordinator, RunState
-from fedmezo.server.records import ClientUpdateStats, RoundState
+from fedmezo.fl.records import ClientUpdateStats, RoundState
 
 __all__ = [
     "ClientRoundView",

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 
 from fedmezo.fl.errors import StoreError
-from fedmezo.server.records import (
+from fedmezo.fl.records import (
     CheckpointRecord,
     ClientRecord,
     ClientUpdateStats,

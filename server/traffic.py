@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 
-from fedmezo.server.records import TrafficRecord
+from fedmezo.fl.records import TrafficRecord
 from fedmezo.server.store import Store
 
 __all__ = ["TrafficMeter"]

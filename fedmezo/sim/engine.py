@@ -32,10 +32,10 @@ from fedmezo.data import (
 from fedmezo.server.config import ServerConfig
 from fedmezo.fl.errors import ConfigError
 from fedmezo.server.evaluation import EVAL_LOSS, EXACT_MATCH, Evaluator
-from fedmezo.server.lr_strategies import LrContext, RoundStat, personalized_lrs
+from fedmezo.fl.lr import LrContext, RoundStat, personalized_lrs
 from fedmezo.server.model_state import Replica
-from fedmezo.server.records import TaskRecord
-from fedmezo.server.rounds import sample_clients, sample_size
+from fedmezo.fl.records import TaskRecord
+from fedmezo.fl.selection import sample_clients, sample_size
 from fedmezo.sim.config import DEMO_DATA, SimOptions
 from fedmezo.sim.methods import METHOD_CLASSES, RoundOutcome, finite_mean
 from fedmezo.zo import Backend, get_backend

@@ -28,12 +28,12 @@ from fedmezo.client.link import Task
 from fedmezo.client.trainer import TrainResult, train_task
 from fedmezo.data import ClientDataset
 from fedmezo.memory import PeakMemory
-from fedmezo.server.aggregation import WEIGHT_RULES, Aggregate, aggregate
+from fedmezo.fl.aggregation import WEIGHT_RULES, Aggregate, aggregate
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.convert import task_result_to_pb, update_from_pb
 from fedmezo.server.coordinator import TaskResult, TaskStatus
 from fedmezo.server.model_state import Replica
-from fedmezo.server.records import DeltaRecord, TaskRecord, UpdateRecord
+from fedmezo.fl.records import DeltaRecord, TaskRecord, UpdateRecord
 from fedmezo.sim.config import SimOptions
 from fedmezo.sim.wire import full_state_round_bytes, seed_scalar_round_bytes
 from fedmezo.v1 import federation_pb2 as fpb

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.convert import delta_to_pb, task_result_to_pb
 from fedmezo.server.coordinator import TaskResult, TaskStatus
-from fedmezo.server.records import DeltaRecord, TaskRecord
+from fedmezo.fl.records import DeltaRecord, TaskRecord
 from fedmezo.v1 import federation_pb2 as fpb
 
 __all__ = ["FINGERPRINT_BYTES", "full_state_round_bytes", "seed_scalar_round_bytes"]

@@ -99,7 +99,7 @@ def test_wait_for_min_clients_and_deterministic_sampling(tmp_path: Path, replica
             assigned = sorted(
                 c.client_id for c, t in zip(clients, tasks) if t.status == fpb.TASK_STATUS_ASSIGNED
             )
-            from fedmezo.server.rounds import sample_clients
+            from fedmezo.fl.selection import sample_clients
 
             assert assigned == list(sample_clients(["c0", "c1", "c2"], 2, 0, 1))
             for c in clients:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedmezo.fl.errors import StoreError
-from fedmezo.server.records import (
+from fedmezo.fl.records import (
     CheckpointRecord,
     ClientRecord,
     ClientUpdateStats,

@@ -20,7 +20,7 @@ from fedmezo.server.app import build_app
 from fedmezo.server.coordinator import Coordinator
 from fedmezo.fl.errors import StoreError
 from fedmezo.server.model_state import Replica
-from fedmezo.server.records import CheckpointRecord, NewEvent, RoundClose, UpdateRecord
+from fedmezo.fl.records import CheckpointRecord, NewEvent, RoundClose, UpdateRecord
 from fedmezo.server.sqlite_store import SqliteStore
 
 STEPS = 4

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fedmezo.data import generate_demo_dataset, write_jsonl
-from fedmezo.server.lr_strategies import LrContext, personalized_lrs
-from fedmezo.server.rounds import sample_clients
+from fedmezo.fl.lr import LrContext, personalized_lrs
+from fedmezo.fl.selection import sample_clients
 from fedmezo.sim import SimResult, Simulation, load_sim_config
 from fedmezo.sim.wire import full_state_round_bytes
 

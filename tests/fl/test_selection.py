@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedmezo.server.rounds import (
+from fedmezo.fl.selection import (
     CloseDecision,
     can_open_round,
     decide_close,

@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from fedmezo.server.records import TaskRecord, UpdateOutcome, UpdateRecord
+from fedmezo.fl.records import TaskRecord, UpdateOutcome, UpdateRecord
 from fedmezo.zo import Contribution, RoundDelta, derive_seed, round_delta
 
 __all__ = [

@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from fedmezo.server.aggregation import (
+from fedmezo.fl.aggregation import (
     WEIGHT_RULES,
     aggregate,
     clip_grads,
     outlier_clients,
     scalar_rms,
 )
-from fedmezo.server.lr_strategies import STRATEGIES, LrContext, RoundStat, personalized_lrs
-from fedmezo.server.records import TaskRecord, UpdateRecord
+from fedmezo.fl.lr import STRATEGIES, LrContext, RoundStat, personalized_lrs
+from fedmezo.fl.records import TaskRecord, UpdateRecord
 from fedmezo.zo import derive_round_seeds, derive_seed
 
 
