@@ -7,63 +7,56 @@ where the data is, and which device trains. Invalid combinations are rejected he
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmezo.client.errors import ConfigError
+from fedmezo import settings
+from fedmezo.fl.errors import ConfigError
+from fedmezo.settings import ENV_PREFIX, setting
 
 __all__ = ["ENV_PREFIX", "SECRET_FIELDS", "ClientConfig", "load_config"]
-
-ENV_PREFIX = "FEDMEZO_"  # FEDMEZO_SERVER, FEDMEZO_CLIENT_ID, FEDMEZO_TOKEN, ...
-SECRET_FIELDS = frozenset({"token"})
-REDACTED = "***"
-
-
-def _opt(default: Any, help: str, *, secret: bool = False) -> Any:
-    return field(default=default, repr=not secret, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    server: str = _opt("", "server address HOST:PORT")
-    data: str = _opt("", "this client's training data, JSON Lines (Alpaca or Dolly fields)")
-    client_id: str = _opt(
+    """What is local to this device; frozen and checked at construction, so a bad one never starts."""
+
+    server: str = setting("", "server address HOST:PORT")
+    data: str = setting("", "this client's training data, JSON Lines (Alpaca or Dolly fields)")
+    client_id: str = setting(
         "", "this client's id; must be the identity of the token when the server has tokens"
     )
-    token: str | None = _opt(
+    token: str | None = setting(
         None, "bearer token (secret; prefer --token-file so it stays out of `ps`)", secret=True
     )
-    token_file: str | None = _opt(None, "file whose first line is the bearer token")
-    insecure: bool = _opt(False, "plaintext gRPC (no TLS); the server must be started with --insecure too")
-    tls_ca: str | None = _opt(None, "PEM CA bundle to verify the server (default: system roots)")
-    tls_cert: str | None = _opt(None, "PEM client certificate for mTLS (needs --tls-key)")
-    tls_key: str | None = _opt(None, "PEM client private key for mTLS (needs --tls-cert)")
-    device: str = _opt("auto", "auto | cpu | cuda | cuda:N; auto picks cuda when available")
-    compute_dtype: str = _opt(
+    token_file: str | None = setting(None, "file whose first line is the bearer token")
+    insecure: bool = setting(False, "plaintext gRPC (no TLS); the server must be started with --insecure too")
+    tls_ca: str | None = setting(None, "PEM CA bundle to verify the server (default: system roots)")
+    tls_cert: str | None = setting(None, "PEM client certificate for mTLS (needs --tls-key)")
+    tls_key: str | None = setting(None, "PEM client private key for mTLS (needs --tls-cert)")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N; auto picks cuda when available")
+    compute_dtype: str = setting(
         "fp32",
         "fp32 | bf16 | auto: dtype of the forwards; bf16 reads a compute copy derived from the fp32 "
         "weights (GPU speed, canonical weights unchanged); auto = bf16 on CUDA, fp32 on CPU",
     )
-    model: str | None = _opt(None, "model name; default and normally: what the server says")
-    state_dir: str = _opt(
+    model: str | None = setting(None, "model name; default and normally: what the server says")
+    state_dir: str = setting(
         "", "where the client keeps its replica between restarts (default ~/.fedmezo/client/ID)"
     )
-    max_length: int = _opt(
+    max_length: int = setting(
         256,
         "fallback only: token length examples are truncated to when the server does not send one "
         "(servers before RunConfig.max_length); the server's value always wins",
     )
-    rpc_deadline_s: float = _opt(30.0, "deadline of every unary RPC (seconds); long-polls add their wait")
-    long_poll_s: float = _opt(
+    rpc_deadline_s: float = setting(30.0, "deadline of every unary RPC (seconds); long-polls add their wait")
+    long_poll_s: float = setting(
         20.0, "how long one GetTask waits for a task (seconds); fewer polls, fewer bytes"
     )
-    threads: int = _opt(0, "torch CPU threads (0 = torch default)")
-    progress: bool = _opt(True, "show a tqdm progress bar while training")
+    threads: int = setting(0, "torch CPU threads (0 = torch default)")
+    progress: bool = setting(True, "show a tqdm progress bar while training")
 
     def __post_init__(self) -> None:
         if not self.server:
@@ -106,74 +99,18 @@ class ClientConfig:
 
     def redacted(self) -> dict[str, Any]:
         """The effective config for the log, secrets replaced by `***`."""
-        values = dataclasses.asdict(self)
-        for name in SECRET_FIELDS:
-            if values.get(name):
-                values[name] = REDACTED
-        return values
+        return settings.redacted(self)
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(ClientConfig)}
-
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Convert a TOML/env value to the field's type (env values are strings)."""
-    kind = _FIELDS[name].type
-    try:
-        if kind == "bool" or isinstance(_FIELDS[name].default, bool):
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(value)
-        if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: invalid value {value!r} for {name}") from exc
-
-
-def _from_toml(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as handle:
-            doc = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    table = doc.get("client", doc)  # a [client] table, or top-level keys
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [client] must be a table")
-    values = {}
-    for key, value in table.items():
-        name = key.replace("-", "_")
-        if name not in _FIELDS:
-            raise ConfigError(f"{path}: unknown client setting {key!r}")
-        values[name] = _coerce(name, value, path)
-    return values
-
-
-def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    values = {}
-    for name in _FIELDS:
-        key = ENV_PREFIX + name.upper()
-        if key in environ:
-            values[name] = _coerce(name, environ[key], key)
-    return values
+SECRET_FIELDS = settings.secret_fields(ClientConfig)
 
 
 def load_config(
     flags: Mapping[str, Any], *, config_file: str | None = None, environ: Mapping[str, str] | None = None
 ) -> ClientConfig:
-    """Merge the sources; `flags` holds only what was given on the command line (None = not given)."""
-    environ = os.environ if environ is None else environ
-    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG")
-    values: dict[str, Any] = {}
-    if config_file:
-        values.update(_from_toml(config_file))
-    values.update(_from_env(environ))
-    values.update({k: v for k, v in flags.items() if v is not None and k in _FIELDS})
-    return ClientConfig(**values)
+    """Merge the sources; `flags` holds only what was given on the command line (None = not given).
+
+    The file is `config_file`, else a `config` flag, else $FEDMEZO_CONFIG: a `[client]` table or the
+    top-level keys.
+    """
+    return settings.load(ClientConfig, "client", flags=flags, env=environ, toml_path=config_file)

@@ -1,7 +1,6 @@
 """One exception tree for the client daemon. `grpc.RpcError` is translated in `connection.py` only.
 
 ClientError
-├── ConfigError          invalid configuration (flags, TOML, env); reported before anything starts
 ├── RpcFailed            the server (or the network) refused a call; `code` and `reason` say why
 │   ├── Unavailable      UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED: transient, retried with backoff
 │   ├── AuthFailed       UNAUTHENTICATED / PERMISSION_DENIED: wrong token or identity; fatal
@@ -9,9 +8,13 @@ ClientError
 │   └── Refused          any other code (round closed, not selected, ...): the daemon decides per reason
 ├── SyncFailed           a checkpoint or replayed delta did not verify (sha256 / fingerprint)
 └── Stopped              a stop was requested (SIGINT/SIGTERM) while work was in progress
+(and from the protocol core, fedmezo.fl.errors, shared with server and simulation:)
+ConfigError              invalid configuration (flags, TOML, env); reported before anything starts
 """
 
 from __future__ import annotations
+
+from fedmezo.fl.errors import ConfigError
 
 __all__ = [
     "AuthFailed",
@@ -28,10 +31,6 @@ __all__ = [
 
 class ClientError(Exception):
     """Base of every error the client raises on purpose."""
-
-
-class ConfigError(ClientError):
-    """Invalid configuration, reported at load time."""
 
 
 class RpcFailed(ClientError):

@@ -38,6 +38,9 @@ STOP_GRACE_S = 30.0  # after a stop request, how long the worker may take to fin
 
 
 def register(subparsers: Any) -> None:
+    from fedmezo import settings
+    from fedmezo.client.config import ClientConfig
+
     parser = subparsers.add_parser(
         "client",
         help="run a client daemon: sync, train locally with MeZO, upload seeds' scalars",
@@ -45,39 +48,8 @@ def register(subparsers: Any) -> None:
         "a replica bit-identical to the server's. Flags win over FEDMEZO_* variables, which win over "
         "--config.",
     )
-    parser.add_argument("--server", help="server address HOST:PORT")
-    parser.add_argument("--data", help="training data of this client (JSON Lines)")
-    parser.add_argument("--client-id", dest="client_id", help="this client's id (the token's identity)")
-    auth = parser.add_mutually_exclusive_group()
-    auth.add_argument("--token", help="bearer token (visible in `ps`; prefer --token-file)")
-    auth.add_argument("--token-file", dest="token_file", help="file holding the bearer token")
-    parser.add_argument(
-        "--insecure", action="store_true", default=None, help="plaintext gRPC (development only)"
-    )
-    parser.add_argument("--tls-ca", dest="tls_ca", help="PEM CA bundle that signed the server certificate")
-    parser.add_argument("--tls-cert", dest="tls_cert", help="PEM client certificate (mTLS)")
-    parser.add_argument("--tls-key", dest="tls_key", help="PEM client key (mTLS)")
-    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto: cuda when available)")
-    parser.add_argument(
-        "--compute-dtype",
-        dest="compute_dtype",
-        help="fp32 | bf16 | auto: forwards in bf16 from a copy of the fp32 weights (default fp32)",
-    )
-    parser.add_argument("--model", help="model name (default: the server's; only for local paths)")
-    parser.add_argument("--state-dir", dest="state_dir", help="client state directory")
-    parser.add_argument(
-        "--max-length",
-        dest="max_length",
-        type=int,
-        help="fallback token length for old servers that do not send one (the server's value wins)",
-    )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (0 = default)")
-    parser.add_argument("--long-poll-s", dest="long_poll_s", type=float, help="GetTask wait (seconds)")
-    parser.add_argument("--rpc-deadline-s", dest="rpc_deadline_s", type=float, help="unary RPC deadline (s)")
-    parser.add_argument(
-        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
-    )
-    parser.add_argument("--config", type=Path, help="TOML file (top-level keys or a [client] table)")
+    settings.add_config_argument(parser, "a [client] table or top level")
+    settings.add_arguments(parser, ClientConfig)
     parser.set_defaults(func=run)
 
 
@@ -87,11 +59,12 @@ def _read(path: str | None) -> bytes | None:
 
 def run(args: argparse.Namespace) -> int:
     from fedmezo.client.config import load_config
-    from fedmezo.client.errors import AuthFailed, ConfigError, Incompatible, RpcFailed, SyncFailed
+    from fedmezo.client.errors import AuthFailed, Incompatible, RpcFailed, SyncFailed
+    from fedmezo.fl.errors import ConfigError
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config", "verbose")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose")}
     try:
-        config = load_config(flags, config_file=str(args.config) if args.config else None)
+        config = load_config(flags)  # a `config` flag names the TOML file
         token = config.resolved_token()
         channel = _channel_settings(config, token)
     except (ConfigError, OSError) as exc:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fedmezo.fl.errors import ConfigError, PermissionDenied, Unauthenticated
 from fedmezo.server.auth import Authenticator, load_tokens
 from fedmezo.server.config import ServerConfig, add_arguments, load_config
-from fedmezo.fl.errors import ConfigError, PermissionDenied, Unauthenticated
 
 
 def test_precedence_toml_env_flags(tmp_path: Path) -> None:
@@ -27,7 +28,7 @@ def test_precedence_toml_env_flags(tmp_path: Path) -> None:
         3e-6,
         True,
     )
-    assert ServerConfig().eps == 1e-3  # untouched fields keep their documented default
+    assert ServerConfig().eps == float(np.float32(1e-3))  # untouched: the documented default, as fp32
 
 
 @pytest.mark.parametrize(

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from fedmezo.cli.main import build_parser, main
 from fedmezo.cli.simulate_cmd import EXIT_CONFIG
+from fedmezo.fl.config import RunConfig
+from fedmezo.fl.errors import ConfigError
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.config import add_arguments as add_server_arguments
-from fedmezo.fl.errors import ConfigError
 from fedmezo.sim import RUN_KEYS, SimOptions, load_sim_config
+from fedmezo.sim.config import NOT_SIMULATED, SERVER_PROCESS_KEYS
 
 
 def _flags(parser: argparse.ArgumentParser) -> set[str]:
@@ -31,6 +34,12 @@ def test_run_flags_are_the_servers_flags() -> None:
     assert "--port" not in simulate and "--tls-cert" not in simulate  # nothing listens
 
 
+def test_key_sets_follow_the_dataclasses() -> None:
+    run = {f.name for f in fields(RunConfig)}
+    assert {f.name for f in fields(ServerConfig)} - run == SERVER_PROCESS_KEYS
+    assert set(RUN_KEYS) == run - NOT_SIMULATED and run >= NOT_SIMULATED
+
+
 def test_server_toml_is_accepted_and_process_keys_ignored(tmp_path: Path) -> None:
     toml = tmp_path / "run.toml"
     toml.write_text(
@@ -39,7 +48,7 @@ def test_server_toml_is_accepted_and_process_keys_ignored(tmp_path: Path) -> Non
     )
     config, options = load_sim_config({"lr": "4e-5"}, env={"FEDMEZO_ROUNDS": "4"}, toml_path=toml)
     assert (config.local_steps, config.lr, config.rounds) == (7, 4e-5, 4)  # toml < env < flags
-    assert config.port == ServerConfig().port  # a process key: read, never used
+    assert not hasattr(config, "port")  # a process key: read, never used (a RunConfig has none)
     assert (options.method, options.num_clients) == ("fedavg", 5)
 
 

@@ -1,0 +1,167 @@
+"""The run's configuration: what the server, its clients and `fedmezo simulate` must all agree on.
+
+`RunConfig` is the run part of the server's configuration (the server adds its process settings in a
+subclass) and the whole of a simulation's. Valid strategy and weighting names are the registries'
+keys, so a new strategy is one row in `fedmezo.fl.lr` and nothing here changes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Self, get_args
+
+import numpy as np
+
+from fedmezo.fl.aggregation import WEIGHT_RULES
+from fedmezo.fl.errors import ConfigError
+from fedmezo.fl.lr import STRATEGIES
+from fedmezo.settings import setting
+from fedmezo.trainable import TrainMode
+
+__all__ = [
+    "FP32_FIELDS",
+    "LR_STRATEGIES",
+    "MAX_LENGTH",
+    "MAX_MAX_LENGTH",
+    "MIN_MAX_LENGTH",
+    "MODES",
+    "RUN_DEFINING_FIELDS",
+    "WEIGHTINGS",
+    "RunConfig",
+    "fp32",
+]
+
+MODES: tuple[str, ...] = get_args(TrainMode)
+LR_STRATEGIES = tuple(STRATEGIES)
+WEIGHTINGS = tuple(WEIGHT_RULES)
+MAX_LENGTH = 256
+MIN_MAX_LENGTH = 8  # room for a chat template's few special tokens plus an answer
+MAX_MAX_LENGTH = 1 << 20
+# Changing these would make the stored deltas meaningless, so a restart must keep them.
+RUN_DEFINING_FIELDS = ("model", "mode", "lora_rank", "lora_alpha", "run_seed")
+# Sent to clients as fp32 and used there as-is: rounded once here, so the server and a simulation
+# compute with exactly the value a client trains with.
+FP32_FIELDS = ("eps", "clip")
+_AT_LEAST_ONE = (
+    "rounds",
+    "local_steps",
+    "min_clients",
+    "batch_size",
+    "checkpoint_every",
+    "eval_every",
+    "eval_limit",
+    "eval_max_new_tokens",
+)
+
+
+def fp32(value: float) -> float:
+    """The fp32 nearest to `value`, as a Python float (overflow gives inf, which validation refuses)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One federated run. Frozen: eps and clip stay the fp32 values every participant uses."""
+
+    config_name: ClassVar[str] = "run"  # names the config in validation errors
+
+    # --- the run (stored at first start; a restart must agree) ---
+    model: str = setting(
+        "tiny-random", "model name for fedmezo.models.load_model (every client loads the same)"
+    )
+    mode: str = setting("full", "full: train every weight; lora: train LoRA adapters only")
+    lora_rank: int = setting(8, "LoRA rank (mode=lora)")
+    lora_alpha: float = setting(16.0, "LoRA alpha (mode=lora); 2x rank is the usual scale")
+    rounds: int = setting(10, "total federated rounds")
+    local_steps: int = setting(20, "MeZO steps per client per round (tau); 20 keeps a round < 1 KiB/client")
+    clients_per_round: int = setting(0, "clients sampled per round; 0 = use --fraction")
+    fraction: float = setting(
+        1.0, "fraction of online clients sampled per round (used when clients-per-round=0)"
+    )
+    min_clients: int = setting(1, "online clients needed before a round opens")
+    quorum: float = setting(0.5, "fraction of selected clients whose updates close a round at its deadline")
+    deadline_s: float = setting(600.0, "seconds a round waits for its selected clients (seconds)")
+    max_extensions: int = setting(3, "times a round's deadline is extended without quorum before it aborts")
+    lr: float = setting(2e-6, "base learning rate eta_0; design section 6: 1e-6..5e-6 for full-parameter ZO")
+    lr_spread: float = setting(1e-6, "personalized-LR spread delta (design section 4); must be < lr")
+    lr_strategy: str = setting("frozen", " | ".join(LR_STRATEGIES))
+    eps: float = setting(1e-3, "MeZO perturbation scale epsilon; 1e-3 is the MeZO paper's default")
+    batch_size: int = setting(8, "examples per MeZO step on each client")
+    aggregation: str = setting("examples", "client weights: examples (by local example count) | equal")
+    clip: float = setting(0.0, "clip |projected grad| to this value on clients and at aggregation; 0 = off")
+    outlier_k: float = setting(
+        0.0, "reject a client whose scalar RMS > k x the round median (k >= 1); 0 = off"
+    )
+    run_seed: int = setting(0, "64-bit root of all derived seeds and of client sampling")
+    checkpoint_every: int = setting(10, "rounds between safetensors checkpoints; bounds catch-up replay")
+    max_length: int = setting(
+        MAX_LENGTH,
+        "tokens every example is truncated to, on clients (sent in the run config) and in evaluation; "
+        "256 fits instruction data with short answers and keeps a CPU step fast",
+    )
+    # --- server-side evaluation of the global model (off without eval_data) ---
+    eval_data: str = setting("", "held-out JSONL (Alpaca/Dolly fields) evaluated after rounds; empty = off")
+    eval_every: int = setting(
+        1, "evaluate after every K-th round (plus the initial model and the last round)"
+    )
+    eval_limit: int = setting(
+        64, "evaluate the first N examples of eval_data; bounds the time one eval takes"
+    )
+    eval_max_new_tokens: int = setting(8, "greedy tokens generated per answer for exact match; short answers")
+
+    def __post_init__(self) -> None:
+        for name in FP32_FIELDS:
+            value = getattr(self, name)
+            try:
+                rounded = fp32(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{name}: {value!r} is not a number") from exc
+            object.__setattr__(self, name, rounded)
+
+    def problems(self) -> list[str]:
+        """Every invalid value or combination, one message each (a subclass adds its own)."""
+        problems: list[str] = []
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {MODES}")
+        if self.lr_strategy not in LR_STRATEGIES:
+            problems.append(f"lr_strategy must be one of {LR_STRATEGIES}")
+        if self.aggregation not in WEIGHTINGS:
+            problems.append(f"aggregation must be one of {WEIGHTINGS}")
+        problems += [f"{name} must be >= 1" for name in _AT_LEAST_ONE if getattr(self, name) < 1]
+        if not MIN_MAX_LENGTH <= self.max_length <= MAX_MAX_LENGTH:
+            problems.append(f"max_length must be in {MIN_MAX_LENGTH}..{MAX_MAX_LENGTH} tokens")
+        if self.eval_data and not Path(self.eval_data).is_file():
+            problems.append(f"eval_data {self.eval_data!r} is not a file")
+        if self.clients_per_round < 0:
+            problems.append("clients_per_round must be >= 0")
+        if not 0.0 < self.fraction <= 1.0:
+            problems.append("fraction must be in (0, 1]")
+        if self.clients_per_round > 0 and self.fraction != 1.0:
+            problems.append("set either clients_per_round or fraction, not both")
+        if not 0.0 < self.quorum <= 1.0:
+            problems.append("quorum must be in (0, 1]")
+        for name in ("deadline_s", "lr", "eps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"{name} must be a finite number > 0")
+        if not (0.0 <= self.lr_spread < self.lr):
+            problems.append("lr_spread must be in [0, lr) so every personalized lr stays positive")
+        if self.clip < 0 or not math.isfinite(self.clip):
+            problems.append("clip must be >= 0")
+        if self.outlier_k != 0.0 and not self.outlier_k >= 1.0:
+            problems.append("outlier_k must be 0 (off) or >= 1 (k < 1 would reject the median client)")
+        if self.max_extensions < 0:
+            problems.append("max_extensions must be >= 0")
+        if not 0 <= self.run_seed < 2**64:
+            problems.append("run_seed must be an unsigned 64-bit integer")
+        return problems
+
+    def validate(self) -> Self:
+        """Raise one ConfigError listing every problem, so a bad run never starts; returns self."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError(f"invalid {self.config_name} config: " + "; ".join(problems))
+        return self
