@@ -1,8 +1,28 @@
-"""The zeroth-order engine: portable perturbations, the MeZO step, round deltas. Pure math, no I/O."""
+"""The zeroth-order engine: portable perturbations, the MeZO step, round deltas. Pure math, no I/O.
 
-from fedmezo.zo.backend import Backend, ReferenceBackend, available_backends, get_backend
+Modules, bottom-up (each imports only modules listed before it):
+
+- philox, rng, seeds, values, fingerprint: the specs and their readable references (Philox4x32-10,
+  z(seed), 64-bit seeds, fp32 coefficients, fedmezo-fp-v1 chunk digests)
+- layout: the flat fp32 buffer and its segments, what every kernel writes
+- interface: the Backend protocol and the reference backend
+- fingerprint_numba, cpu_kernel; _triton_kernels, _triton_fingerprint, triton_kernel: the kernels
+- backend: the registry (get_backend), the dispatching fingerprint and the kernel warm-up
+- params: TrainableParams (a model's trainable weights as a flat buffer) and the Manifest
+- objective, step, delta, mixed: the loss, the MeZO step, round deltas, bf16 compute copies
+"""
+
+from fedmezo.zo.backend import (
+    Backend,
+    ReferenceBackend,
+    available_backends,
+    compute_copy_backend,
+    fingerprint,
+    get_backend,
+    warm_up,
+)
 from fedmezo.zo.delta import Contribution, RoundDelta, apply_round_delta, round_delta
-from fedmezo.zo.fingerprint import FINGERPRINT_SPEC, fingerprint
+from fedmezo.zo.fingerprint import FINGERPRINT_SPEC
 from fedmezo.zo.objective import IGNORE_INDEX, Batch, causal_lm_loss, make_loss_fn
 from fedmezo.zo.params import Manifest, Segment, TrainableParams
 from fedmezo.zo.rng import RNG_SPEC, rademacher
@@ -25,6 +45,7 @@ __all__ = [
     "apply_round_delta",
     "available_backends",
     "causal_lm_loss",
+    "compute_copy_backend",
     "derive_round_seeds",
     "derive_seed",
     "fingerprint",
@@ -33,4 +54,5 @@ __all__ = [
     "mezo_step",
     "rademacher",
     "round_delta",
+    "warm_up",
 ]

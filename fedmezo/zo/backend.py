@@ -1,88 +1,50 @@
-"""Backends that add c·z(seed) to the flat parameter buffer, and how one is chosen.
+"""Which backend runs where: the registry, and the operations that dispatch to it (fingerprint, warm-up).
 
-Every backend implements two operations. `apply(params, seeds, values)`: for each element,
-in the order given, `w ← fp32(w + (z_k ? v_k : −v_k))` with `v_k = fp32(values[k])` (design §2).
-A MeZO perturbation is one (seed, ±ε) pair, the restore-and-update is (seed, ε), (seed, −η·g), and a
-round delta is its (seed, c_s) list in ascending seed order. `chunk_digests(flat)`: the parallel part
-of the fingerprint (fedmezo-fp-v1, fingerprint.py), run where θ lives. All backends give identical bits.
+The interface and the reference backend are in interface.py, the kernels in cpu_kernel.py (numba) and
+triton_kernel.py (Triton); this module names them and picks the fastest one for a device, so the
+fingerprint of θ is computed where θ lives and the first real call finds its kernels compiled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from fedmezo.zo.fingerprint import U32Array, chunk_digests_reference, words_of
-from fedmezo.zo.params import TrainableParams
-from fedmezo.zo.rng import rademacher
+from fedmezo.zo.cpu_kernel import NumbaBackend
+from fedmezo.zo.fingerprint import fingerprint_from_digests
+from fedmezo.zo.interface import Backend, ReferenceBackend
+from fedmezo.zo.layout import FlatBuffer, segments_of
+from fedmezo.zo.triton_kernel import TritonBackend, triton_available
+from fedmezo.zo.values import to_fp32
 
-__all__ = ["Backend", "ReferenceBackend", "available_backends", "get_backend", "to_fp32"]
+__all__ = [
+    "WARM_UP_ELEMENTS",
+    "Backend",
+    "ReferenceBackend",
+    "available_backends",
+    "compute_copy_backend",
+    "fingerprint",
+    "get_backend",
+    "to_fp32",
+    "warm_up",
+]
 
+WARM_UP_ELEMENTS = 4096  # a few Philox blocks: enough to run every kernel path once
 
-def to_fp32(value: float) -> float:
-    """Round a host float to the nearest fp32 once (design §2: v is computed on the host)."""
-    return float(np.float32(value))
-
-
-def check_seeds(seeds: Sequence[int], values: Sequence[float]) -> None:
-    if len(seeds) != len(values):
-        raise ValueError(f"{len(seeds)} seeds but {len(values)} values")
-    for seed in seeds:
-        if not 0 <= seed < 2**64:
-            raise ValueError(f"seed must be an unsigned 64-bit integer, got {seed}")
-    for value in values:
-        if not np.isfinite(value):
-            raise ValueError(f"non-finite coefficient {value}")
-
-
-class Backend(Protocol):
-    """Adds Σ_k v_k·z(seed_k) to every trainable tensor, one fp32 add per (element, k)."""
-
-    name: str
-
-    def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None: ...
-
-    def chunk_digests(self, flat: torch.Tensor) -> U32Array:
-        """fedmezo-fp-v1 chunk digests (n_chunks, 4) uint32 of a flat fp32 buffer (fingerprint.py)."""
-        ...
-
-
-class ReferenceBackend:
-    """Readable and slow: materialises z per tensor with the numpy Philox reference. For tests."""
-
-    name = "reference"
-
-    def chunk_digests(self, flat: torch.Tensor) -> U32Array:
-        return chunk_digests_reference(words_of(flat).cpu().numpy().view(np.uint32))
-
-    def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None:
-        check_seeds(seeds, values)
-        for seg in params.segments:
-            w = params.flat[seg.offset : seg.offset + seg.numel]
-            for seed, value in zip(seeds, values):
-                z = rademacher(seed, seg.tensor_id, seg.numel).to(w.device)
-                v = torch.tensor(to_fp32(value), dtype=torch.float32, device=w.device)
-                w.add_(torch.where(z > 0, v, -v))  # fp32 + fp32, no multiply: exact IEEE add
-        params.refresh_compute()
-
-
-_BACKENDS: dict[str, Backend] = {}
+# name -> (constructor, whether it runs on a device here); order is the order available_backends lists
+_REGISTRY: dict[str, tuple[Callable[[], Backend], Callable[[torch.device], bool]]] = {
+    "reference": (ReferenceBackend, lambda device: True),
+    "numba": (NumbaBackend, lambda device: device.type == "cpu"),
+    "triton": (TritonBackend, triton_available),
+}
+_BACKENDS: dict[str, Backend] = {}  # one instance per name: kernels and tables are cached on it
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Names of the backends that can run on `device` here."""
     device = torch.device(device)
-    names = ["reference"]
-    if device.type == "cpu":
-        names.append("numba")
-    from fedmezo.zo import triton_kernel
-
-    if triton_kernel.triton_available(device):
-        names.append("triton")
-    return names
+    return [name for name, (_, runs_on) in _REGISTRY.items() if runs_on(device)]
 
 
 def get_backend(device: torch.device | str = "cpu", name: str | None = None) -> Backend:
@@ -90,17 +52,37 @@ def get_backend(device: torch.device | str = "cpu", name: str | None = None) -> 
     device = torch.device(device)
     if name is None:
         name = "triton" if device.type == "cuda" else "numba"
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; choose {', '.join(_REGISTRY)}")
     if name not in _BACKENDS:
-        if name == "reference":
-            _BACKENDS[name] = ReferenceBackend()
-        elif name == "numba":
-            from fedmezo.zo.cpu_kernel import NumbaBackend
-
-            _BACKENDS[name] = NumbaBackend()
-        elif name == "triton":
-            from fedmezo.zo.triton_kernel import TritonBackend
-
-            _BACKENDS[name] = TritonBackend()
-        else:
-            raise ValueError(f"unknown backend {name!r}; choose reference, numba or triton")
+        _BACKENDS[name] = _REGISTRY[name][0]()
     return _BACKENDS[name]
+
+
+def compute_copy_backend(device: torch.device | str) -> Backend:
+    """The backend that keeps a compute copy (mixed.py) on `device`: Triton wherever it runs, since its
+    kernel writes the copy in the same pass as θ (CUDA; CPU under TRITON_INTERPRET=1), else the default."""
+    device = torch.device(device)
+    return get_backend(device, "triton" if triton_available(device) else None)
+
+
+def fingerprint(flat: torch.Tensor, backend: str | None = None) -> str:
+    """fedmezo-fp-v1 of a flat fp32 buffer; the digests run where the buffer lives (numba or Triton)."""
+    digests = get_backend(flat.device, backend).chunk_digests(flat)
+    return fingerprint_from_digests(digests, flat.numel())
+
+
+def warm_up(device: torch.device | str, backend: Backend | None = None) -> None:
+    """Run the delta and fingerprint kernels of `backend` (default: the device's) once on a scratch buffer.
+
+    Their first call compiles or loads the kernel (about a second on CPU), which the first real step or
+    round close would otherwise pay. Never on the real weights: even adding ±0 could flip the sign of a
+    −0.0 weight and change the fingerprint.
+    """
+    device = torch.device(device)
+    backend = backend or get_backend(device)
+    scratch = FlatBuffer(
+        torch.zeros(WARM_UP_ELEMENTS, dtype=torch.float32, device=device), segments_of([WARM_UP_ELEMENTS])
+    )
+    backend.apply(scratch, [1], [1.0])
+    backend.chunk_digests(scratch.flat)

@@ -22,6 +22,9 @@ order, bit rot), not adversaries. That is no loss here — a client reports its 
 dishonest one could send the server's value whatever the hash — and checkpoint files stay protected
 by a file SHA-256. The cryptographic alternative (SHA-256 per chunk) is 64 dependent rounds per block,
 one GPU thread per chunk: a few thousand threads for a 135M model, far from the memory bandwidth.
+
+This leaf module is the spec and its numpy reference; `fingerprint(flat)`, which runs the digests on
+the backend where θ lives, is in backend.py.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ __all__ = [
     "LANE_MULTIPLIERS",
     "chunk_digests_reference",
     "chunk_keys",
-    "fingerprint",
     "fingerprint_from_digests",
     "num_chunks",
     "words_of",
@@ -123,11 +125,3 @@ def words_of(flat: torch.Tensor) -> torch.Tensor:
     if flat.dtype != torch.float32 or flat.dim() != 1 or not flat.is_contiguous():
         raise ValueError("the fingerprint covers a contiguous 1-D fp32 buffer")
     return flat.detach().view(torch.int32)
-
-
-def fingerprint(flat: torch.Tensor, backend: str | None = None) -> str:
-    """fedmezo-fp-v1 of a flat fp32 buffer; the digests run where the buffer lives (numba or Triton)."""
-    from fedmezo.zo.backend import get_backend  # backend imports params, which imports this module
-
-    digests = get_backend(flat.device, backend).chunk_digests(flat)
-    return fingerprint_from_digests(digests, flat.numel())

@@ -9,6 +9,8 @@ lives only in `params.flat`. Each pass derives the copy from θ in one fused ker
 
 θ is never perturbed, so local training adds no drift at all, and nothing is ever rounded back
 into θ. The bf16 forwards are what make the GPU client fast; the fp32 adds keep replicas identical.
+Both passes go through the Backend interface (`derive_copy`, `apply`): Triton writes the copy in its
+own pass, the CPU backends add on a scratch θ or refresh the copy after the add.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from fedmezo.zo.backend import get_backend
+from fedmezo.zo.backend import compute_copy_backend
+from fedmezo.zo.interface import Backend
 from fedmezo.zo.params import TrainableParams
 from fedmezo.zo.step import StepResult, check_hyperparameters, projected_gradient
-from fedmezo.zo.triton_kernel import TritonBackend, triton_available
 
 __all__ = ["ComputeCopy", "mezo_step_mixed"]
 
@@ -28,11 +30,18 @@ __all__ = ["ComputeCopy", "mezo_step_mixed"]
 class ComputeCopy:
     """A low-precision copy of θ that the model's forwards read; θ stays fp32 in `params.flat`."""
 
-    def __init__(self, model: torch.nn.Module, params: TrainableParams, dtype: torch.dtype = torch.bfloat16):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        params: TrainableParams,
+        dtype: torch.dtype = torch.bfloat16,
+        backend: Backend | None = None,
+    ):
         if dtype != torch.bfloat16:
             raise ValueError(f"the compute copy is bfloat16 (fp32's exponent range), got {dtype}")
         self.params = params
         self.dtype = dtype
+        self.backend = backend or compute_copy_backend(params.device)
         self.copy = torch.empty(params.numel, dtype=dtype, device=params.device)
         model.to(
             dtype
@@ -44,17 +53,11 @@ class ComputeCopy:
 
     def derive(self, seeds: Sequence[int], values: Sequence[float]) -> None:
         """copy ← bf16(θ + Σ v·z(seed)), θ unchanged."""
-        if triton_available(self.params.device):  # one fused Triton pass
-            TritonBackend().apply_to_copy(self.params, self.copy, seeds, values, update_theta=False)
-            return
-        scratch = TrainableParams(self.params.flat.clone(), self.params.names, self.params.shapes)
-        get_backend(self.params.device).apply(scratch, seeds, values)  # CPU: same adds on a scratch θ
-        self.copy.copy_(scratch.flat)
+        self.backend.derive_copy(self.params, self.copy, seeds, values)
 
     def update(self, seeds: Sequence[int], values: Sequence[float]) -> None:
-        """θ ← θ + Σ v·z(seed) (canonical fp32 adds); the backend refreshes the copy in the same pass."""
-        backend = TritonBackend() if triton_available(self.params.device) else get_backend(self.params.device)
-        backend.apply(self.params, seeds, values)
+        """θ ← θ + Σ v·z(seed) (canonical fp32 adds); the backend refreshes the copy with it."""
+        self.backend.apply(self.params, seeds, values)
 
 
 def mezo_step_mixed(

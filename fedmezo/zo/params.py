@@ -3,32 +3,26 @@
 One contiguous buffer lets a single fused kernel regenerate-and-add z over every trainable tensor in
 one launch, makes the round-start snapshot one memcpy, and makes the fingerprint one parallel pass over
 words that are already in manifest order. Tensor ids are positions in the sorted list of unique names.
+The buffer itself (layout.FlatBuffer) is what the backends write; this module adds the model's names
+and shapes on top and sits above the backends, whose fingerprint it reports.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 
-from fedmezo.zo.fingerprint import FINGERPRINT_SPEC, fingerprint
+from fedmezo.zo.backend import fingerprint
+from fedmezo.zo.fingerprint import FINGERPRINT_SPEC
+from fedmezo.zo.layout import ComputeView, FlatBuffer, Segment, segments_of
 from fedmezo.zo.rng import RNG_SPEC
 
 __all__ = ["ComputeView", "Manifest", "Segment", "TrainableParams"]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One trainable tensor inside the flat buffer: its tensor id, offset and element count."""
-
-    tensor_id: int
-    offset: int
-    numel: int
 
 
 @dataclass(frozen=True)
@@ -62,20 +56,12 @@ class Manifest:
         return sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
 
 
-class ComputeView(Protocol):
-    """A low-precision copy of θ that the model's forwards read (fedmezo.zo.mixed.ComputeCopy)."""
-
-    copy: torch.Tensor
-
-    def derive(self, seeds: Sequence[int], values: Sequence[float]) -> None: ...
-
-
 def _unique_trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """Trainable parameters, tied weights counted once (under their first registered name)."""
     return [(n, p) for n, p in model.named_parameters(remove_duplicate=True) if p.requires_grad]
 
 
-class TrainableParams:
+class TrainableParams(FlatBuffer):
     """The trainable parameters of a model, rebound as views of one flat fp32 buffer.
 
     After `from_model`, writing to `flat` changes the model's weights and vice versa; nothing else
@@ -83,20 +69,9 @@ class TrainableParams:
     """
 
     def __init__(self, flat: torch.Tensor, names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]):
-        if flat.dtype != torch.float32 or flat.dim() != 1 or not flat.is_contiguous():
-            raise ValueError("flat must be a contiguous 1-D fp32 tensor")
-        self.flat = flat
-        # Set by ComputeCopy: every write to θ (backend.apply, restore) then also refreshes the copy.
-        self.compute: ComputeView | None = None
+        super().__init__(flat, segments_of([int(np.prod(s, dtype=np.int64)) for s in shapes]))
         self.names = names
         self.shapes = shapes
-        offsets = np.cumsum([0] + [int(np.prod(s, dtype=np.int64)) for s in shapes])
-        if int(offsets[-1]) != flat.numel():
-            raise ValueError(f"shapes hold {int(offsets[-1])} elements, flat holds {flat.numel()}")
-        self.segments = tuple(
-            Segment(tensor_id=i, offset=int(offsets[i]), numel=int(offsets[i + 1] - offsets[i]))
-            for i in range(len(names))
-        )
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> TrainableParams:
@@ -125,14 +100,6 @@ class TrainableParams:
             offset += n
         return cls(flat, tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
 
-    @property
-    def numel(self) -> int:
-        return self.flat.numel()
-
-    @property
-    def device(self) -> torch.device:
-        return self.flat.device
-
     def manifest(self) -> Manifest:
         return Manifest(self.names, self.shapes)
 
@@ -151,11 +118,6 @@ class TrainableParams:
             raise ValueError("snapshot does not match this parameter set")
         self.flat.copy_(snapshot)
         self.refresh_compute()
-
-    def refresh_compute(self) -> None:
-        """copy ← lowp(θ) after θ was written (round to nearest even, as the fused kernel does)."""
-        if self.compute is not None:
-            self.compute.copy.copy_(self.flat)
 
     def fingerprint(self) -> str:
         """fedmezo-fp-v1 (hex SHA-256) of θ's fp32 words in manifest order, computed where θ lives.

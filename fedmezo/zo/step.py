@@ -15,8 +15,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fedmezo.zo.backend import Backend, get_backend, to_fp32
+from fedmezo.zo.backend import get_backend
+from fedmezo.zo.interface import Backend
 from fedmezo.zo.params import TrainableParams
+from fedmezo.zo.values import to_fp32
 
 __all__ = ["StepResult", "check_hyperparameters", "mezo_step", "projected_gradient"]
 

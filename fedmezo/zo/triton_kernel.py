@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedmezo.zo.backend import check_seeds
 from fedmezo.zo.fingerprint import CHUNK_WORDS, LANES, U32Array, chunk_keys, num_chunks, words_of
-from fedmezo.zo.params import Segment, TrainableParams
+from fedmezo.zo.interface import check_copy
+from fedmezo.zo.layout import FlatBuffer, Segment
 from fedmezo.zo.rng import ELEMENTS_PER_BLOCK
+from fedmezo.zo.values import check_seeds
 
 __all__ = [
     "FINGERPRINT_TILE",
@@ -48,10 +49,10 @@ def triton_available(device: torch.device | str) -> bool:
 
 @lru_cache(maxsize=1)
 def _kernels() -> tuple[Any, Any]:
-    """Import lazily: importing triton is slow and unnecessary on CPU-only replicas."""
-    from fedmezo.zo import _triton_kernels
+    """Import the optional triton lazily: it may be absent, imports slowly, and CPU replicas never use it."""
+    from fedmezo.zo._triton_kernels import apply_kernel, words_kernel
 
-    return _triton_kernels.apply_kernel, _triton_kernels.words_kernel
+    return apply_kernel, words_kernel
 
 
 def _keys_tensor(seeds: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -63,9 +64,10 @@ def _keys_tensor(seeds: Sequence[int], device: torch.device) -> torch.Tensor:
 
 @lru_cache(maxsize=1)
 def _fingerprint_kernel() -> Any:
-    from fedmezo.zo import _triton_fingerprint
+    """Import the optional triton lazily, as `_kernels` does."""
+    from fedmezo.zo._triton_fingerprint import digest_kernel
 
-    return _triton_fingerprint.digest_kernel
+    return digest_kernel
 
 
 @lru_cache(maxsize=8)
@@ -124,6 +126,7 @@ class TritonBackend:
     """One Triton launch per apply, over every trainable tensor, for all (seed, value) pairs."""
 
     name = "triton"
+    seed_batch: int | None = None  # each program keeps its tile in registers: any number of seeds at once
 
     def __init__(self, tile_blocks: int = TILE_BLOCKS, num_warps: int = NUM_WARPS):
         self.tile_blocks = tile_blocks
@@ -133,32 +136,23 @@ class TritonBackend:
         """fedmezo-fp-v1 chunk digests of a flat fp32 buffer, on the device that holds it."""
         return triton_chunk_digests(flat, num_warps=self.num_warps)
 
-    def apply(self, params: TrainableParams, seeds: Sequence[int], values: Sequence[float]) -> None:
+    def apply(self, params: FlatBuffer, seeds: Sequence[int], values: Sequence[float]) -> None:
         """θ += Σ v z; with a compute copy attached, the same pass also writes copy = bf16(θ)."""
         copy = params.compute.copy if params.compute is not None else None
+        if copy is not None:
+            check_copy(params, copy)
         self._launch(params, seeds, values, copy=copy, store_theta=True)
 
-    def apply_to_copy(
-        self,
-        params: TrainableParams,
-        copy: torch.Tensor,
-        seeds: Sequence[int],
-        values: Sequence[float],
-        *,
-        update_theta: bool,
+    def derive_copy(
+        self, params: FlatBuffer, copy: torch.Tensor, seeds: Sequence[int], values: Sequence[float]
     ) -> None:
-        """copy ← bf16(θ + Σ v z) in one pass; θ itself is written only when `update_theta`."""
-        if (
-            copy.shape != params.flat.shape
-            or copy.device != params.flat.device
-            or copy.dtype != torch.bfloat16
-        ):
-            raise ValueError("the compute copy must be bf16 and match the flat buffer's shape and device")
-        self._launch(params, seeds, values, copy=copy, store_theta=update_theta)
+        """copy ← bf16(θ + Σ v z) in one pass that never stores θ."""
+        check_copy(params, copy)
+        self._launch(params, seeds, values, copy=copy, store_theta=False)
 
     def _launch(
         self,
-        params: TrainableParams,
+        params: FlatBuffer,
         seeds: Sequence[int],
         values: Sequence[float],
         *,

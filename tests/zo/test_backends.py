@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedmezo.zo.backend import available_backends, get_backend
+from fedmezo.zo.backend import (
+    WARM_UP_ELEMENTS,
+    available_backends,
+    compute_copy_backend,
+    get_backend,
+    warm_up,
+)
 from fedmezo.zo.cpu_kernel import CHUNK_BLOCKS
 from fedmezo.zo.params import TrainableParams
 from fedmezo.zo.triton_kernel import triton_philox_blocks
@@ -91,6 +97,57 @@ def test_rejects_bad_input_without_touching_weights(name):
         with pytest.raises(ValueError):
             backend.apply(params, seeds, values)
     assert torch.equal(params.flat, before)
+
+
+@pytest.mark.parametrize("name", ["reference", *CPU_BACKENDS])
+def test_derive_copy_rounds_theta_plus_sum_vz_and_leaves_theta(name):
+    """The compute-copy operation of every backend: fused (Triton) or on a scratch θ, the same bits."""
+    sizes = [5, 129, 1000]
+    params = make_params(sizes)
+    theta = params.flat.clone()
+    copy = torch.zeros(params.numel, dtype=torch.bfloat16)
+    get_backend("cpu", name).derive_copy(params, copy, SEEDS[:2], VALUES[:2])
+    assert torch.equal(params.flat.view(torch.int32), theta.view(torch.int32))
+    assert torch.equal(copy, reference_result(sizes, SEEDS[:2], VALUES[:2]).to(torch.bfloat16))
+    with pytest.raises(ValueError, match="bf16"):
+        get_backend("cpu", name).derive_copy(params, copy.float(), SEEDS[:1], VALUES[:1])
+
+
+def test_compute_copy_backend_prefers_the_fused_copy_write(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    expected = "triton" if "triton" in available_backends("cpu") else "numba"
+    assert compute_copy_backend("cpu").name == expected
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert compute_copy_backend("cpu").name == "numba"
+
+
+class Recording:
+    """A backend that records what warm_up asks of it."""
+
+    name = "recording"
+    seed_batch = None
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def apply(self, params, seeds, values):
+        self.calls.append(("apply", params.numel))
+
+    def derive_copy(self, params, copy, seeds, values):
+        self.calls.append(("derive_copy", params.numel))
+
+    def chunk_digests(self, flat):
+        self.calls.append(("chunk_digests", flat.numel()))
+        return np.zeros((1, 4), dtype=np.uint32)
+
+
+def test_warm_up_runs_the_delta_and_fingerprint_kernels_on_scratch():
+    recording = Recording()
+    warm_up("cpu", recording)
+    assert recording.calls == [("apply", WARM_UP_ELEMENTS), ("chunk_digests", WARM_UP_ELEMENTS)]
+    for name in ["reference", *CPU_BACKENDS]:
+        warm_up("cpu", get_backend("cpu", name))
+    warm_up("cpu")  # the device's default backend (numba)
 
 
 @pytest.mark.skipif("triton" not in CPU_BACKENDS, reason="Triton interpreter unavailable")

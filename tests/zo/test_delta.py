@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedmezo.zo import cpu_kernel
 from fedmezo.zo.backend import get_backend
 from fedmezo.zo.delta import Contribution, RoundDelta, apply_round_delta, round_delta
 from fedmezo.zo.params import TrainableParams
@@ -80,3 +81,27 @@ def test_apply_equals_one_seed_at_a_time_in_ascending_order():
     for seed, coef in sorted(zip(delta.seeds, delta.coefficients, strict=True)):
         backend.apply(one_by_one, [seed], [coef])
     assert torch.equal(fused.flat, one_by_one.flat)
+
+
+def test_a_long_delta_runs_in_seed_batches_with_the_bits_of_one_call(monkeypatch):
+    """apply_round_delta batches on CPU itself (256 seeds per kernel call); every element still gets its
+    adds in ascending seed order, so the result equals the reference's seed-by-seed adds."""
+    n = cpu_kernel.SEED_BATCH * 2 + cpu_kernel.SEED_BATCH // 2  # two full batches and a partial one
+    gen = np.random.default_rng(0)
+    seeds = tuple(sorted(int(s) for s in gen.choice(2**62, size=n, replace=False)))
+    coefficients = tuple(float(c) for c in gen.normal(0, 1e-3, size=n).astype(np.float32))
+    delta = RoundDelta(seeds, coefficients)
+    calls: list[int] = []
+    kernel = cpu_kernel._apply_kernel
+
+    def counting(*args):
+        calls.append(len(args[-1]))  # the sign tables: one per seed of the batch
+        return kernel(*args)
+
+    monkeypatch.setattr(cpu_kernel, "_apply_kernel", counting)
+    batched = TrainableParams(torch.zeros(300), ("a", "b"), ((7,), (293,)))
+    apply_round_delta(batched, delta, get_backend("cpu", "numba"))
+    assert calls == [cpu_kernel.SEED_BATCH, cpu_kernel.SEED_BATCH, cpu_kernel.SEED_BATCH // 2]
+    reference = TrainableParams(torch.zeros(300), ("a", "b"), ((7,), (293,)))
+    apply_round_delta(reference, delta, get_backend("cpu", "reference"))
+    assert torch.equal(batched.flat.view(torch.int32), reference.flat.view(torch.int32))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fedmezo.models import build_random_model, tiny_random_config
 from fedmezo.zo import TrainableParams, get_backend
-from fedmezo.zo.backend import available_backends
+from fedmezo.zo.backend import available_backends, fingerprint
 from fedmezo.zo.fingerprint import (
     CHUNK_WORDS,
     FINGERPRINT_SPEC,
@@ -22,7 +22,6 @@ from fedmezo.zo.fingerprint import (
     LANE_MULTIPLIERS,
     chunk_digests_reference,
     chunk_keys,
-    fingerprint,
     fingerprint_from_digests,
 )
 from fedmezo.zo.params import Manifest
