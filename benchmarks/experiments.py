@@ -202,7 +202,7 @@ def probe_memory(kind: str, model_name: str, batch_size: int, max_length: int) -
     from fedmezo.memory import PeakMemory
     from fedmezo.models import load_model
     from fedmezo.trainable import prepare_trainable
-    from fedmezo.zo import derive_seed, get_backend, make_loss_fn, mezo_step
+    from fedmezo.zo import derive_seed, get_backend, make_loss_fn, mezo_step, warm_up
     from fedmezo.zo.objective import response_cross_entropy
 
     loaded = load_model(model_name)
@@ -211,7 +211,7 @@ def probe_memory(kind: str, model_name: str, batch_size: int, max_length: int) -
     dataset = ClientDataset.from_examples(loaded.tokenizer, train, max_length)
     batch = dataset.batch_for_step(derive_seed(0, 1, "probe", 0), batch_size)
     backend = get_backend(params.device)
-    _warm_up_kernel(backend)  # numba compiles on first use; its compiler's memory is not the step's
+    warm_up(params.device, backend)  # numba compiles on first use; its compiler's memory is not the step's
     peak = PeakMemory(params.device)
     peak.reset()
     baseline = peak.peak_bytes()
@@ -232,15 +232,6 @@ def probe_memory(kind: str, model_name: str, batch_size: int, max_length: int) -
         response_cross_entropy(logits, batch.labels).backward()
         optimizer.step()
     return {"peak_bytes": peak.peak_bytes(), "baseline_bytes": baseline}
-
-
-def _warm_up_kernel(backend: Any) -> None:
-    import torch
-
-    from fedmezo.zo import TrainableParams, mezo_step
-
-    tiny = TrainableParams.from_model(torch.nn.Linear(4, 4))
-    mezo_step(tiny, lambda: 0.0, seed=1, eps=1e-3, lr=1e-6, backend=backend)
 
 
 def run_probes(runner: Runner) -> dict[str, dict[str, int]]:

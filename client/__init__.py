@@ -1,7 +1,8 @@
 """fedmezo.client: the client daemon (sync by replay, local MeZO training, metrics).
 
-`Daemon` runs the loop against a `ServerLink` (the real one is `GrpcServerLink`); `train_task` is the
-pure local-training step; `Replica` keeps the local model bit-identical to the server's.
+`Daemon` runs the loop against a `ServerLink` (the real one is `GrpcServerLink`); local training
+(`fedmezo.fl.train.train_task`) and the replica (`fedmezo.fl.replica.Replica`) are the protocol's own;
+`ReplicaSync` decides how the local replica follows the server's.
 Names resolve lazily (PEP 562), so importing the training or sync modules never needs gRPC or torch
 loaded by the others.
 """
@@ -22,18 +23,16 @@ _MODULE_OF = {
     "Incompatible": "errors",
     "Outcome": "daemon",
     "Refused": "errors",
-    "Replica": "sync",
+    "ReplicaSync": "sync",
     "RetryPolicy": "retry",
     "RpcFailed": "errors",
     "ServerLink": "link",
     "Stopped": "errors",
     "SyncFailed": "errors",
-    "TrainResult": "trainer",
     "Unavailable": "errors",
     "Workload": "workload",
     "build_workload": "workload",
     "load_config": "config",
-    "train_task": "trainer",
 }
 
 __all__ = sorted(_MODULE_OF)

@@ -17,18 +17,18 @@ from typing import Any, TypeVar
 import grpc
 
 from fedmezo.client.errors import AuthFailed, Incompatible, Refused, RpcFailed, Unavailable
-from fedmezo.client.link import (
+from fedmezo.fl import wire
+from fedmezo.fl.records import (
     Activity,
     Checkpoint,
-    DeltaMessage,
+    DeltaRecord,
+    JoinInfo,
     JoinResult,
     RunSettings,
-    Task,
-    TaskPoll,
-    TaskStatus,
+    TaskResult,
     Update,
 )
-from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
+from fedmezo.v1 import federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
 
 __all__ = [
     "CHECKPOINT_DEADLINE_S",
@@ -37,9 +37,7 @@ __all__ = [
     "REPLAY_DEADLINE_S",
     "ChannelSettings",
     "GrpcServerLink",
-    "task_from_pb",
     "translate_error",
-    "update_to_pb",
 ]
 
 logger = logging.getLogger("fedmezo.client")
@@ -114,84 +112,6 @@ def _channel(settings: ChannelSettings) -> grpc.Channel:
     return grpc.secure_channel(settings.target, credentials, options=options)
 
 
-def _hex(raw: bytes) -> str:
-    return raw.hex()
-
-
-def _settings_from_pb(config: common_pb2.RunConfig) -> RunSettings:
-    mode = "lora" if config.mode == common_pb2.TRAINING_MODE_LORA else "full"
-    return RunSettings(
-        run_id=config.run_id,
-        model=config.model,
-        mode=mode,
-        run_seed=config.run_seed,
-        rng_spec=config.rng_spec,
-        manifest_sha256=_hex(config.manifest_sha256),
-        total_rounds=config.total_rounds,
-        local_steps=config.local_steps,
-        lr=config.lr,
-        eps=config.eps,
-        batch_size=config.batch_size,
-        lora_rank=config.lora_rank or 8,
-        lora_alpha=config.lora_alpha or 16.0,
-        lora_seed=config.lora_seed,
-        heartbeat_interval_s=config.heartbeat_interval_s or 10.0,
-        clients_per_round=config.clients_per_round,
-        max_length=config.max_length or None,  # 0: an older server that does not say
-    )
-
-
-def task_from_pb(task: federation_pb2.Task) -> Task:
-    """A task as the daemon trains it: lr, eps and clip arrive as fp32 (`fedmezo simulate` reuses this)."""
-    return Task(
-        round_id=task.round_id,
-        local_steps=task.local_steps,
-        lr=task.lr,
-        eps=task.eps,
-        batch_size=task.batch_size,
-        run_seed=task.run_seed,
-        clip=task.clip or None,
-        deadline_s=task.deadline_s,
-    )
-
-
-_TASK_STATUS = {
-    federation_pb2.TASK_STATUS_ASSIGNED: TaskStatus.ASSIGNED,
-    federation_pb2.TASK_STATUS_NO_TASK: TaskStatus.NO_TASK,
-    federation_pb2.TASK_STATUS_RUN_FINISHED: TaskStatus.FINISHED,
-}
-
-_ACTIVITY = {
-    Activity.IDLE: federation_pb2.CLIENT_ACTIVITY_IDLE,
-    Activity.TRAINING: federation_pb2.CLIENT_ACTIVITY_TRAINING,
-    Activity.SYNCING: federation_pb2.CLIENT_ACTIVITY_SYNCING,
-}
-
-
-def update_to_pb(client_id: str, update: Update) -> federation_pb2.SubmitUpdateRequest:
-    """The upload of a trained task (public: `fedmezo simulate` counts its bytes with it)."""
-    return federation_pb2.SubmitUpdateRequest(
-        client_id=client_id,
-        round_id=update.round_id,
-        projected_grads=update.projected_grads,
-        losses=update.losses,
-        step_time_s=update.step_time_s,
-        peak_memory_bytes=update.peak_memory_bytes,
-        device=update.device,
-        num_examples=update.num_examples,
-    )
-
-
-def _delta_from_pb(message: federation_pb2.StreamRoundDeltasResponse) -> DeltaMessage:
-    return DeltaMessage(
-        round_id=message.round_id,
-        participants=tuple((p.client_id, p.local_steps) for p in message.participants),
-        coefficients=tuple(message.coefficients),
-        packed=message.packed_delta,
-        fingerprint=_hex(message.fingerprint),
-    )
-
-
 class GrpcServerLink:
     """`ServerLink` over gRPC. Thread-safe (the heartbeat thread shares the channel)."""
 
@@ -234,7 +154,7 @@ class GrpcServerLink:
 
     def get_run_config(self) -> RunSettings:
         response = self._unary(self._status.GetRunConfig, status_pb2.GetRunConfigRequest())
-        return _settings_from_pb(response.config)
+        return wire.run_settings_from_pb(response.config)
 
     def join(
         self,
@@ -248,8 +168,7 @@ class GrpcServerLink:
     ) -> JoinResult:
         from fedmezo import __version__
 
-        request = federation_pb2.JoinRequest(
-            client_id=self._settings.client_id,
+        info = JoinInfo(
             manifest_sha256=bytes.fromhex(manifest_sha256),
             rng_spec=rng_spec,
             num_examples=num_examples,
@@ -258,56 +177,47 @@ class GrpcServerLink:
             client_version=__version__,
             inference_peak_memory_bytes=inference_peak_memory_bytes,
         )
-        response = self._unary(self._federation.Join, request)
-        return JoinResult(
-            settings=_settings_from_pb(response.config),
-            rounds_completed=response.rounds_completed,
-            fingerprint=_hex(response.fingerprint),
-            checkpoint_round=response.checkpoint_round,
-            checkpoint_size_bytes=response.checkpoint_size_bytes,
-            finished=response.run_state == common_pb2.RUN_STATE_FINISHED,
-        )
+        request = wire.join_request(self._settings.client_id, info)
+        return wire.join_result_from_pb(self._unary(self._federation.Join, request))
 
     def heartbeat(self, *, model_version: int, activity: Activity, round_id: int = 0, step: int = 0) -> int:
         request = federation_pb2.HeartbeatRequest(
             client_id=self._settings.client_id,
             model_version=model_version,
-            activity=_ACTIVITY[activity],
+            activity=wire.activity_to_pb(activity),
             round_id=round_id,
             step=step,
         )
         return int(self._unary(self._federation.Heartbeat, request).rounds_completed)
 
-    def get_task(self, *, known_version: int, wait_s: float) -> TaskPoll:
+    def get_task(self, *, known_version: int, wait_s: float) -> TaskResult:
         request = federation_pb2.GetTaskRequest(
             client_id=self._settings.client_id, known_version=known_version, wait_s=wait_s
         )
         response = self._unary(self._federation.GetTask, request, wait_s + self._settings.rpc_deadline_s)
-        status = _TASK_STATUS.get(response.status)
-        if status is None:
+        result = wire.task_result_from_pb(response)
+        if result is None:
             raise Refused("UNKNOWN", "bad_task_status", f"unknown task status {response.status}")
-        task = task_from_pb(response.task) if status is TaskStatus.ASSIGNED else None
-        return TaskPoll(status=status, rounds_completed=response.rounds_completed, task=task)
+        return result
 
     def submit(self, update: Update) -> None:
-        self._unary(self._federation.SubmitUpdate, update_to_pb(self._settings.client_id, update))
+        self._unary(self._federation.SubmitUpdate, wire.update_to_pb(self._settings.client_id, update))
 
-    def report_fingerprint(self, *, model_version: int, fingerprint: str) -> bool:
+    def report_fingerprint(self, *, model_version: int, fingerprint: bytes) -> bool:
+        """True when the server finds this replica in sync; False: it asks for a resync."""
         request = federation_pb2.ReportFingerprintRequest(
-            client_id=self._settings.client_id,
-            model_version=model_version,
-            fingerprint=bytes.fromhex(fingerprint),
+            client_id=self._settings.client_id, model_version=model_version, fingerprint=fingerprint
         )
         response = self._unary(self._federation.ReportFingerprint, request)
-        return bool(response.action == federation_pb2.SYNC_ACTION_RESYNC)
+        return bool(response.action != federation_pb2.SYNC_ACTION_RESYNC)
 
-    def stream_deltas(self, *, from_round: int, follow: bool) -> Iterator[DeltaMessage]:
+    def stream_deltas(self, *, from_round: int, follow: bool) -> Iterator[DeltaRecord]:
         request = federation_pb2.StreamRoundDeltasRequest(
             client_id=self._settings.client_id, from_round=from_round, follow=follow
         )
         deadline = FOLLOW_DEADLINE_S if follow else REPLAY_DEADLINE_S
         for message in self._stream(self._federation.StreamRoundDeltas, request, deadline):
-            yield _delta_from_pb(message)
+            yield wire.delta_from_pb(message)
 
     def download_checkpoint(self) -> Checkpoint:
         request = federation_pb2.DownloadCheckpointRequest(client_id=self._settings.client_id)
@@ -326,8 +236,8 @@ class GrpcServerLink:
         return Checkpoint(
             round_id=header.round_id,
             data=bytes(data),
-            sha256=_hex(header.sha256),
-            fingerprint=_hex(header.fingerprint),
+            sha256=header.sha256,
+            fingerprint=header.fingerprint,
         )
 
     def close(self) -> None:

@@ -16,12 +16,15 @@ from enum import Enum
 from pathlib import Path
 
 from fedmezo.client.errors import Incompatible, Refused, Stopped, SyncFailed, Unavailable
-from fedmezo.client.link import Activity, RunSettings, ServerLink, Task, TaskStatus, Update
+from fedmezo.client.link import ServerLink
 from fedmezo.client.retry import RetryPolicy
 from fedmezo.client.state import SavedReplica, load_replica, save_replica
-from fedmezo.client.sync import Replica
-from fedmezo.client.trainer import train_task
+from fedmezo.client.sync import ReplicaSync
 from fedmezo.client.workload import Workload
+from fedmezo.fl.errors import StoreError
+from fedmezo.fl.records import Activity, RunSettings, Task, TaskStatus, Update
+from fedmezo.fl.replica import Replica
+from fedmezo.fl.train import train_task
 from fedmezo.zo import RNG_SPEC
 
 __all__ = ["DEFAULT_HEARTBEAT_INTERVAL_S", "Daemon", "Outcome"]
@@ -63,6 +66,7 @@ class Daemon:
     settings: RunSettings | None = None
     workload: Workload | None = None
     replica: Replica | None = None
+    sync: ReplicaSync | None = None
     rounds_trained: int = 0
     _progress: _Progress = field(default_factory=_Progress)
     _pending: Update | None = None  # last trained update: resent, not retrained, after a reconnect
@@ -125,12 +129,10 @@ class Daemon:
                     f"{settings.manifest_sha256[:12]} (model {settings.model!r}, mode {settings.mode})",
                 )
             self.settings, self.workload = settings, workload
-            version = 0
+            self.replica = Replica(workload.params, backend=workload.backend)
             if self.state_dir is not None:
-                version = load_replica(
-                    self.state_dir, workload.params, run_id=settings.run_id, manifest_sha256=manifest
-                )
-            self.replica = Replica(workload.params, settings.run_seed, version, workload.backend)
+                load_replica(self.state_dir, self.replica, run_id=settings.run_id, manifest_sha256=manifest)
+            self.sync = ReplicaSync(self.replica, settings.run_seed)
         return self.workload, self.replica
 
     def _session(self) -> None:
@@ -161,7 +163,7 @@ class Daemon:
         self._start_heartbeat()
         if self._needs_resync or joined.rounds_completed < replica.version:
             self._set_activity(Activity.SYNCING)
-            replica.resync(self.link)
+            self._sync().resync(self.link)
             self._needs_resync = False
         resumed_at = replica.version
         self._catch_up(joined.rounds_completed, joined.checkpoint_round, joined.checkpoint_size_bytes)
@@ -174,7 +176,7 @@ class Daemon:
                 raise Stopped("stop requested")
             self._set_activity(Activity.IDLE)
             poll = self.link.get_task(known_version=replica.version, wait_s=self.long_poll_s)
-            if poll.status is TaskStatus.FINISHED:
+            if poll.status is TaskStatus.RUN_FINISHED:
                 self._catch_up(poll.rounds_completed)
                 logger.info(
                     "run finished at version %d, fingerprint %s", replica.version, self._fingerprint()
@@ -195,13 +197,17 @@ class Daemon:
             return
         meta = SavedReplica(settings.run_id, settings.manifest_sha256, replica.version, self._fingerprint())
         try:
-            save_replica(self.state_dir, replica.params, meta)
-        except OSError as exc:
+            save_replica(self.state_dir, replica, meta)
+        except (OSError, StoreError) as exc:
             logger.warning("could not save the replica to %s: %s", self.state_dir, exc)
 
     def _fingerprint(self) -> str:
         assert self.replica is not None
         return self.replica.params.fingerprint()
+
+    def _sync(self) -> ReplicaSync:
+        assert self.sync is not None
+        return self.sync
 
     def _catch_up(self, target: int, checkpoint_round: int = 0, checkpoint_size_bytes: int = 0) -> None:
         """Reach version `target` (replay, or a checkpoint when cheaper), then report the fingerprint."""
@@ -210,7 +216,7 @@ class Daemon:
             return
         self._set_activity(Activity.SYNCING)
         seeds_per_round = max(self.settings.clients_per_round, 1) * self.settings.local_steps
-        self.replica.catch_up(
+        self._sync().catch_up(
             self.link,
             target=target,
             checkpoint_round=checkpoint_round,
@@ -225,7 +231,9 @@ class Daemon:
             return
         fingerprint = self._fingerprint()
         logger.info("model version %d fingerprint %s", self.replica.version, fingerprint)
-        if self.link.report_fingerprint(model_version=self.replica.version, fingerprint=fingerprint):
+        if not self.link.report_fingerprint(
+            model_version=self.replica.version, fingerprint=bytes.fromhex(fingerprint)
+        ):
             raise SyncFailed(f"server reports a fingerprint mismatch at version {self.replica.version}")
 
     def _do_task(self, task: Task) -> None:
@@ -233,7 +241,7 @@ class Daemon:
         replica = self.replica
         if replica.version < task.round_id - 1:
             self._set_activity(Activity.SYNCING)
-            replica.replay(self.link, until=task.round_id - 1)
+            self._sync().replay(self.link, until=task.round_id - 1)
         if replica.version != task.round_id - 1:
             logger.warning("task for round %d at model version %d; skipping", task.round_id, replica.version)
             return
@@ -262,7 +270,7 @@ class Daemon:
                 update.step_time_s,
             )
         self._set_activity(Activity.IDLE)
-        replica.replay(self.link, until=task.round_id, follow=True)  # returns once the round closed
+        self._sync().replay(self.link, until=task.round_id, follow=True)  # returns once the round closed
         if replica.version >= task.round_id:
             self._report()
 

@@ -6,15 +6,15 @@ ClientError
 │   ├── AuthFailed       UNAUTHENTICATED / PERMISSION_DENIED: wrong token or identity; fatal
 │   ├── Incompatible     manifest hash or rng spec differs from the server's; fatal
 │   └── Refused          any other code (round closed, not selected, ...): the daemon decides per reason
-├── SyncFailed           a checkpoint or replayed delta did not verify (sha256 / fingerprint)
-└── Stopped              a stop was requested (SIGINT/SIGTERM) while work was in progress
 (and from the protocol core, fedmezo.fl.errors, shared with server and simulation:)
 ConfigError              invalid configuration (flags, TOML, env); reported before anything starts
+SyncFailed               a checkpoint or replayed delta did not verify (sha256 / fingerprint)
+Stopped                  a stop was requested (SIGINT/SIGTERM) while work was in progress
 """
 
 from __future__ import annotations
 
-from fedmezo.fl.errors import ConfigError
+from fedmezo.fl.errors import ConfigError, Stopped, SyncFailed
 
 __all__ = [
     "AuthFailed",
@@ -57,11 +57,3 @@ class Incompatible(RpcFailed):
 
 class Refused(RpcFailed):
     """A final answer about this request only (e.g. `round_closed`); the daemon carries on."""
-
-
-class SyncFailed(ClientError):
-    """A downloaded checkpoint or a replayed round did not reproduce the server's bytes."""
-
-
-class Stopped(ClientError):
-    """Work was abandoned because the daemon is shutting down."""

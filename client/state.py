@@ -13,9 +13,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
-
-from fedmezo.zo import TrainableParams
+from fedmezo.fl.errors import SyncFailed
+from fedmezo.fl.replica import Replica
 
 __all__ = ["REPLICA_FILE", "SavedReplica", "load_replica", "save_replica"]
 
@@ -23,7 +22,6 @@ logger = logging.getLogger("fedmezo.client")
 
 REPLICA_FILE = "replica.safetensors"
 META_FILE = "replica.json"
-_TENSOR = "flat"
 
 
 @dataclass(frozen=True)
@@ -34,20 +32,18 @@ class SavedReplica:
     fingerprint: str
 
 
-def save_replica(state_dir: Path, params: TrainableParams, meta: SavedReplica) -> None:
+def save_replica(state_dir: Path, replica: Replica, meta: SavedReplica) -> None:
     """Write weights then metadata, each atomically (tmp + rename): a crash leaves the old pair or none."""
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / META_FILE).unlink(missing_ok=True)  # weights without metadata are never trusted
-    tmp = state_dir / (REPLICA_FILE + ".tmp")
-    save_file({_TENSOR: params.flat.detach().cpu().contiguous()}, str(tmp))
-    os.replace(tmp, state_dir / REPLICA_FILE)
+    replica.write_checkpoint(state_dir / REPLICA_FILE)
     meta_tmp = state_dir / (META_FILE + ".tmp")
     meta_tmp.write_text(json.dumps(asdict(meta)))
     os.replace(meta_tmp, state_dir / META_FILE)
 
 
-def load_replica(state_dir: Path, params: TrainableParams, *, run_id: str, manifest_sha256: str) -> int:
-    """Load a saved replica of this run into `params`; returns its version (0 = nothing usable)."""
+def load_replica(state_dir: Path, replica: Replica, *, run_id: str, manifest_sha256: str) -> int:
+    """Load a saved replica of this run into `replica`; returns its version (0 = nothing usable)."""
     try:
         meta = SavedReplica(**json.loads((state_dir / META_FILE).read_text()))
     except (OSError, ValueError, TypeError):
@@ -55,18 +51,14 @@ def load_replica(state_dir: Path, params: TrainableParams, *, run_id: str, manif
     if meta.run_id != run_id or meta.manifest_sha256 != manifest_sha256:
         logger.info("ignoring the saved replica in %s: it belongs to another run or model", state_dir)
         return 0
+    saved = replica.read_checkpoint(state_dir / REPLICA_FILE)
+    if saved is None:
+        logger.warning("ignoring an unreadable saved replica in %s", state_dir)
+        return 0
     try:
-        flat = load_file(str(state_dir / REPLICA_FILE))[_TENSOR]
-    except (OSError, KeyError, ValueError) as exc:
-        logger.warning("ignoring an unreadable saved replica: %s", exc)
-        return 0
-    if flat.shape != params.flat.shape:
-        return 0
-    snapshot = params.snapshot()
-    params.restore(flat)
-    if params.fingerprint() != meta.fingerprint:
-        logger.warning("ignoring the saved replica in %s: its fingerprint does not verify", state_dir)
-        params.restore(snapshot)
+        replica.load_flat(saved[1], meta.version, bytes.fromhex(meta.fingerprint))
+    except (SyncFailed, ValueError) as exc:
+        logger.warning("ignoring the saved replica in %s: %s", state_dir, exc)
         return 0
     logger.info("resuming from the saved replica at version %d", meta.version)
     return meta.version

@@ -15,16 +15,15 @@ from pathlib import Path
 import torch
 
 from fedmezo.client.errors import ConfigError
-from fedmezo.client.link import RunSettings
-from fedmezo.client.trainer import StepDataset, device_label
+from fedmezo.fl.records import RunSettings
+from fedmezo.fl.train import StepDataset, device_label
 from fedmezo.memory import PeakMemory
-from fedmezo.zo import Backend, TrainableParams, causal_lm_loss, get_backend
+from fedmezo.zo import Backend, TrainableParams, causal_lm_loss, get_backend, warm_up
 
 __all__ = ["Workload", "build_workload", "measure_inference_peak", "resolve_device"]
 
 logger = logging.getLogger("fedmezo.client")
 
-WARM_UP_ELEMENTS = 4096  # scratch elements for the kernel warm-up (a few Philox blocks)
 INFERENCE_PROBE_SEED = 0  # the training batch of this seed is the one the inference peak is measured on
 
 
@@ -100,7 +99,7 @@ def build_workload(
         length,
     )
     backend = get_backend(target)
-    _warm_up(backend, target)
+    warm_up(target, backend)  # the kernel loads now, not in the first round's first step
     inference_peak = measure_inference_peak(model, dataset, settings.batch_size, target)
     logger.info(
         "inference peak memory (one forward, batch %d): %.1f MiB", settings.batch_size, inference_peak / 2**20
@@ -129,14 +128,3 @@ def measure_inference_peak(
     peak.reset()
     causal_lm_loss(model, batch)
     return peak.peak_bytes()
-
-
-def _warm_up(backend: Backend, device: torch.device) -> None:
-    """Compile/load the kernel now, on a scratch buffer, so the first round's steps are not seconds slower.
-
-    Never on the real weights: even adding ±0 could flip the sign of a −0.0 weight and change the fingerprint.
-    """
-    scratch = TrainableParams(
-        torch.zeros(WARM_UP_ELEMENTS, device=device), ("warm_up",), ((WARM_UP_ELEMENTS,),)
-    )
-    backend.apply(scratch, [0], [1.0])

@@ -15,14 +15,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
+from fedmezo.fl.errors import StoreError
+from fedmezo.fl.evaluation import Evaluator
+from fedmezo.fl.replica import Replica
 from fedmezo.server.auth import Authenticator, server_credentials
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
-from fedmezo.fl.errors import StoreError
-from fedmezo.server.evaluation import Evaluator
 from fedmezo.server.interceptors import DecodeErrorInterceptor
 from fedmezo.server.limits import RateLimiter, StreamSlots
-from fedmezo.server.model_state import CHECKPOINTS_DIR, Replica
+from fedmezo.server.model_state import CHECKPOINTS_DIR
 from fedmezo.server.servicer import FederationServicer, StatusServicer
 from fedmezo.server.sqlite_store import SqliteStore
 from fedmezo.server.store import Store

@@ -24,47 +24,38 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from pathlib import Path
 
 from fedmezo.fl import errors
-from fedmezo.fl.aggregation import Aggregate, aggregate
-from fedmezo.server.config import ServerConfig
-from fedmezo.server.evaluation import EVAL_LOSS, Evaluator
-from fedmezo.fl.lr import LrContext, RoundStat, personalized_lrs
-from fedmezo.server.model_state import (
-    CHECKPOINTS_DIR,
-    Replica,
-    locate_checkpoint,
-    prune_checkpoints,
-    restore_replica,
-)
+from fedmezo.fl.aggregation import Aggregate
+from fedmezo.fl.config import RUN_DEFINING_FIELDS
+from fedmezo.fl.evaluation import EVAL_LOSS, Evaluator
 from fedmezo.fl.records import (
     ClientRecord,
     DeltaRecord,
     FingerprintRecord,
+    JoinInfo,
+    JoinResult,
     NewEvent,
     RoundClose,
     RoundRecord,
     RoundState,
+    RunState,
     TaskRecord,
-    UpdateRecord,
+    TaskResult,
+    TaskStatus,
+    Update,
 )
-from fedmezo.fl.selection import CloseDecision, can_open_round, decide_close, sample_clients, sample_size
+from fedmezo.fl.replica import Replica
+from fedmezo.fl.rounds import History, close_round, plan_round, remember, task_for
+from fedmezo.fl.selection import CloseDecision, decide_close
+from fedmezo.server.config import ServerConfig
+from fedmezo.server.model_state import CHECKPOINTS_DIR, locate_checkpoint, prune_checkpoints, restore_replica
 from fedmezo.server.store import Store
 from fedmezo.server.traffic import TrafficMeter
 from fedmezo.zo import RNG_SPEC
 
-__all__ = [
-    "RUN_DEFINING_FIELDS",
-    "Coordinator",
-    "JoinInfo",
-    "JoinResult",
-    "RunState",
-    "TaskResult",
-    "TaskStatus",
-    "UpdateInput",
-]
+__all__ = ["Coordinator"]
 
 logger = logging.getLogger("fedmezo.server.coordinator")
 
@@ -76,73 +67,6 @@ SLOW_SYNC_S = 0.1  # a group fsync slower than this is logged: client acknowledg
 CHECKPOINT_S = 1.0  # how often the store's log is folded into its file (in a worker thread)
 DELTAS_KEPT = 2  # decoded round deltas kept in memory for the clients following the stream
 FINGERPRINT_BYTES = 32
-# Changing these would make the stored deltas meaningless, so a restart must keep them.
-RUN_DEFINING_FIELDS = ("model", "mode", "lora_rank", "lora_alpha", "run_seed")
-
-
-class RunState(StrEnum):
-    WAITING_FOR_CLIENTS = "waiting_for_clients"
-    ROUND_OPEN = "round_open"
-    FINISHED = "finished"
-
-
-class TaskStatus(StrEnum):
-    ASSIGNED = "assigned"
-    NO_TASK = "no_task"
-    RUN_FINISHED = "run_finished"
-
-
-@dataclass(frozen=True)
-class JoinInfo:
-    manifest_sha256: bytes
-    rng_spec: str
-    num_examples: int
-    device: str = ""
-    model_version: int = 0
-    client_version: str = ""
-    inference_peak_memory_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class JoinResult:
-    rounds_completed: int
-    fingerprint: bytes
-    checkpoint_round: int
-    checkpoint_size: int
-    run_state: RunState
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    status: TaskStatus
-    rounds_completed: int
-    task: TaskRecord | None = None
-    deadline_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class UpdateInput:
-    round_id: int
-    projected_grads: tuple[float, ...]
-    losses: tuple[float, ...] = ()
-    step_time_s: float = 0.0
-    peak_memory_bytes: int = 0
-    device: str = ""
-    num_examples: int = 0
-
-    def to_record(self, client_id: str, *, received_at: float, num_examples: int = 0) -> UpdateRecord:
-        """As stored; `num_examples` stands in when the update does not give its own (older clients)."""
-        return UpdateRecord(
-            round_id=self.round_id,
-            client_id=client_id,
-            projected_grads=tuple(self.projected_grads),
-            losses=tuple(self.losses),
-            step_time_s=self.step_time_s,
-            peak_memory_bytes=self.peak_memory_bytes,
-            device=self.device,
-            num_examples=self.num_examples or num_examples,
-            received_at=received_at,
-        )
 
 
 @dataclass
@@ -177,7 +101,7 @@ class Coordinator:
         self._clients_stored: int | None = None  # counted once, then kept: bounds joins by max_clients
         self.run_id = ""
         self._fingerprints: dict[int, bytes] = {}
-        self._history: dict[str, list[RoundStat]] = {}
+        self._history: History = {}
         self._closing: int | None = None
         self._tick_lock = asyncio.Lock()
         self._replica_lock = asyncio.Lock()  # held while the replica changes or is evaluated
@@ -237,10 +161,12 @@ class Coordinator:
     def _remember(self, round_id: int) -> None:
         """Add a closed round's accepted updates to the per-client history the LR strategies read."""
         updates = {u.client_id: u for u in self.store.list_updates(round_id)}
-        for outcome in self.store.list_outcomes(round_id):
-            if outcome.accepted and outcome.client_id in updates:
-                stat = RoundStat(round_id, updates[outcome.client_id].mean_loss, outcome.model_diff)
-                self._history.setdefault(outcome.client_id, []).append(stat)
+        stats = [
+            (o.client_id, updates[o.client_id].mean_loss, o.model_diff)
+            for o in self.store.list_outcomes(round_id)
+            if o.accepted and o.client_id in updates
+        ]
+        remember(self._history, round_id, stats)
 
     # --- derived state ---
     @property
@@ -344,7 +270,7 @@ class Coordinator:
             rounds_completed=self.rounds_completed,
             fingerprint=self._fingerprints[self.rounds_completed],
             checkpoint_round=checkpoint.round_id if checkpoint else 0,
-            checkpoint_size=checkpoint.size if checkpoint else 0,
+            checkpoint_size_bytes=checkpoint.size if checkpoint else 0,
             run_state=self.run_state(),
         )
 
@@ -381,7 +307,9 @@ class Coordinator:
                 if task is not None:
                     round_ = self.store.open_round_record()  # current_task: the task's round is open
                     left = max(0.0, round_.deadline_at - self.clock()) if round_ else 0.0
-                    return TaskResult(TaskStatus.ASSIGNED, self.rounds_completed, task, left)
+                    return TaskResult(
+                        TaskStatus.ASSIGNED, self.rounds_completed, task_for(self.config, task, left)
+                    )
                 remaining = give_up - self.clock()
                 if self.rounds_completed > known_version or remaining <= 0:
                     return TaskResult(TaskStatus.NO_TASK, self.rounds_completed)
@@ -391,7 +319,7 @@ class Coordinator:
             live.polls -= 1
             self._seen(client_id)
 
-    async def submit_update(self, client_id: str, update: UpdateInput) -> int:
+    async def submit_update(self, client_id: str, update: Update) -> int:
         """Validate completely, then store durably; returns the round id acknowledged (once on disk)."""
         client = self._joined(client_id)
         self._seen(client_id)
@@ -622,20 +550,15 @@ class Coordinator:
             return
         online = self.online_clients()
         done = self.rounds_completed
-        if not can_open_round(len(online), self.config.min_clients, done, self.config.rounds, False):
+        if len(online) < self.config.min_clients:
             return
         round_id = done + 1
-        k = sample_size(len(online), self.config.clients_per_round, self.config.fraction)
-        selected = sample_clients(online, k, self.config.run_seed, round_id)
-        ctx = LrContext(
-            round_id, self.config.run_seed, self.config.lr, self.config.lr_spread, selected, self._history
-        )
-        lrs = personalized_lrs(self.config.lr_strategy, ctx)
+        tasks = plan_round(self.config, round_id, online, self._history)
+        selected = tuple(tasks)
         now = self.clock()
         record = RoundRecord(round_id, RoundState.OPEN, now, now + self.config.deadline_s, selected)
-        tasks = [TaskRecord(round_id, c, lrs[c], self.config.local_steps) for c in selected]
         event = self._event("round_opened", f"selected {', '.join(selected)}", round_id)
-        self.store.open_round(record, tasks, [event])
+        self.store.open_round(record, list(tasks.values()), [event])
         logger.info("round %d opened with %s", round_id, ", ".join(selected))
         self._notify_round()
 
@@ -646,12 +569,9 @@ class Coordinator:
         try:
             updates = [] if aborted else self.store.list_updates(r)
             tasks = {t.client_id: t for t in self.store.list_tasks(r)}
-            agg = aggregate(
-                r, updates, tasks, run_seed=self.config.run_seed, rule=self.config.aggregation,
-                clip=self.config.clip, outlier_k=self.config.outlier_k,
-            )  # fmt: skip
+            closed = close_round(self.config, r, updates, tasks)
             async with self._replica_lock:  # an evaluation in progress finishes first
-                close = await self._apply_and_commit(r, updates, agg)
+                close = await self._apply_and_commit(r, closed.aggregate, closed.mean_loss)
                 self._fingerprints[r] = close.fingerprint
                 # The close is committed: clients may fetch the delta now, not after the bookkeeping and
                 # the checkpoint below (a checkpoint only shortens a restart's replay; seconds at 135M).
@@ -674,7 +594,7 @@ class Coordinator:
         self._notify()
         self._maybe_evaluate(r)
 
-    async def _apply_and_commit(self, r: int, updates: list[UpdateRecord], agg: Aggregate) -> RoundClose:
+    async def _apply_and_commit(self, r: int, agg: Aggregate, mean_loss: float) -> RoundClose:
         """Apply round r's delta to the replica and commit the close; on any failure roll the replica back."""
         snapshot = self.replica.params.snapshot()  # undo point: the store must never lag the replica
         version = self.replica.version
@@ -684,8 +604,6 @@ class Coordinator:
             self._apply_s = time.perf_counter() - applying  # for the close's log line
             fingerprint = await asyncio.to_thread(self.replica.fingerprint)
             accepted = {o.client_id for o in agg.outcomes if o.accepted}
-            losses = [u.mean_loss for u in updates if u.client_id in accepted and math.isfinite(u.mean_loss)]
-            mean_loss = math.fsum(losses) / len(losses) if losses else float("nan")
             delta = DeltaRecord(
                 r, agg.participants, agg.delta.coefficients, agg.delta.to_bytes(), fingerprint
             )

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmezo.fl.errors import StoreError
-from fedmezo.server.model_state import CHECKPOINTS_DIR, Replica, restore_replica
+from fedmezo.fl.replica import Replica
+from fedmezo.server.model_state import CHECKPOINTS_DIR, restore_replica
 from fedmezo.server.sqlite_store import SqliteStore
 
 __all__ = ["ExportResult", "export_model"]

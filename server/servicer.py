@@ -13,13 +13,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fedmezo.fl import errors
+from fedmezo.fl import errors, wire
+from fedmezo.fl.records import DeltaRecord, TaskStatus
 from fedmezo.server import convert
 from fedmezo.server.auth import Authenticator
 from fedmezo.server.config import MAX_STREAMS_PER_CLIENT
-from fedmezo.server.coordinator import Coordinator, TaskStatus
+from fedmezo.server.coordinator import Coordinator
 from fedmezo.server.limits import RateLimiter, StreamSlots
-from fedmezo.fl.records import DeltaRecord
 from fedmezo.server.status_codes import grpc_code
 from fedmezo.server.status_view import client_views, round_views, status_view
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
@@ -47,9 +47,7 @@ ROUNDS_PAGE_BYTES = 2 << 20
 Resp = TypeVar("Resp")
 
 
-async def _refuse(
-    context: grpc.aio.ServicerContext, exc: errors.FedmezoError, coord: Coordinator
-) -> None:
+async def _refuse(context: grpc.aio.ServicerContext, exc: errors.FedmezoError, coord: Coordinator) -> None:
     """The single mapping from our exceptions to gRPC status codes (aborts the RPC)."""
     if isinstance(exc, errors.Refusal):
         context.set_trailing_metadata(((REASON_METADATA_KEY, exc.reason),))
@@ -89,10 +87,12 @@ def streaming(fn: Callable[..., AsyncIterator[Resp]]) -> Callable[..., AsyncIter
 
 def run_config_pb(coord: Coordinator) -> common_pb2.RunConfig:
     """The run config both services send (built once: it never changes while the server runs)."""
-    return convert.run_config_to_pb(
+    return wire.run_config_to_pb(
         coord.config,
         coord.run_id,
         coord.replica.manifest_sha256,
+        heartbeat_interval_s=coord.config.heartbeat_interval_s,
+        heartbeat_timeout_s=coord.config.heartbeat_timeout_s,
         trainable_params=coord.replica.trainable_params,
         model_weight_bytes=coord.replica.weight_bytes(),
     )
@@ -132,7 +132,7 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         O(N²) work at every round close)."""
         message = self._delta_messages.get(record.round_id)
         if message is None:
-            message = convert.delta_to_pb(record)
+            message = wire.delta_to_pb(record)
             if len(self._delta_messages) >= DELTA_MESSAGES_KEPT:
                 del self._delta_messages[min(self._delta_messages)]
             self._delta_messages[record.round_id] = message
@@ -156,8 +156,8 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
     @unary
     async def Join(self, request: Any, context: Any) -> federation_pb2.JoinResponse:
         client = self._who(context, request.client_id)
-        result = await self._coord.join(client, convert.join_info_from_pb(request))
-        response = convert.join_result_to_pb(result, self._config_pb)
+        result = await self._coord.join(client, wire.join_info_from_pb(request))
+        response = wire.join_result_to_pb(result, self._config_pb)
         self._count(client, 0, request, response)
         return response
 
@@ -165,10 +165,10 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
     async def Heartbeat(self, request: Any, context: Any) -> federation_pb2.HeartbeatResponse:
         client = self._who(context, request.client_id)
         done, state = self._coord.heartbeat(
-            client, request.model_version, convert.activity_from_pb(request.activity)
+            client, request.model_version, wire.activity_from_pb(request.activity)
         )
         response = federation_pb2.HeartbeatResponse(
-            rounds_completed=done, run_state=convert.run_state_to_pb(state)
+            rounds_completed=done, run_state=wire.run_state_to_pb(state)
         )
         self._count(client, self._open_round(), request, response)
         return response
@@ -178,7 +178,7 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         client = self._who(context, request.client_id)
         with self._slots.hold(client):
             result = await self._coord.get_task(client, request.known_version, request.wait_s)
-        response = convert.task_result_to_pb(result, self._coord.config)
+        response = wire.task_result_to_pb(result)
         round_id = (
             result.task.round_id
             if result.status == TaskStatus.ASSIGNED and result.task
@@ -190,7 +190,7 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
     @unary
     async def SubmitUpdate(self, request: Any, context: Any) -> federation_pb2.SubmitUpdateResponse:
         client = self._who(context, request.client_id)
-        update = convert.update_from_pb(request, max_steps=self._coord.config.local_steps)
+        update = wire.update_from_pb(request, max_steps=self._coord.config.local_steps)
         round_id = await self._coord.submit_update(client, update)
         response = federation_pb2.SubmitUpdateResponse(
             status=federation_pb2.UPDATE_STATUS_ACCEPTED, round_id=round_id

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from fedmezo.server.coordinator import Coordinator, RunState
-from fedmezo.fl.records import ClientUpdateStats, RoundState
+from fedmezo.fl.records import ClientUpdateStats, RoundState, RunState
+from fedmezo.server.coordinator import Coordinator
 
 __all__ = [
     "ClientRoundView",

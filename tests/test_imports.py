@@ -38,6 +38,26 @@ def test_deployables_do_not_import_each_other(folder: str, forbidden: tuple[str,
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
 
 
+@pytest.mark.parametrize(
+    "folder", ["fedmezo/zo", "fedmezo/fl", "fedmezo/data", "fedmezo/models", "fedmezo/sim"]
+)
+def test_core_imports_no_deployable(folder: str) -> None:
+    """The shared core sits under the deployables: it imports none of server, client, dashboard."""
+    forbidden = ("fedmezo.server", "fedmezo.client", "fedmezo.dashboard")
+    for path, names in _imports(ROOT / folder).items():
+        bad = sorted(n for n in names if n.startswith(forbidden))
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_fl_is_plain_protocol_code() -> None:
+    """fedmezo/fl: no gRPC, no SQLite, no asyncio; only the core, torch, numpy, safetensors and protobuf."""
+    allowed_roots = {"torch", "numpy", "safetensors", "tqdm", "fedmezo", *sys.stdlib_module_names}
+    banned = {"grpc", "sqlite3", "asyncio"}
+    for path, names in _imports(ROOT / "fedmezo" / "fl").items():
+        bad = sorted(n for n in names if n.split(".")[0] in banned or n.split(".")[0] not in allowed_roots)
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
 def test_zo_imports_only_torch_numpy_stdlib() -> None:
     allowed_roots = {"torch", "numpy", "fedmezo", "triton", "numba", *sys.stdlib_module_names}
     for path, names in _imports(ROOT / "fedmezo" / "zo").items():

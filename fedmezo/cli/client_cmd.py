@@ -119,7 +119,7 @@ def _serve(config: Any, channel: Any) -> int:
 
     from fedmezo.client.connection import GrpcServerLink
     from fedmezo.client.daemon import Daemon
-    from fedmezo.client.link import RunSettings
+    from fedmezo.fl.records import RunSettings
     from fedmezo.client.retry import RetryPolicy
     from fedmezo.client.workload import Workload, build_workload, resolve_device
 

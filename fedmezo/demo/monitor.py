@@ -23,7 +23,7 @@ from fedmezo.v1 import common_pb2, status_pb2, status_pb2_grpc
 __all__ = ["POLL_S", "RPC_DEADLINE_S", "RoundReport", "StatusReader"]
 
 RPC_DEADLINE_S = 10.0
-# RoundInfo.eval_metrics keys written by the server's evaluator (fedmezo.server.evaluation)
+# RoundInfo.eval_metrics keys written by the server's evaluator (fedmezo.fl.evaluation)
 EVAL_LOSS = "eval_loss"
 EXACT_MATCH = "exact_match"
 EVAL_EXAMPLES = "eval_examples"

@@ -12,6 +12,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from fedmezo.fl.errors import SyncFailed
 from fedmezo.fl.records import TaskRecord, UpdateOutcome, UpdateRecord
 from fedmezo.zo import Contribution, RoundDelta, derive_seed, round_delta
 
@@ -19,15 +20,18 @@ __all__ = [
     "WEIGHT_RULES",
     "Aggregate",
     "aggregate",
+    "client_seeds",
     "clip_grads",
+    "delta_from_participants",
     "outlier_clients",
     "scalar_rms",
 ]
 
-# One small function per weighting rule; a new rule is one row (and one row in the test table).
-WEIGHT_RULES: dict[str, Callable[[UpdateRecord], float]] = {
-    "examples": lambda u: float(max(u.num_examples, 1)),
-    "equal": lambda u: 1.0,
+# One small function of a client's example count per weighting rule; a new rule is one row (and one
+# row in the test table).
+WEIGHT_RULES: dict[str, Callable[[int], float]] = {
+    "examples": lambda num_examples: float(max(num_examples, 1)),
+    "equal": lambda num_examples: 1.0,
 }
 
 
@@ -36,6 +40,26 @@ class Aggregate:
     delta: RoundDelta
     outcomes: tuple[UpdateOutcome, ...]  # one per update, ascending client id
     participants: tuple[tuple[str, int], ...]  # accepted (client id, local steps), ascending id
+
+
+def client_seeds(run_seed: int, round_id: int, client_id: str, local_steps: int) -> list[int]:
+    """The seeds of one client's τ local steps in a round: derived, so they never travel."""
+    return [derive_seed(run_seed, round_id, client_id, t) for t in range(local_steps)]
+
+
+def delta_from_participants(
+    run_seed: int,
+    round_id: int,
+    participants: Sequence[tuple[str, int]],
+    coefficients: Sequence[float],
+) -> RoundDelta:
+    """A round's (seed, coefficient) list from its wire form: participants + ascending-seed coefficients."""
+    seeds = sorted(
+        {s for client, steps in participants for s in client_seeds(run_seed, round_id, client, steps)}
+    )
+    if len(seeds) != len(coefficients):
+        raise SyncFailed(f"round {round_id}: {len(seeds)} derived seeds, {len(coefficients)} coefficients")
+    return RoundDelta(tuple(seeds), tuple(coefficients))
 
 
 def clip_grads(grads: Sequence[float], clip: float) -> tuple[float, ...]:
@@ -92,9 +116,9 @@ def aggregate(
     contributions = [
         Contribution(
             client_id=u.client_id,
-            weight=weight_of(u),
+            weight=weight_of(u.num_examples),
             lr=tasks[u.client_id].lr,
-            seeds=[derive_seed(run_seed, round_id, u.client_id, t) for t in range(len(u.projected_grads))],
+            seeds=client_seeds(run_seed, round_id, u.client_id, len(u.projected_grads)),
             projected_grads=clipped[u.client_id],
         )
         for u in accepted

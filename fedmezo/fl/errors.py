@@ -3,6 +3,8 @@
 FedmezoError
 ├── ConfigError                  bad configuration (startup; never crosses the wire)
 ├── StoreError                   the state store failed (sqlite3.Error is translated in store code)
+├── SyncFailed                   a checkpoint or round delta did not reproduce the expected fingerprint
+├── Stopped                      a stop was requested (SIGINT/SIGTERM) while work was in progress
 └── Refusal                      a request the protocol refuses; `reason` is its stable wire name
     ├── Unauthenticated          missing or unknown bearer token
     ├── PermissionDenied         client_id in the payload is not the token's identity
@@ -40,7 +42,9 @@ __all__ = [
     "RateLimited",
     "Refusal",
     "RoundClosed",
+    "Stopped",
     "StoreError",
+    "SyncFailed",
     "TooManyClients",
     "TooManyStreams",
     "Unauthenticated",
@@ -58,6 +62,14 @@ class ConfigError(FedmezoError):
 
 class StoreError(FedmezoError):
     """The state store failed; the original sqlite3.Error is the __cause__."""
+
+
+class SyncFailed(FedmezoError):
+    """A downloaded checkpoint or a replayed round did not reproduce the announced bytes."""
+
+
+class Stopped(FedmezoError):
+    """Work was abandoned because the process is shutting down."""
 
 
 class Refusal(FedmezoError):

@@ -1,4 +1,4 @@
-"""Typed records of the server's state: what the store keeps and the handlers pass around.
+"""The protocol's domain types: what travels (task, update, delta) and what the server's store keeps.
 
 Times are Unix seconds (float). Fingerprints and hashes are raw 32-byte SHA-256 digests. Scalars are
 stored as the fp32 values that travelled (the server never widens them before storing).
@@ -8,22 +8,111 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Literal
 
 __all__ = [
+    "Activity",
+    "Checkpoint",
     "CheckpointRecord",
     "ClientRecord",
     "DeltaRecord",
     "EventRecord",
     "FingerprintRecord",
+    "JoinInfo",
+    "JoinResult",
     "NewEvent",
     "RoundClose",
     "RoundRecord",
     "RoundState",
+    "RunSettings",
+    "RunState",
+    "Task",
     "TaskRecord",
+    "TaskResult",
+    "TaskStatus",
     "TrafficRecord",
+    "Update",
     "UpdateOutcome",
     "UpdateRecord",
 ]
+
+
+class RunState(StrEnum):
+    WAITING_FOR_CLIENTS = "waiting_for_clients"
+    ROUND_OPEN = "round_open"
+    FINISHED = "finished"
+
+
+class TaskStatus(StrEnum):
+    ASSIGNED = "assigned"
+    NO_TASK = "no_task"
+    RUN_FINISHED = "run_finished"
+
+
+class Activity(StrEnum):
+    """What a client is doing, as its heartbeat says."""
+
+    IDLE = "idle"
+    TRAINING = "training"
+    SYNCING = "syncing"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the server dictates for the whole run, as a client reads it (proto RunConfig)."""
+
+    run_id: str
+    model: str
+    mode: Literal["full", "lora"]
+    run_seed: int
+    rng_spec: str
+    manifest_sha256: str  # hex
+    total_rounds: int
+    local_steps: int
+    batch_size: int
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_seed: int = 0
+    heartbeat_interval_s: float = 10.0
+    clients_per_round: int = 0
+    max_length: int | None = None  # None: the server does not say; the client's own setting applies
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    """What a client says about itself when it joins."""
+
+    manifest_sha256: bytes
+    rng_spec: str
+    num_examples: int
+    device: str = ""
+    model_version: int = 0
+    client_version: str = ""
+    inference_peak_memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    rounds_completed: int  # the server's model version
+    fingerprint: bytes  # the server's fingerprint at rounds_completed
+    checkpoint_round: int
+    checkpoint_size_bytes: int
+    run_state: RunState
+    settings: RunSettings | None = None  # the run config, as the client reads it from the answer
+
+    @property
+    def finished(self) -> bool:
+        return self.run_state == RunState.FINISHED
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A downloaded checkpoint file."""
+
+    round_id: int
+    data: bytes  # the whole safetensors file
+    sha256: bytes  # as announced by the server
+    fingerprint: bytes  # of the weights inside
 
 
 class RoundState(StrEnum):
@@ -66,6 +155,58 @@ class TaskRecord:
     client_id: str
     lr: float
     local_steps: int
+
+
+@dataclass(frozen=True)
+class Task:
+    """One round's work as a client receives it; its seeds are derived from (run_seed, round, client, t).
+
+    lr, eps and clip are the fp32 values the client trains with (the server aggregates with them too)."""
+
+    round_id: int
+    local_steps: int
+    lr: float
+    eps: float
+    batch_size: int
+    run_seed: int
+    clip: float | None = None
+    deadline_s: float = 0.0  # seconds left until the round closes, when the task was handed out
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """The answer to a task poll: a task, nothing yet, or the end of the run."""
+
+    status: TaskStatus
+    rounds_completed: int
+    task: Task | None = None
+
+
+@dataclass(frozen=True)
+class Update:
+    """A trained task's upload: τ fp32 scalars plus metrics (seeds never travel back)."""
+
+    round_id: int
+    projected_grads: tuple[float, ...]
+    losses: tuple[float, ...] = ()
+    step_time_s: float = 0.0
+    peak_memory_bytes: int = 0
+    device: str = ""
+    num_examples: int = 0  # 0: the server keeps the count the client gave at Join
+
+    def to_record(self, client_id: str, *, received_at: float, num_examples: int = 0) -> UpdateRecord:
+        """As stored; `num_examples` stands in when the update does not give its own."""
+        return UpdateRecord(
+            round_id=self.round_id,
+            client_id=client_id,
+            projected_grads=tuple(self.projected_grads),
+            losses=tuple(self.losses),
+            step_time_s=self.step_time_s,
+            peak_memory_bytes=self.peak_memory_bytes,
+            device=self.device,
+            num_examples=self.num_examples or num_examples,
+            received_at=received_at,
+        )
 
 
 def mean_loss(losses: tuple[float, ...]) -> float:

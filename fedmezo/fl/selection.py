@@ -16,7 +16,6 @@ from enum import StrEnum
 
 __all__ = [
     "CloseDecision",
-    "can_open_round",
     "decide_close",
     "quorum_size",
     "sample_clients",
@@ -42,12 +41,6 @@ def sample_size(num_online: int, clients_per_round: int, fraction: float) -> int
     """How many of the online clients a round selects (never more than are online, at least one)."""
     wanted = clients_per_round if clients_per_round > 0 else math.ceil(fraction * num_online - 1e-9)
     return max(1, min(num_online, wanted))
-
-
-def can_open_round(
-    num_online: int, min_clients: int, rounds_done: int, total_rounds: int, has_open: bool
-) -> bool:
-    return not has_open and rounds_done < total_rounds and num_online >= min_clients
 
 
 def _rank(run_seed: int, round_id: int, client_id: str) -> bytes:

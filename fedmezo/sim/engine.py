@@ -1,10 +1,10 @@
 """`Simulation`: N clients and the server in one process, round by round, for research sweeps.
 
 No gRPC, no SQLite, no daemons, but everything that decides the numbers is the production code:
-client sampling (`sample_clients`), personalized learning rates (`personalized_lrs`), local training
-(`train_task`), aggregation (`aggregate`), the seed-scalar apply (`Replica.apply`) and the server's
-evaluation (`Evaluator`). A seed-scalar simulation therefore ends on the fingerprint a real federation
-with the same data and config ends on.
+round planning (`plan_round`: sampling and personalized learning rates), local training (`train_task`),
+`close_round` (aggregation), the seed-scalar apply (`Replica.apply`) and evaluation (`Evaluator`), all
+from `fedmezo.fl`, the code the server and the daemons run. A seed-scalar simulation therefore ends
+on the fingerprint a real federation with the same data and config ends on.
 """
 
 from __future__ import annotations
@@ -29,15 +29,14 @@ from fedmezo.data import (
     partition,
     read_jsonl,
 )
-from fedmezo.server.config import ServerConfig
+from fedmezo.fl.config import RunConfig
 from fedmezo.fl.errors import ConfigError
-from fedmezo.server.evaluation import EVAL_LOSS, EXACT_MATCH, Evaluator
-from fedmezo.fl.lr import LrContext, RoundStat, personalized_lrs
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.evaluation import EVAL_LOSS, EXACT_MATCH, Evaluator
 from fedmezo.fl.records import TaskRecord
-from fedmezo.fl.selection import sample_clients, sample_size
+from fedmezo.fl.replica import Replica
+from fedmezo.fl.rounds import History, plan_round, remember
 from fedmezo.sim.config import DEMO_DATA, SimOptions
-from fedmezo.sim.methods import METHOD_CLASSES, RoundOutcome, finite_mean
+from fedmezo.sim.methods import METHOD_CLASSES, finite_mean
 from fedmezo.zo import Backend, get_backend
 
 __all__ = ["RoundResult", "SimResult", "Simulation", "client_data", "write_jsonl_rounds"]
@@ -81,7 +80,7 @@ class SimResult:
         return asdict(self)
 
 
-def client_data(options: SimOptions, config: ServerConfig) -> tuple[dict[str, list[Example]], list[Example]]:
+def client_data(options: SimOptions, config: RunConfig) -> tuple[dict[str, list[Example]], list[Example]]:
     """(client id → training examples, held-out examples) from the options.
 
     `data` is 'demo' (the built-in dataset, partitioned; its eval split is the default held-out set),
@@ -113,7 +112,7 @@ def client_data(options: SimOptions, config: ServerConfig) -> tuple[dict[str, li
     return clients, _held_out(config, held_out)
 
 
-def _held_out(config: ServerConfig, default: list[Example]) -> list[Example]:
+def _held_out(config: RunConfig, default: list[Example]) -> list[Example]:
     if config.eval_data:
         try:
             return read_jsonl(config.eval_data)
@@ -125,7 +124,7 @@ def _held_out(config: ServerConfig, default: list[Example]) -> list[Example]:
 class Simulation:
     """Holds the run: one replica (server and clients take turns on it), the clients' data, history."""
 
-    def __init__(self, config: ServerConfig, options: SimOptions, *, exact_match: bool = True) -> None:
+    def __init__(self, config: RunConfig, options: SimOptions, *, exact_match: bool = True) -> None:
         self.config = config
         self.options = options
         self.replica = Replica.for_run(config, options.device)
@@ -146,23 +145,11 @@ class Simulation:
             else None
         )
         self.method = METHOD_CLASSES[options.method]()
-        self.history: dict[str, list[RoundStat]] = {}
+        self.history: History = {}
 
     def _tasks(self, round_id: int) -> dict[str, TaskRecord]:
         """Round r's selection and personalized learning rates, exactly as the coordinator opens it."""
-        c = self.config
-        ids = sorted(self.datasets)
-        selected = sample_clients(
-            ids, sample_size(len(ids), c.clients_per_round, c.fraction), c.run_seed, round_id
-        )
-        ctx = LrContext(round_id, c.run_seed, c.lr, c.lr_spread, selected, self.history)
-        lrs = personalized_lrs(c.lr_strategy, ctx)
-        return {cid: TaskRecord(round_id, cid, lrs[cid], c.local_steps) for cid in selected}
-
-    def _remember(self, round_id: int, outcome: RoundOutcome) -> None:
-        for client in outcome.clients:
-            diff = outcome.model_diffs.get(client.client_id, math.nan)
-            self.history.setdefault(client.client_id, []).append(RoundStat(round_id, client.mean_loss, diff))
+        return plan_round(self.config, round_id, sorted(self.datasets), self.history)
 
     def _evaluate(self, version: int) -> tuple[float | None, float | None]:
         if self.evaluator is None or not self.evaluator.due(version, self.config.rounds):
@@ -196,7 +183,7 @@ class Simulation:
         for round_id in bar:
             tasks = self._tasks(round_id)
             outcome = self.method.run_round(self, round_id, tasks)
-            self._remember(round_id, outcome)
+            remember(self.history, round_id, outcome.stats)
             loss, em = self._evaluate(round_id)
             clients = outcome.clients
             record = RoundResult(

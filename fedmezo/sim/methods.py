@@ -4,7 +4,7 @@ All three start every client from the canonical θ_r, use the same derived seed 
 step) to pick each local step's batch, and finish with the server's θ_{r+1}:
 
 - `fedmezo`: what the daemons and the server run: `train_task` (τ MeZO steps, then back to θ_r bit for
-  bit), the server's `aggregate` and the fused `Replica.apply` of the seed-scalar delta.
+  bit), `close_round` (the server's aggregation) and the fused `Replica.apply` of the seed-scalar delta.
 - `fedmezo-full`: the same MeZO steps, but each local model is kept and the server averages the full
   tensors (float64 sum, rounded once): FedMeZO's reference implementation.
 - `fedavg`: τ local backprop steps (SGD or AdamW, fresh state each round) on the same batches and
@@ -23,17 +23,15 @@ from typing import Protocol
 
 import torch
 
-from fedmezo.client.connection import task_from_pb, update_to_pb
-from fedmezo.client.link import Task
-from fedmezo.client.trainer import TrainResult, train_task
 from fedmezo.data import ClientDataset
-from fedmezo.memory import PeakMemory
-from fedmezo.fl.aggregation import WEIGHT_RULES, Aggregate, aggregate
-from fedmezo.server.config import ServerConfig
-from fedmezo.server.convert import task_result_to_pb, update_from_pb
-from fedmezo.server.coordinator import TaskResult, TaskStatus
-from fedmezo.server.model_state import Replica
+from fedmezo.fl import wire
+from fedmezo.fl.aggregation import WEIGHT_RULES
+from fedmezo.fl.config import RunConfig
 from fedmezo.fl.records import DeltaRecord, TaskRecord, UpdateRecord
+from fedmezo.fl.replica import Replica
+from fedmezo.fl.rounds import ClosedRound, close_round, task_for
+from fedmezo.fl.train import TrainResult, train_task
+from fedmezo.memory import PeakMemory
 from fedmezo.sim.config import SimOptions
 from fedmezo.sim.wire import full_state_round_bytes, seed_scalar_round_bytes
 from fedmezo.v1 import federation_pb2 as fpb
@@ -66,50 +64,32 @@ class ClientRound:
 class RoundOutcome:
     clients: tuple[ClientRound, ...]  # ascending client id
     server_seconds: float  # aggregation + update of the canonical model
-    model_diffs: Mapping[str, float]  # the model-diff strategy's signal per accepted client
+    stats: tuple[tuple[str, float, float], ...]  # (client, mean loss, model diff): what lr strategies read
     fingerprint: bytes  # of θ_{r+1}: replicas of every method can be compared bit for bit
 
 
 class World(Protocol):
     """What a method needs from the simulation: the run, the shared replica and the clients' data."""
 
-    config: ServerConfig
+    config: RunConfig
     options: SimOptions
     replica: Replica
     datasets: Mapping[str, ClientDataset]
     backend: Backend | None
 
 
-def _mezo_task(config: ServerConfig, task: TaskRecord) -> Task:
-    """The task exactly as a daemon receives it: through the wire conversions, so lr, eps and clip are
-    the fp32 values a real client trains with (a float64 eps would change every projected gradient)."""
-    sent = task_result_to_pb(TaskResult(TaskStatus.ASSIGNED, task.round_id - 1, task), config)
-    return task_from_pb(sent.task)
-
-
 def _submit(
-    task: TaskRecord, client_id: str, result: TrainResult, num_examples: int
+    client_id: str, result: TrainResult, num_examples: int
 ) -> tuple[UpdateRecord, fpb.SubmitUpdateRequest]:
-    """The upload as the server receives and stores it: through the wire conversions, so the losses the
-    personalized-lr strategies read are the fp32 values a real server sees, not their float64 means."""
-    request = update_to_pb(client_id, result.to_update(num_examples))
-    stored = update_from_pb(request, max_steps=task.local_steps).to_record(client_id, received_at=0.0)
-    return stored, request
+    """The upload as the server stores it (its scalars are fp32 already), and the message that carries it."""
+    update = result.to_update(num_examples)
+    return update.to_record(client_id, received_at=0.0), wire.update_to_pb(client_id, update)
 
 
 def finite_mean(values: Iterable[float]) -> float:
     """Mean of the finite values (NaN when none): skipped steps and missing signals do not count."""
     finite = [v for v in values if math.isfinite(v)]
     return math.fsum(finite) / len(finite) if finite else math.nan
-
-
-def _aggregate(
-    world: World, round_id: int, updates: list[UpdateRecord], tasks: Mapping[str, TaskRecord]
-) -> Aggregate:
-    c = world.config
-    return aggregate(
-        round_id, updates, tasks, run_seed=c.run_seed, rule=c.aggregation, clip=c.clip, outlier_k=c.outlier_k
-    )
 
 
 LocalModelHook = Callable[[str, TrainableParams], None]
@@ -131,14 +111,14 @@ def _train_mezo(
             world.replica.model,
             world.replica.params,
             dataset,
-            _mezo_task(world.config, task),
+            task_for(world.config, task),
             client_id,
             backend=world.backend,
             on_trained=hook,
             progress=False,
         )
         seconds[client_id] = time.perf_counter() - start
-        stored, requests[client_id] = _submit(task, client_id, result, dataset.num_examples)
+        stored, requests[client_id] = _submit(client_id, result, dataset.num_examples)
         updates.append(stored)
     return updates, requests, seconds
 
@@ -151,7 +131,8 @@ class SeedScalarFedMeZO:
     def run_round(self, world: World, round_id: int, tasks: Mapping[str, TaskRecord]) -> RoundOutcome:
         updates, requests, seconds = _train_mezo(world, tasks)
         start = time.perf_counter()
-        agg = _aggregate(world, round_id, updates, tasks)
+        closed = close_round(world.config, round_id, updates, tasks)
+        agg = closed.aggregate
         world.replica.apply(agg.delta)
         fingerprint = world.replica.fingerprint()  # the server reports it with every delta
         server_seconds = time.perf_counter() - start
@@ -167,8 +148,13 @@ class SeedScalarFedMeZO:
                     tasks[u.client_id].lr,
                 )
             )  # fmt: skip
-        diffs = {o.client_id: o.model_diff for o in agg.outcomes if o.accepted}
-        return RoundOutcome(tuple(clients), server_seconds, diffs, fingerprint)
+        return RoundOutcome(tuple(clients), server_seconds, _history_stats(closed, updates), fingerprint)
+
+
+def _history_stats(closed: ClosedRound, updates: list[UpdateRecord]) -> tuple[tuple[str, float, float], ...]:
+    """What the server adds to the lr strategies' history: each accepted update's mean loss and diff."""
+    diffs = closed.model_diffs
+    return tuple((u.client_id, u.mean_loss, diffs[u.client_id]) for u in updates if u.client_id in diffs)
 
 
 class _FullStateAverage:
@@ -190,11 +176,7 @@ class _FullStateAverage:
 def _weights(world: World, tasks: Mapping[str, TaskRecord]) -> dict[str, float]:
     """The server's weighting rule (by example count or equal) for each selected client."""
     rule = WEIGHT_RULES[world.config.aggregation]
-    probe = {
-        c: UpdateRecord(t.round_id, c, (), (), 0.0, 0, "", world.datasets[c].num_examples, 0.0)
-        for c, t in tasks.items()
-    }
-    return {c: rule(u) for c, u in probe.items()}
+    return {c: rule(world.datasets[c].num_examples) for c in tasks}
 
 
 def _full_state_clients(
@@ -222,12 +204,12 @@ class FullStateFedMeZO:
         world.replica.version += 1
         server_seconds = time.perf_counter() - start
         # the personalized-lr signals come from the same scalars the seed-scalar server would see
-        agg = _aggregate(world, round_id, updates, tasks)
-        diffs = {o.client_id: o.model_diff for o in agg.outcomes if o.accepted}
+        closed = close_round(world.config, round_id, updates, tasks)
         losses = {u.client_id: finite_mean(u.losses) for u in updates}
         peaks = {u.client_id: u.peak_memory_bytes for u in updates}
         clients = _full_state_clients(world, tasks, seconds, losses, peaks)
-        return RoundOutcome(clients, server_seconds, diffs, world.replica.fingerprint())
+        stats = _history_stats(closed, updates)
+        return RoundOutcome(clients, server_seconds, stats, world.replica.fingerprint())
 
 
 class FedAvgBackprop:
@@ -243,6 +225,7 @@ class FedAvgBackprop:
 
     def _local_steps(self, world: World, client_id: str, task: TaskRecord) -> tuple[float, int]:
         model, config = world.replica.model, world.config
+        assert model is not None
         device = world.replica.params.device
         trainable = [p for p in model.parameters() if p.requires_grad]  # tied weights come once
         optimizer = self._optimizer(world, trainable)
@@ -267,8 +250,10 @@ class FedAvgBackprop:
         average = _FullStateAverage(params)
         snapshot = params.snapshot()
         seconds, losses, peaks = {}, {}, {}
-        was_training = world.replica.model.training
-        world.replica.model.eval()  # same mode as MeZO's losses (dropout off); autograd still runs
+        model = world.replica.model
+        assert model is not None
+        was_training = model.training
+        model.eval()  # same mode as MeZO's losses (dropout off); autograd still runs
         try:
             for client_id, task in sorted(tasks.items()):
                 start = time.perf_counter()
@@ -278,13 +263,14 @@ class FedAvgBackprop:
                 params.restore(snapshot)
         finally:
             params.restore(snapshot)
-            world.replica.model.train(was_training)
+            model.train(was_training)
         start = time.perf_counter()
         average.write_into(params)
         world.replica.version += 1
         server_seconds = time.perf_counter() - start
         clients = _full_state_clients(world, tasks, seconds, losses, peaks)
-        return RoundOutcome(clients, server_seconds, {}, world.replica.fingerprint())
+        stats = tuple((c.client_id, c.mean_loss, math.nan) for c in clients)
+        return RoundOutcome(clients, server_seconds, stats, world.replica.fingerprint())
 
 
 METHOD_CLASSES: dict[str, type[SeedScalarFedMeZO] | type[FullStateFedMeZO] | type[FedAvgBackprop]] = {

@@ -8,20 +8,21 @@ bytes, without HTTP/2 framing. Full-state methods move the trainable tensors bot
 
 from __future__ import annotations
 
-from fedmezo.server.config import ServerConfig
-from fedmezo.server.convert import delta_to_pb, task_result_to_pb
-from fedmezo.server.coordinator import TaskResult, TaskStatus
-from fedmezo.fl.records import DeltaRecord, TaskRecord
+from fedmezo.fl.config import RunConfig
+from fedmezo.fl.records import DeltaRecord, TaskRecord, TaskResult, TaskStatus
+from fedmezo.fl.rounds import task_for
+from fedmezo.fl.wire import delta_to_pb, task_result_to_pb
 from fedmezo.v1 import federation_pb2 as fpb
 
 __all__ = ["FINGERPRINT_BYTES", "full_state_round_bytes", "seed_scalar_round_bytes"]
 
 FINGERPRINT_BYTES = 32
 FP32_BYTES = 4
+MAX_WAIT_S = 30.0  # a daemon's long-poll wait as it asks for it (the server's default cap)
 
 
 def seed_scalar_round_bytes(
-    config: ServerConfig,
+    config: RunConfig,
     task: TaskRecord,
     submitted: fpb.SubmitUpdateRequest,
     delta: DeltaRecord,
@@ -31,16 +32,16 @@ def seed_scalar_round_bytes(
     """(up, down) bytes of one client's round under fedmezo's protocol (`submitted`: its upload)."""
     client_id, round_id = task.client_id, task.round_id
     up_messages = [
-        fpb.GetTaskRequest(client_id=client_id, known_version=rounds_completed, wait_s=config.max_wait_s),
+        fpb.GetTaskRequest(client_id=client_id, known_version=rounds_completed, wait_s=MAX_WAIT_S),
         submitted,
         fpb.StreamRoundDeltasRequest(client_id=client_id, from_round=round_id),
         fpb.ReportFingerprintRequest(
             client_id=client_id, model_version=round_id, fingerprint=bytes(FINGERPRINT_BYTES)
         ),
     ]
-    task_result = TaskResult(TaskStatus.ASSIGNED, rounds_completed, task, config.deadline_s)
+    task_result = TaskResult(TaskStatus.ASSIGNED, rounds_completed, task_for(config, task, config.deadline_s))
     down_messages = [
-        task_result_to_pb(task_result, config),
+        task_result_to_pb(task_result),
         fpb.SubmitUpdateResponse(status=fpb.UPDATE_STATUS_ACCEPTED, round_id=round_id),
         delta_to_pb(delta),
         fpb.ReportFingerprintResponse(in_sync=True, action=fpb.SYNC_ACTION_NONE),

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from client_fakes import ToyDataset, make_fake_server, toy_model
+from helpers.client_fakes import ToyDataset, make_fake_server, toy_model
 
 from fedmezo.client.daemon import Daemon, Outcome
 from fedmezo.client.retry import RetryPolicy
-from fedmezo.client.trainer import device_label
 from fedmezo.client.workload import Workload
+from fedmezo.fl.train import device_label
 from fedmezo.zo import TrainableParams, get_backend
 from fedmezo.zo.mixed import ComputeCopy
 

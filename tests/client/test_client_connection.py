@@ -14,7 +14,7 @@ import pytest
 
 from fedmezo.client.connection import ChannelSettings, GrpcServerLink
 from fedmezo.client.errors import AuthFailed, Incompatible, Refused, Unavailable
-from fedmezo.client.link import Activity, TaskStatus, Update
+from fedmezo.fl.records import Activity, TaskStatus, Update
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
 
 CONFIG = common_pb2.RunConfig(
@@ -153,12 +153,13 @@ def test_conversions_and_bearer_token(served: tuple[Scripted, GrpcServerLink]) -
     assert poll.task.clip is None  # 0 on the wire = off
     link.submit(Update(3, (0.5, -1.0), (2.0, 2.1), 0.1, 123, "cpu"))
     assert list(servicer.requests[-1].projected_grads) == [0.5, -1.0]
-    assert link.report_fingerprint(model_version=2, fingerprint="00" * 32) is True
+    # the scripted server answers RESYNC: the link says "not in sync" (True meant "resync" before fl)
+    assert link.report_fingerprint(model_version=2, fingerprint=bytes(32)) is False
     deltas = list(link.stream_deltas(from_round=1, follow=False))
     assert [d.round_id for d in deltas] == [1, 2] and deltas[0].participants == (("a", 2),)
-    assert deltas[1].fingerprint == "02" * 32
+    assert deltas[1].fingerprint == b"\x02" * 32
     checkpoint = link.download_checkpoint()
-    assert checkpoint.data == servicer.blob and checkpoint.sha256 == hashlib.sha256(servicer.blob).hexdigest()
+    assert checkpoint.data == servicer.blob and checkpoint.sha256 == hashlib.sha256(servicer.blob).digest()
     assert link.bytes_up > 0 and link.bytes_down > len(servicer.blob)
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from client_fakes import FakeServer, make_fake_server, toy_workload
+from helpers.client_fakes import FakeServer, make_fake_server, toy_workload
 
 from fedmezo.client import sync
 from fedmezo.client.daemon import Daemon, Outcome

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from client_fakes import ToyDataset, toy_model
+from helpers.client_fakes import ToyDataset, toy_model
 
-from fedmezo.client.link import RunSettings
 from fedmezo.client.workload import build_workload, measure_inference_peak
 from fedmezo.data import generate_demo_dataset, write_jsonl
+from fedmezo.fl.records import RunSettings
 from fedmezo.memory import PeakMemory
 from fedmezo.zo import RNG_SPEC
 
@@ -21,7 +21,7 @@ MIB = 1 << 20
 def _settings(max_length: int | None) -> RunSettings:
     return RunSettings(
         run_id="r", model="tiny-random", mode="full", run_seed=1, rng_spec=RNG_SPEC, manifest_sha256="",
-        total_rounds=1, local_steps=2, lr=1e-5, eps=1e-3, batch_size=2, max_length=max_length,
+        total_rounds=1, local_steps=2, batch_size=2, max_length=max_length,
     )  # fmt: skip
 
 

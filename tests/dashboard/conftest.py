@@ -343,7 +343,7 @@ async def _start_live_run(state_dir: Path) -> LiveRun:
     from fedmezo.data import generate_demo_dataset, write_jsonl
     from fedmezo.server.app import build_app
     from fedmezo.server.config import ServerConfig
-    from fedmezo.server.model_state import Replica
+    from fedmezo.fl.replica import Replica
 
     eval_path = state_dir.parent / "eval.jsonl"
     write_jsonl(eval_path, generate_demo_dataset(seed=0)[1][:LIVE_EVAL_EXAMPLES])

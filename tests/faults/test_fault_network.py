@@ -20,7 +20,7 @@ from helpers.processes import START_TIMEOUT_S, wait_for
 from helpers.scripted_client import ScriptedClient
 from helpers.tcp_proxy import CuttingProxy
 
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
 
 pytestmark = pytest.mark.timeout(300)
 

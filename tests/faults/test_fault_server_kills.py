@@ -26,7 +26,7 @@ from helpers.federation import Federation
 from helpers.processes import spawn, wait_for
 from helpers.scripted_client import Ack, ScriptedClient
 
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
 
 SCRIPTED = ("s1", "s2", "s3")
 DAEMON = "c1"

@@ -36,8 +36,8 @@ from helpers.scripted_client import Ack, ScriptedClient
 
 from fedmezo.client.connection import ChannelSettings, GrpcServerLink
 from fedmezo.client.errors import Unavailable
-from fedmezo.client.link import Update
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.records import Update
+from fedmezo.fl.replica import Replica
 from fedmezo.zo import RNG_SPEC
 
 pytestmark = pytest.mark.timeout(300)

@@ -6,7 +6,6 @@ import pytest
 
 from fedmezo.fl.selection import (
     CloseDecision,
-    can_open_round,
     decide_close,
     quorum_size,
     sample_clients,
@@ -38,21 +37,6 @@ def test_sampling_is_deterministic_order_free_and_varies_by_round() -> None:
     assert len(draws) > 1
     assert sample_clients(ids, 5, run_seed=8, round_id=1) != a or True  # different seeds may coincide
     assert sample_clients(ids[:2], 5, 7, 1) == tuple(ids[:2])
-
-
-@pytest.mark.parametrize(
-    ("online", "min_clients", "done", "total", "has_open", "expected"),
-    [
-        (3, 3, 0, 3, False, True),
-        (2, 3, 0, 3, False, False),
-        (3, 3, 3, 3, False, False),
-        (3, 1, 0, 3, True, False),
-    ],
-)
-def test_can_open_round(
-    online: int, min_clients: int, done: int, total: int, has_open: bool, expected: bool
-) -> None:
-    assert can_open_round(online, min_clients, done, total, has_open) is expected
 
 
 @pytest.mark.parametrize(

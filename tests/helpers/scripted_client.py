@@ -1,6 +1,6 @@
 """A test-owned federation client: the real client link (`GrpcServerLink`, real gRPC) and the real
-replica sync (`fedmezo.client.sync.Replica`), with local training replaced by seeded random projected
-gradients so a round costs milliseconds instead of forward passes.
+replica sync (`ReplicaSync` over `fedmezo.fl.replica.Replica`), with local training replaced by seeded
+random projected gradients so a round costs milliseconds instead of forward passes.
 
 It keeps a ledger of every update the server acknowledged (SubmitUpdate returned OK): the fault tests
 check that ledger against the state dir, because an acknowledged update must never be lost. Like the
@@ -18,8 +18,9 @@ import numpy as np
 
 from fedmezo.client.connection import ChannelSettings, GrpcServerLink
 from fedmezo.client.errors import Refused, SyncFailed, Unavailable
-from fedmezo.client.link import Task, TaskStatus, Update
-from fedmezo.client.sync import Replica
+from fedmezo.client.sync import ReplicaSync
+from fedmezo.fl.records import Task, TaskStatus, Update
+from fedmezo.fl.replica import Replica
 from fedmezo.zo import RNG_SPEC, TrainableParams
 
 __all__ = ["Ack", "ScriptedClient"]
@@ -60,7 +61,8 @@ class ScriptedClient(threading.Thread):
         self.link = GrpcServerLink(
             ChannelSettings(target=target, client_id=client_id, insecure=True, rpc_deadline_s=rpc_deadline_s)
         )
-        self.replica = Replica(params, run_seed)
+        self.replica = Replica(params)
+        self.sync = ReplicaSync(self.replica, run_seed)
         self.seed = seed
         self.long_poll_s = long_poll_s
         self.stop_after_round = stop_after_round  # go silent once this round's update was acknowledged
@@ -119,7 +121,7 @@ class ScriptedClient(threading.Thread):
         self._advance(joined.rounds_completed)
         while not self._halt.is_set():
             poll = self.link.get_task(known_version=replica.version, wait_s=self.long_poll_s)
-            if poll.status is TaskStatus.FINISHED:
+            if poll.status is TaskStatus.RUN_FINISHED:
                 self._advance(poll.rounds_completed)
                 return
             if poll.status is TaskStatus.NO_TASK:
@@ -131,7 +133,7 @@ class ScriptedClient(threading.Thread):
     def _advance(self, target: int) -> None:
         """Replay stored deltas up to `target` (each verified by the server's fingerprint), then report."""
         if self.replica.version < target:
-            self.replica.replay(self.link, until=target)
+            self.sync.replay(self.link, until=target)
             self._report()
 
     def _do_task(self, task: Task) -> None:
@@ -151,7 +153,7 @@ class ScriptedClient(threading.Thread):
             if task.round_id == self.stop_after_round:
                 self._halt.set()
                 return
-        replica.replay(self.link, until=task.round_id, follow=True)  # returns once the round closed
+        self.sync.replay(self.link, until=task.round_id, follow=True)  # returns once the round closed
         if replica.version >= task.round_id:
             self._report()
 
@@ -171,6 +173,8 @@ class ScriptedClient(threading.Thread):
 
     def _report(self) -> None:
         fingerprint = self.fingerprint()
-        if self.link.report_fingerprint(model_version=self.replica.version, fingerprint=fingerprint):
+        if not self.link.report_fingerprint(
+            model_version=self.replica.version, fingerprint=bytes.fromhex(fingerprint)
+        ):
             raise SyncFailed(f"server reports a mismatch at version {self.replica.version}")
         self.reported[self.replica.version] = fingerprint

@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedmezo.fl.replica import Replica
 from fedmezo.server.app import ServerApp, build_app
 from fedmezo.server.config import ServerConfig
-from fedmezo.server.model_state import Replica
 from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.v1 import federation_pb2_grpc, status_pb2_grpc
 from fedmezo.zo import RNG_SPEC, RoundDelta, apply_round_delta

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fedmezo.fl.replica import Replica
 from fedmezo.server.app import STATE_DB, ServerApp, build_app
 from fedmezo.server.config import ServerConfig
-from fedmezo.server.model_state import Replica
 from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.v1 import federation_pb2_grpc
 from fedmezo.zo import RNG_SPEC

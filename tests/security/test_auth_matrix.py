@@ -34,7 +34,7 @@ from helpers.threaded_server import (
 
 from fedmezo.server.auth import Authenticator
 from fedmezo.fl.errors import PermissionDenied
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
 from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.v1 import federation_pb2_grpc, status_pb2, status_pb2_grpc
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
 
 
 @pytest.fixture(scope="session")

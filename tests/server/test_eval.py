@@ -19,9 +19,9 @@ from helpers.server_rpc import FakeClient, grads_for, running_server
 
 from fedmezo.cli.main import main as cli_main
 from fedmezo.data import evaluate, generate_demo_dataset, read_jsonl, write_jsonl
+from fedmezo.fl.evaluation import EVAL_BATCH_SIZE, EvalOutcome, Evaluator
+from fedmezo.fl.replica import Replica
 from fedmezo.server.app import ServerApp
-from fedmezo.server.evaluation import EVAL_BATCH_SIZE, EvalOutcome, Evaluator
-from fedmezo.server.model_state import Replica
 from fedmezo.v1 import status_pb2
 
 STEPS = 2

@@ -13,7 +13,7 @@ from helpers.server_rpc import FakeClient, grads_for, running_server
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedmezo.cli.main import main as cli_main
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
 
 
 def test_export_after_rounds_loads_and_generates(tmp_path: Path, replica: Replica) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 from helpers.server_rpc import FakeClient, grads_for, make_config, rpc_code
 
-from fedmezo.server.app import ServerApp, build_app
 from fedmezo.fl.errors import StoreError
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
+from fedmezo.server.app import ServerApp, build_app
 from fedmezo.server.sqlite_store import SqliteStore
 from fedmezo.v1 import federation_pb2 as fpb
 

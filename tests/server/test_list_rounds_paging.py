@@ -9,8 +9,8 @@ import grpc
 import pytest
 from helpers.server_rpc import FakeClient, grads_for, running_server
 
+from fedmezo.fl.replica import Replica
 from fedmezo.server import servicer
-from fedmezo.server.model_state import Replica
 from fedmezo.status_pages import list_all_rounds
 from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.v1 import status_pb2, status_pb2_grpc

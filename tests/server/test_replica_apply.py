@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedmezo.server.model_state import CPU_SEED_BATCH, Replica
+from fedmezo.fl.replica import Replica
 from fedmezo.zo import RoundDelta, TrainableParams, apply_round_delta
+from fedmezo.zo.cpu_kernel import SEED_BATCH as CPU_SEED_BATCH
 
 
 def test_batched_apply_equals_one_fused_call(replica: Replica) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from helpers.processes import free_port, spawn, wait_until_serving
 from helpers.server_rpc import FakeClient, apply_wire_delta, grads_for
 
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
 from fedmezo.server.sqlite_store import SqliteStore
 from fedmezo.v1 import federation_pb2 as fpb
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from helpers.server_rpc import FakeClient, FakeClock, running_server
 
-from fedmezo.server.config import ServerConfig, load_config
-from fedmezo.server.convert import ms
 from fedmezo.fl.errors import ConfigError
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
+from fedmezo.fl.wire import ms
+from fedmezo.server.config import ServerConfig, load_config
 from fedmezo.v1 import status_pb2
 
 MIB = 1 << 20

@@ -12,8 +12,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.server_rpc import FakeClient, FakeClock, apply_wire_delta, grads_for, rpc_code, running_server
 
+from fedmezo.fl.replica import Replica
 from fedmezo.server.app import ServerApp
-from fedmezo.server.model_state import Replica
 from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.v1 import status_pb2
 

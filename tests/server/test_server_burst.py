@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from helpers.server_rpc import running_server
 
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
 from fedmezo.v1 import status_pb2, status_pb2_grpc
 
 CONNECTIONS = 3500  # above gRPC's default hard limit of 3,000 waiting calls

@@ -15,10 +15,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers.server_rpc import FakeClient, rpc_code, running_server
 
-from fedmezo.server.config import ServerConfig
 from fedmezo.fl.errors import ConfigError, RateLimited, TooManyStreams
+from fedmezo.fl.replica import Replica
+from fedmezo.server.config import ServerConfig
 from fedmezo.server.limits import PRUNE_MIN_KEYS, RateLimiter, StreamSlots
-from fedmezo.server.model_state import Replica
 from fedmezo.server.servicer import REASON_METADATA_KEY
 from fedmezo.v1 import federation_pb2 as fpb
 

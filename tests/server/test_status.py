@@ -10,7 +10,7 @@ import pytest
 from helpers.server_rpc import FakeClient, grads_for, running_server
 
 from fedmezo.cli.main import main as cli_main
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
 from fedmezo.v1 import federation_pb2 as fpb
 
 LOCAL_STEPS = 20  # the acceptance setting

@@ -16,11 +16,11 @@ import grpc
 import pytest
 from helpers.server_rpc import FakeClient, grads_for, make_config, rpc_code
 
+from fedmezo.fl.errors import StoreError
+from fedmezo.fl.records import CheckpointRecord, NewEvent, RoundClose, UpdateRecord
+from fedmezo.fl.replica import Replica
 from fedmezo.server.app import build_app
 from fedmezo.server.coordinator import Coordinator
-from fedmezo.fl.errors import StoreError
-from fedmezo.server.model_state import Replica
-from fedmezo.fl.records import CheckpointRecord, NewEvent, RoundClose, UpdateRecord
 from fedmezo.server.sqlite_store import SqliteStore
 
 STEPS = 4

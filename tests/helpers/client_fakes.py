@@ -11,18 +11,19 @@ from safetensors.torch import save
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fedmezo.client.errors import Refused
-from fedmezo.client.link import (
+from fedmezo.client.workload import Workload
+from fedmezo.fl.records import (
     Activity,
     Checkpoint,
-    DeltaMessage,
+    DeltaRecord,
     JoinResult,
     RunSettings,
-    TaskPoll,
+    RunState,
+    Task,
+    TaskResult,
     TaskStatus,
     Update,
 )
-from fedmezo.client.link import Task as LinkTask
-from fedmezo.client.workload import Workload
 from fedmezo.zo import (
     RNG_SPEC,
     Batch,
@@ -79,8 +80,6 @@ def toy_settings(params: TrainableParams, *, rounds: int = 3, steps: int = 4) ->
         manifest_sha256=params.manifest().sha256(),
         total_rounds=rounds,
         local_steps=steps,
-        lr=1e-3,
-        eps=1e-3,
         batch_size=2,
         heartbeat_interval_s=3600.0,
         clients_per_round=2,
@@ -93,10 +92,12 @@ class FakeServer:
 
     settings: RunSettings
     params: TrainableParams  # the server's canonical replica
+    lr: float = 1e-3
+    eps: float = 1e-3
     rounds_done: int = 0
-    deltas: list[DeltaMessage] = field(default_factory=list)
+    deltas: list[DeltaRecord] = field(default_factory=list)
     submitted: list[Update] = field(default_factory=list)
-    fingerprints: list[tuple[int, str]] = field(default_factory=list)
+    fingerprints: list[tuple[int, bytes]] = field(default_factory=list)
     failures: dict[str, list[Exception]] = field(default_factory=dict)  # per method, raised in order
     calls: list[str] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
@@ -115,25 +116,26 @@ class FakeServer:
         self._call("join")
         self.joins.append(kwargs)
         ckpt = self.checkpoint
+        finished = self.rounds_done >= self.settings.total_rounds
         return JoinResult(
-            self.settings,
             self.rounds_done,
-            self.params.fingerprint(),
+            bytes.fromhex(self.params.fingerprint()),
             ckpt.round_id if ckpt else 0,
             len(ckpt.data) if ckpt else 0,
-            self.rounds_done >= self.settings.total_rounds,
+            RunState.FINISHED if finished else RunState.WAITING_FOR_CLIENTS,
+            self.settings,
         )
 
     def heartbeat(self, *, model_version: int, activity: Activity, round_id: int = 0, step: int = 0) -> int:
         return self.rounds_done
 
-    def get_task(self, *, known_version: int, wait_s: float) -> TaskPoll:
+    def get_task(self, *, known_version: int, wait_s: float) -> TaskResult:
         self._call("get_task")
         if self.rounds_done >= self.settings.total_rounds:
-            return TaskPoll(TaskStatus.FINISHED, self.rounds_done)
+            return TaskResult(TaskStatus.RUN_FINISHED, self.rounds_done)
         s = self.settings
-        task = LinkTask(self.rounds_done + 1, s.local_steps, s.lr, s.eps, s.batch_size, s.run_seed)
-        return TaskPoll(TaskStatus.ASSIGNED, self.rounds_done, task)
+        task = Task(self.rounds_done + 1, s.local_steps, self.lr, self.eps, s.batch_size, s.run_seed)
+        return TaskResult(TaskStatus.ASSIGNED, self.rounds_done, task)
 
     def submit(self, update: Update) -> None:
         self._call("submit")
@@ -149,20 +151,21 @@ class FakeServer:
         if update is not None:
             parts["me"] = update.projected_grads
         contributions = [
-            Contribution(c, 1.0, s.lr, [derive_seed(s.run_seed, r, c, t) for t in range(len(g))], g)
+            Contribution(c, 1.0, self.lr, [derive_seed(s.run_seed, r, c, t) for t in range(len(g))], g)
             for c, g in parts.items()
         ]
         delta = round_delta(contributions)
         apply_round_delta(self.params, delta)
         self.rounds_done = r
         participants = tuple(sorted((c, len(g)) for c, g in parts.items()))
-        self.deltas.append(DeltaMessage(r, participants, delta.coefficients, b"", self.params.fingerprint()))
+        fingerprint = bytes.fromhex(self.params.fingerprint())
+        self.deltas.append(DeltaRecord(r, participants, delta.coefficients, b"", fingerprint))
 
-    def report_fingerprint(self, *, model_version: int, fingerprint: str) -> bool:
+    def report_fingerprint(self, *, model_version: int, fingerprint: bytes) -> bool:
         self.fingerprints.append((model_version, fingerprint))
-        return False
+        return True
 
-    def stream_deltas(self, *, from_round: int, follow: bool) -> Iterator[DeltaMessage]:
+    def stream_deltas(self, *, from_round: int, follow: bool) -> Iterator[DeltaRecord]:
         self._call("stream_deltas")
         yield from self.deltas[from_round - 1 :]
 
@@ -174,8 +177,9 @@ class FakeServer:
 
     def save_checkpoint(self) -> None:
         data = save({"flat": self.params.flat.clone()})
-        digest = hashlib.sha256(data).hexdigest()
-        self.checkpoint = Checkpoint(self.rounds_done, data, digest, self.params.fingerprint())
+        digest = hashlib.sha256(data).digest()
+        fingerprint = bytes.fromhex(self.params.fingerprint())
+        self.checkpoint = Checkpoint(self.rounds_done, data, digest, fingerprint)
 
     def close(self) -> None:
         pass

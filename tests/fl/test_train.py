@@ -7,11 +7,11 @@ import threading
 import numpy as np
 import pytest
 import torch
-from client_fakes import toy_workload
+from helpers.client_fakes import toy_workload
 
-from fedmezo.client.errors import Stopped
-from fedmezo.client.link import Task
-from fedmezo.client.trainer import train_task
+from fedmezo.fl.errors import Stopped
+from fedmezo.fl.records import Task
+from fedmezo.fl.train import train_task
 from fedmezo.memory import PeakMemory
 from fedmezo.zo import Contribution, apply_round_delta, derive_seed, round_delta
 

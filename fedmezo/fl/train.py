@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from fedmezo.client.errors import Stopped
-from fedmezo.client.link import Task, Update
+from fedmezo.fl.errors import Stopped
+from fedmezo.fl.records import Task, Update
 from fedmezo.memory import PeakMemory
 from fedmezo.zo import Backend, Batch, TrainableParams, derive_seed, make_loss_fn, mezo_step
 from fedmezo.zo.mixed import ComputeCopy, mezo_step_mixed
@@ -42,8 +43,8 @@ class TrainResult:
     round_id: int
     seeds: tuple[int, ...]
     projected_grads: tuple[float, ...]  # fp32 values, step order
-    losses: tuple[float, ...]  # (loss₊ + loss₋)/2 per step
-    step_time_s: float  # mean wall time of one step
+    losses: tuple[float, ...]  # (loss₊ + loss₋)/2 per step, rounded to fp32 as they travel
+    step_time_s: float  # mean wall time of one step, fp32 as it travels
     peak_memory_bytes: int
     device: str
     skipped_steps: int
@@ -122,7 +123,7 @@ def train_task(
                     params, loss_fn, seed=seed, eps=task.eps, lr=task.lr, clip=task.clip, backend=backend
                 )
             grads.append(result.projected_grad)
-            losses.append(result.loss)
+            losses.append(float(np.float32(result.loss)))  # fp32, as it travels and is stored
             skipped += result.skipped
             bar.set_postfix(loss=f"{result.loss:.4f}")
             if on_step is not None:
@@ -137,7 +138,7 @@ def train_task(
         seeds=seeds,
         projected_grads=tuple(grads),
         losses=tuple(losses),
-        step_time_s=elapsed / max(task.local_steps, 1),
+        step_time_s=float(np.float32(elapsed / max(task.local_steps, 1))),
         peak_memory_bytes=peak.peak_bytes(),
         device=device_label(device),
         skipped_steps=skipped,

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedmezo.data import DataError, Example, evaluate, read_jsonl
-from fedmezo.server.config import ServerConfig
+from fedmezo.fl.config import RunConfig
 from fedmezo.fl.errors import ConfigError
-from fedmezo.server.model_state import Replica
+from fedmezo.fl.replica import Replica
 
 __all__ = ["EVAL_BATCH_SIZE", "EVAL_EXAMPLES", "EVAL_LOSS", "EXACT_MATCH", "EvalOutcome", "Evaluator"]
 
@@ -53,7 +53,7 @@ class Evaluator:
     max_new_tokens: int = 8
 
     @classmethod
-    def from_config(cls, config: ServerConfig) -> Evaluator | None:
+    def from_config(cls, config: RunConfig) -> Evaluator | None:
         """None when evaluation is off (no eval_data); ConfigError when the file cannot be used."""
         if not config.eval_data:
             return None

@@ -1,0 +1,207 @@
+"""The replica: a model whose trainable weights are the canonical θ at `version` (rounds applied).
+
+One class for the server, every client and the simulation. θ only ever changes by `apply` of a round
+delta (or by loading a verified checkpoint), so replicas that applied the same deltas hold the same
+bytes, which their fingerprints prove. A checkpoint is a safetensors file holding the trainable flat
+fp32 buffer (tensor "flat") with string metadata (at least the version and the fingerprint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+
+from fedmezo.fl.errors import StoreError, SyncFailed
+from fedmezo.fl.records import CheckpointRecord
+from fedmezo.zo import Backend, RoundDelta, TrainableParams, apply_round_delta, warm_up
+
+if TYPE_CHECKING:
+    from fedmezo.fl.config import RunConfig
+
+__all__ = ["CHECKPOINT_TENSOR", "Replica", "file_sha256"]
+
+CHECKPOINT_TENSOR = "flat"
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+def file_sha256(path: str | Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.digest()
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS's words for a failed file operation ("No space left on device"), else the message."""
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+@dataclass
+class Replica:
+    """θ at `version`; `model`/`tokenizer` are there when the replica was loaded from a model name."""
+
+    params: TrainableParams
+    version: int = 0
+    backend: Backend | None = None
+    model: torch.nn.Module | None = None
+    tokenizer: Any = None
+
+    @classmethod
+    def load(cls, model_name: str, *, mode: str = "full", device: str = "cpu", **lora: Any) -> Replica:
+        """Load θ_0 of a model exactly as every participant does."""
+        from fedmezo.models import load_model  # transformers: only when a model is really loaded
+        from fedmezo.trainable import prepare_trainable
+
+        loaded = load_model(model_name, device=device)
+        model, params = prepare_trainable(
+            loaded.model,
+            "lora" if mode == "lora" else "full",
+            lora_rank=lora.get("rank", 8),
+            lora_alpha=lora.get("alpha", 16.0),
+            run_seed=lora.get("seed", 0),
+        )
+        return cls(params, model=model, tokenizer=loaded.tokenizer)
+
+    @classmethod
+    def for_run(cls, config: RunConfig, device: str | None = None) -> Replica:
+        """θ_0 of the run `config` defines (its model, mode, LoRA shape and seed) on `device`."""
+        return cls.load(
+            config.model,
+            mode=config.mode,
+            device=device or getattr(config, "device", "cpu"),
+            rank=config.lora_rank,
+            alpha=config.lora_alpha,
+            seed=config.run_seed,
+        )
+
+    # --- identity ---
+    @property
+    def manifest_sha256(self) -> bytes:
+        return bytes.fromhex(self.params.manifest().sha256())
+
+    def fingerprint(self) -> bytes:
+        return bytes.fromhex(self.params.fingerprint())
+
+    @property
+    def trainable_params(self) -> int:
+        """Elements of the trainable flat buffer (unique tensors, tied once; LoRA: the adapters)."""
+        return int(self.params.numel)
+
+    def weight_bytes(self) -> int:
+        """Bytes of every model parameter as held; tied parameters counted once (θ alone without a model)."""
+        if self.model is None:
+            return int(self.params.numel) * 4
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def warm_up(self) -> None:
+        """Load the delta and fingerprint kernels now, not during round 1's close (about a second on CPU)."""
+        warm_up(self.params.device, self.backend)
+
+    # --- the only ways θ changes ---
+    def apply(self, delta: RoundDelta) -> None:
+        """θ_{v+1} = θ_v + Σ_s c_s z(s); the version moves even for an empty (aborted-round) delta."""
+        apply_round_delta(self.params, delta, backend=self.backend)
+        self.version += 1
+
+    def apply_round(self, round_id: int, delta: RoundDelta, fingerprint: bytes = b"") -> None:
+        """Apply round `round_id`'s delta, which must be the next one; check the fingerprint if given."""
+        if round_id != self.version + 1:
+            raise SyncFailed(f"got round {round_id}'s delta at model version {self.version}")
+        self.apply(delta)
+        if fingerprint and self.fingerprint() != fingerprint:
+            raise SyncFailed(f"fingerprint differs from the server's after round {round_id}")
+
+    def load_flat(self, flat: torch.Tensor, version: int, fingerprint: bytes = b"") -> None:
+        """Become `version` with θ = `flat`; with a fingerprint, refuse (and keep θ) when it differs."""
+        if flat.dtype != torch.float32 or flat.numel() != self.params.numel:
+            raise SyncFailed(
+                f"checkpoint holds {flat.numel()} {flat.dtype} values, the model {self.params.numel} fp32"
+            )
+        snapshot = self.params.snapshot() if fingerprint else None
+        self.params.restore(flat.reshape(-1).contiguous())
+        if fingerprint and self.fingerprint() != fingerprint:
+            assert snapshot is not None
+            self.params.restore(snapshot)
+            raise SyncFailed(f"checkpoint of version {version} does not match its fingerprint")
+        self.version = version
+
+    # --- checkpoints ---
+    def write_checkpoint(self, path: Path, metadata: Mapping[str, str] | None = None) -> CheckpointRecord:
+        """Write θ atomically (tmp, fsync, rename) with the version and fingerprint in the metadata.
+
+        A failed write (full disk, read-only dir) removes its partial file and raises StoreError."""
+        tmp = path.with_suffix(".tmp")
+        fingerprint = self.fingerprint()
+        meta = {**(metadata or {}), "version": str(self.version), "fingerprint": fingerprint.hex()}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            flat = self.params.flat.detach().cpu().contiguous()
+            save_file({CHECKPOINT_TENSOR: flat}, str(tmp), metadata=meta)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            return CheckpointRecord(
+                self.version, str(path), file_sha256(path), path.stat().st_size, fingerprint
+            )
+        except (OSError, SafetensorError) as exc:
+            with contextlib.suppress(OSError):  # the dir itself may be what failed
+                tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write checkpoint {path}: {_reason(exc)}") from exc
+
+    def save_checkpoint(self, directory: str | Path) -> CheckpointRecord:
+        """The server's numbered checkpoint of this version in `directory`."""
+        return self.write_checkpoint(Path(directory) / f"round-{self.version:06d}.safetensors")
+
+    def load_checkpoint(self, record: CheckpointRecord) -> None:
+        """Return to a stored checkpoint, refusing a file whose hash or fingerprint does not match."""
+        try:
+            digest = file_sha256(record.path)
+        except OSError as exc:
+            raise StoreError(f"checkpoint {record.path} cannot be read: {_reason(exc)}") from exc
+        if digest != record.sha256:
+            raise StoreError(f"checkpoint {record.path} is corrupt (sha256 mismatch)")
+        with safe_open(record.path, framework="pt") as fh:
+            flat = fh.get_tensor(CHECKPOINT_TENSOR)
+        try:
+            self.load_flat(flat, record.round_id, record.fingerprint)
+        except SyncFailed as exc:
+            raise StoreError(f"checkpoint {record.path} does not fit this model: {exc}") from exc
+
+    def load_checkpoint_bytes(self, data: bytes, *, version: int, sha256: bytes, fingerprint: bytes) -> None:
+        """Load a downloaded checkpoint file after verifying its sha256, then its fingerprint."""
+        digest = hashlib.sha256(data).digest()
+        if digest != sha256:
+            raise SyncFailed(f"checkpoint sha256 {digest.hex()[:12]} != announced {sha256.hex()[:12]}")
+        try:
+            tensors = load_safetensors(data)
+        except (SafetensorError, ValueError) as exc:
+            raise SyncFailed(f"checkpoint of round {version} is not a safetensors file: {exc}") from exc
+        self.load_flat(self._flat_of(tensors), version, fingerprint)
+
+    def read_checkpoint(self, path: Path) -> tuple[dict[str, str], torch.Tensor] | None:
+        """(metadata, flat) of a checkpoint file written by `write_checkpoint`; None if unreadable."""
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                return dict(fh.metadata() or {}), fh.get_tensor(CHECKPOINT_TENSOR)
+        except (OSError, SafetensorError, KeyError, ValueError):
+            return None
+
+    def _flat_of(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One flat fp32 tensor, or one tensor per trainable name (concatenated in manifest order)."""
+        if len(tensors) == 1:
+            (flat,) = tensors.values()
+            return flat.reshape(-1)
+        if set(self.params.names) <= set(tensors):
+            return torch.cat([tensors[name].reshape(-1) for name in self.params.names])
+        raise SyncFailed(f"checkpoint holds tensors {sorted(tensors)[:5]}..., not this model's")

@@ -1,0 +1,89 @@
+"""One federated round as two plain functions: `plan_round` opens it, `close_round` turns its updates
+into the delta. The server and `fedmezo simulate` both call them, so a simulation decides exactly what
+a federation decides (selection, learning rates, the task each client trains, aggregation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedmezo.fl.aggregation import Aggregate, aggregate
+from fedmezo.fl.lr import LrContext, RoundStat, personalized_lrs
+from fedmezo.fl.records import Task, TaskRecord, UpdateRecord
+from fedmezo.fl.selection import sample_clients, sample_size
+
+if TYPE_CHECKING:
+    from fedmezo.fl.config import RunConfig
+
+__all__ = ["ClosedRound", "History", "close_round", "plan_round", "remember", "task_for"]
+
+History = dict[str, list[RoundStat]]  # client id → its accepted rounds, ascending
+
+
+def plan_round(
+    config: RunConfig, round_id: int, online: Sequence[str], history: Mapping[str, Sequence[RoundStat]]
+) -> dict[str, TaskRecord]:
+    """Round r's selected clients (ascending id) and each one's task (its fp32 personalized lr)."""
+    k = sample_size(len(online), config.clients_per_round, config.fraction)
+    selected = sample_clients(online, k, config.run_seed, round_id)
+    ctx = LrContext(round_id, config.run_seed, config.lr, config.lr_spread, selected, history)
+    lrs = personalized_lrs(config.lr_strategy, ctx)
+    return {c: TaskRecord(round_id, c, lrs[c], config.local_steps) for c in selected}
+
+
+def _fp32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def task_for(config: RunConfig, record: TaskRecord, deadline_s: float = 0.0) -> Task:
+    """The task as the client trains it: lr, eps and clip as the fp32 values that travel."""
+    return Task(
+        round_id=record.round_id,
+        local_steps=record.local_steps,
+        lr=record.lr,
+        eps=_fp32(config.eps),
+        batch_size=config.batch_size,
+        run_seed=config.run_seed,
+        clip=_fp32(config.clip) or None,
+        deadline_s=deadline_s,
+    )
+
+
+@dataclass(frozen=True)
+class ClosedRound:
+    """What a round's updates decide: the delta, each update's fate, the mean loss of the accepted."""
+
+    aggregate: Aggregate
+    mean_loss: float  # NaN when no accepted update had a finite loss
+
+    @property
+    def accepted(self) -> set[str]:
+        return {o.client_id for o in self.aggregate.outcomes if o.accepted}
+
+    @property
+    def model_diffs(self) -> dict[str, float]:
+        return {o.client_id: o.model_diff for o in self.aggregate.outcomes if o.accepted}
+
+
+def close_round(
+    config: RunConfig, round_id: int, updates: Sequence[UpdateRecord], tasks: Mapping[str, TaskRecord]
+) -> ClosedRound:
+    """Aggregate round r's updates under the run's rule, clip and outlier settings."""
+    agg = aggregate(
+        round_id, updates, tasks, run_seed=config.run_seed, rule=config.aggregation,
+        clip=config.clip, outlier_k=config.outlier_k,
+    )  # fmt: skip
+    accepted = {o.client_id for o in agg.outcomes if o.accepted}
+    losses = [u.mean_loss for u in updates if u.client_id in accepted and math.isfinite(u.mean_loss)]
+    return ClosedRound(agg, math.fsum(losses) / len(losses) if losses else float("nan"))
+
+
+def remember(history: History, round_id: int, stats: Iterable[tuple[str, float, float]]) -> None:
+    """Add (client, mean loss, model diff) of a closed round to the history the lr strategies read."""
+    for client_id, loss, diff in stats:
+        history.setdefault(client_id, []).append(RoundStat(round_id, loss, diff))
