@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from fedmezo.client.errors import AuthFailed, Incompatible, Refused, RpcFailed, Unavailable
-from fedmezo.fl import wire
+from fedmezo.fl import errors, vocabulary, wire
 from fedmezo.fl.records import (
     Activity,
     Checkpoint,
@@ -33,7 +33,6 @@ from fedmezo.v1 import federation_pb2, federation_pb2_grpc, status_pb2, status_p
 __all__ = [
     "CHECKPOINT_DEADLINE_S",
     "FOLLOW_DEADLINE_S",
-    "MAX_MESSAGE_BYTES",
     "REPLAY_DEADLINE_S",
     "ChannelSettings",
     "GrpcServerLink",
@@ -42,12 +41,10 @@ __all__ = [
 
 logger = logging.getLogger("fedmezo.client")
 
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # what the server accepts; checkpoint chunks are ≤ 1 MiB
 REPLAY_DEADLINE_S = 600.0  # a non-following delta stream: replaying many rounds of a big model takes a while
 FOLLOW_DEADLINE_S = 300.0  # a following stream is reopened after this (seconds), so it never hangs forever
 CHECKPOINT_DEADLINE_S = 1800.0  # a full-model download over a slow edge link
 RECONNECT_BACKOFF_MS = 1000  # gRPC's own reconnect backoff cap: find a restarted server within ~1 s
-REASON_KEY = "fedmezo-reason"
 
 _TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
@@ -57,7 +54,7 @@ _TRANSIENT = {
 }
 _AUTH = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 # RESOURCE_EXHAUSTED refusals that pass with time: back off and retry instead of giving up.
-_RETRY_REASONS = {"rate_limited", "too_many_streams"}
+_RETRY_REASONS = frozenset({errors.RateLimited.reason, errors.TooManyStreams.reason})
 
 T = TypeVar("T")
 
@@ -69,14 +66,14 @@ def translate_error(exc: grpc.RpcError) -> RpcFailed:
     reason = ""
     trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
     for key, value in trailing or ():
-        if key == REASON_KEY:
+        if key == vocabulary.REASON_METADATA_KEY:
             reason = value if isinstance(value, str) else value.decode()
     name = code.name if code is not None else "UNKNOWN"
     if code in _TRANSIENT or reason in _RETRY_REASONS:
         return Unavailable(name, reason, details)
     if code in _AUTH:
         return AuthFailed(name, reason, details)
-    if reason == "incompatible_client":
+    if reason == errors.IncompatibleClient.reason:
         return Incompatible(name, reason, details)
     return Refused(name, reason, details)
 
@@ -95,8 +92,8 @@ class ChannelSettings:
 
 def _channel(settings: ChannelSettings) -> grpc.Channel:
     options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", vocabulary.MAX_MESSAGE_BYTES),  # what the server accepts
+        ("grpc.max_receive_message_length", vocabulary.MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 0),  # retries are ours (retry.py), not gRPC's
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
@@ -197,7 +194,7 @@ class GrpcServerLink:
         response = self._unary(self._federation.GetTask, request, wait_s + self._settings.rpc_deadline_s)
         result = wire.task_result_from_pb(response)
         if result is None:
-            raise Refused("UNKNOWN", "bad_task_status", f"unknown task status {response.status}")
+            raise Refused("UNKNOWN", vocabulary.BAD_TASK_STATUS, f"unknown task status {response.status}")
         return result
 
     def submit(self, update: Update) -> None:
@@ -227,12 +224,16 @@ class GrpcServerLink:
             if header is None:
                 header = chunk
             if chunk.offset != len(data):
-                raise Refused("DATA_LOSS", "checkpoint_gap", f"chunk at {chunk.offset}, expected {len(data)}")
+                raise Refused(
+                    "DATA_LOSS", vocabulary.CHECKPOINT_GAP, f"chunk at {chunk.offset}, expected {len(data)}"
+                )
             data += chunk.data
         if header is None:
-            raise Refused("NOT_FOUND", "no_checkpoint", "empty checkpoint stream")
+            raise Refused("NOT_FOUND", errors.NoCheckpoint.reason, "empty checkpoint stream")
         if len(data) != header.total_size:
-            raise Refused("DATA_LOSS", "checkpoint_truncated", f"{len(data)} of {header.total_size} bytes")
+            raise Refused(
+                "DATA_LOSS", vocabulary.CHECKPOINT_TRUNCATED, f"{len(data)} of {header.total_size} bytes"
+            )
         return Checkpoint(
             round_id=header.round_id,
             data=bytes(data),

@@ -21,7 +21,8 @@ from fedmezo.client.retry import RetryPolicy
 from fedmezo.client.state import SavedReplica, load_replica, save_replica
 from fedmezo.client.sync import ReplicaSync
 from fedmezo.client.workload import Workload
-from fedmezo.fl.errors import StoreError
+from fedmezo.fl import vocabulary
+from fedmezo.fl.errors import IncompatibleClient, NotJoined, NotSelected, RoundClosed, StoreError, WrongRound
 from fedmezo.fl.records import Activity, RunSettings, Task, TaskStatus, Update
 from fedmezo.fl.replica import Replica
 from fedmezo.fl.train import train_task
@@ -34,7 +35,7 @@ logger = logging.getLogger("fedmezo.client")
 DEFAULT_HEARTBEAT_INTERVAL_S = 10.0  # used until the server's run config says otherwise
 HEARTBEAT_JOIN_TIMEOUT_S = 35.0  # a heartbeat in flight ends within its RPC deadline (30 s by default)
 # Refusals of a submission that only mean "this update no longer counts": the loop goes on.
-_LATE_REASONS = {"round_closed", "not_selected", "wrong_round"}
+_LATE_REASONS = frozenset({RoundClosed.reason, NotSelected.reason, WrongRound.reason})
 
 
 class Outcome(Enum):
@@ -90,7 +91,7 @@ class Daemon:
                         break
                     logger.warning("server unavailable (%s); reconnecting (attempt %d)", exc, attempt + 1)
                 except Refused as exc:
-                    if exc.reason != "not_joined":
+                    if exc.reason != NotJoined.reason:
                         raise
                     logger.info("server forgot this client (restart?); joining again")
                 except SyncFailed as exc:
@@ -116,7 +117,7 @@ class Daemon:
             if settings.rng_spec != RNG_SPEC:
                 raise Incompatible(
                     "FAILED_PRECONDITION",
-                    "incompatible_client",
+                    IncompatibleClient.reason,
                     f"server uses rng spec {settings.rng_spec!r}, this client {RNG_SPEC!r}",
                 )
             workload = self.workload_factory(settings)
@@ -124,7 +125,7 @@ class Daemon:
             if manifest != settings.manifest_sha256:
                 raise Incompatible(
                     "FAILED_PRECONDITION",
-                    "incompatible_client",
+                    IncompatibleClient.reason,
                     f"model manifest {manifest[:12]} differs from the server's "
                     f"{settings.manifest_sha256[:12]} (model {settings.model!r}, mode {settings.mode})",
                 )
@@ -149,7 +150,7 @@ class Daemon:
         if joined.settings.run_id != self.settings.run_id:
             raise Incompatible(
                 "FAILED_PRECONDITION",
-                "new_run",
+                vocabulary.NEW_RUN,
                 f"the server now runs {joined.settings.run_id!r}, "
                 f"this client joined {self.settings.run_id!r}; restart the client",
             )

@@ -29,14 +29,14 @@ from fedmezo.dashboard.schemas import (
     StatusResponse,
 )
 from fedmezo.dashboard.source import SourceError, SourceUnavailable, StatusSource
+from fedmezo.fl.vocabulary import MAX_EVENT_CURSOR
 
-__all__ = ["EVENT_POLL_S", "HEARTBEAT_S", "MAX_CURSOR", "RETRY_MS", "STATIC_DIR", "create_app"]
+__all__ = ["EVENT_POLL_S", "HEARTBEAT_S", "RETRY_MS", "STATIC_DIR", "create_app"]
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 EVENT_POLL_S = 1.0  # ListEvents polling period behind /api/events: the page lags events by at most this
 HEARTBEAT_S = 15.0  # SSE comment sent when idle, so proxies keep the connection open
 RETRY_MS = 3000  # EventSource reconnect delay the browser is told to use
-MAX_CURSOR = 2**63 - 1  # event cursors are SQLite integers; a larger one would not even encode (uint64)
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     503: {"model": ApiError, "description": "the fedmezo server is unreachable"},
     502: {"model": ApiError, "description": "the fedmezo server refused the request"},
@@ -185,11 +185,13 @@ def create_app(
     )
     def api_events(
         after: Annotated[
-            int | None, Query(ge=0, le=MAX_CURSOR, description="replay events after this cursor")
+            int | None, Query(ge=0, le=MAX_EVENT_CURSOR, description="replay events after this cursor")
         ] = None,
         limit: Annotated[int | None, Query(ge=1, description="close the stream after this many")] = None,
         follow: Annotated[bool, Query(description="false: close once caught up (replay only)")] = True,
-        last_event_id: Annotated[int | None, Header(ge=0, le=MAX_CURSOR, include_in_schema=False)] = None,
+        last_event_id: Annotated[
+            int | None, Header(ge=0, le=MAX_EVENT_CURSOR, include_in_schema=False)
+        ] = None,
     ) -> StreamingResponse:
         """Server-sent events: `ready` once the start cursor is pinned (data = {"cursor": n}), then one
         `message` per run event (data = the Event as JSON, id = its cursor), `unavailable`/`available`

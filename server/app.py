@@ -18,6 +18,7 @@ from grpc_health.v1.health import aio as health_aio
 from fedmezo.fl.errors import StoreError
 from fedmezo.fl.evaluation import Evaluator
 from fedmezo.fl.replica import Replica
+from fedmezo.fl.vocabulary import MAX_MESSAGE_BYTES
 from fedmezo.server.auth import Authenticator, server_credentials
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
@@ -33,8 +34,9 @@ __all__ = ["GRACE_S", "MAX_RECEIVE_MESSAGE_BYTES", "ServerApp", "build_app", "se
 
 logger = logging.getLogger("fedmezo.server.app")
 
-MAX_RECEIVE_MESSAGE_BYTES = 4 << 20  # an update is < 1 KiB; anything near this is abuse -> RESOURCE_EXHAUSTED
-MAX_SEND_MESSAGE_BYTES = 4 << 20  # checkpoint chunks are 1 MiB
+# The proto's message limit (ProtocolLimits), both ways: an update is < 1 KiB, so a request near it is
+# abuse -> RESOURCE_EXHAUSTED; checkpoint chunks are 1 MiB.
+MAX_RECEIVE_MESSAGE_BYTES = MAX_MESSAGE_BYTES
 GRACE_S = 5.0  # in-flight RPCs get this long to finish on SIGTERM
 KEEPALIVE_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),  # ping idle connections: notice dead edge clients
@@ -121,7 +123,7 @@ def build_app(
         interceptors=[DecodeErrorInterceptor()],
         options=[
             ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             *KEEPALIVE_OPTIONS,
             *pending_rpc_options(config.max_clients),
         ],

@@ -20,10 +20,10 @@ from pathlib import Path
 import grpc
 
 from fedmezo.fl.errors import ConfigError, InvalidRequest, PermissionDenied, Unauthenticated
+from fedmezo.fl.vocabulary import MAX_CLIENT_ID_CHARS
 
 __all__ = [
     "AUTH_METADATA_KEY",
-    "MAX_CLIENT_ID_CHARS",
     "TOKENS_CHECK_S",
     "Authenticator",
     "load_tokens",
@@ -34,7 +34,6 @@ logger = logging.getLogger("fedmezo.server.auth")
 
 AUTH_METADATA_KEY = "authorization"
 TOKENS_CHECK_S = 1.0  # a revoked token stops working at most this long after the file changed
-MAX_CLIENT_ID_CHARS = 128  # a payload client_id (no tokens file) is a name in logs and the dashboard
 _BEARER = "bearer "
 
 Metadata = Sequence[tuple[str, str | bytes]] | None

@@ -5,7 +5,7 @@ The federation service's conversions, which the client shares, are in `fedmezo.f
 
 from __future__ import annotations
 
-from fedmezo.fl import wire
+from fedmezo.fl import vocabulary, wire
 from fedmezo.fl.records import EventRecord, RoundState
 from fedmezo.server.status_view import ClientView, RoundView, StatusView
 from fedmezo.v1 import status_pb2
@@ -27,7 +27,7 @@ _ROUND_STATES = {
 
 def cursor_from_pb(cursor: int) -> int:
     """An event cursor past the last storable one means "after everything"."""
-    return min(cursor, wire.MAX_STORED_INT)
+    return min(cursor, vocabulary.MAX_EVENT_CURSOR)
 
 
 # --- status ---

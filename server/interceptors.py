@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from fedmezo.server.servicer import REASON_METADATA_KEY
+from fedmezo.fl.vocabulary import MALFORMED_REQUEST, REASON_METADATA_KEY
 
 __all__ = ["DecodeErrorInterceptor"]
 
@@ -25,7 +25,7 @@ async def _decode(decode: Decode, raw: bytes, context: grpc.aio.ServicerContext)
     try:
         return decode(raw)
     except DecodeError as exc:
-        context.set_trailing_metadata(((REASON_METADATA_KEY, "malformed_request"),))
+        context.set_trailing_metadata(((REASON_METADATA_KEY, MALFORMED_REQUEST),))
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {exc}")
 
 

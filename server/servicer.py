@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fedmezo.fl import errors, wire
+from fedmezo.fl import errors, vocabulary, wire
 from fedmezo.fl.records import DeltaRecord, TaskStatus
+from fedmezo.fl.vocabulary import REASON_METADATA_KEY
 from fedmezo.server import convert
 from fedmezo.server.auth import Authenticator
 from fedmezo.server.config import MAX_STREAMS_PER_CLIENT
@@ -35,7 +36,6 @@ __all__ = [
 logger = logging.getLogger("fedmezo.server.servicer")
 
 CHECKPOINT_CHUNK_BYTES = 1 << 20  # 1 MiB: well under the 4 MiB message limit
-REASON_METADATA_KEY = "fedmezo-reason"
 EVENT_POLL_S = 1.0
 DELTA_MESSAGES_KEPT = 4  # built round-delta messages kept for followers (the newest rounds)
 EVENTS_PAGE = 1000  # also the most events one ListEvents answers: a reply stays far below 4 MiB
@@ -54,10 +54,10 @@ async def _refuse(context: grpc.aio.ServicerContext, exc: errors.FedmezoError, c
         await context.abort(grpc_code(exc), str(exc))
     if isinstance(exc, errors.StoreError):  # nothing was kept: the server stops, the client retries later
         coord.fail(exc)
-        context.set_trailing_metadata(((REASON_METADATA_KEY, "store_failed"),))
+        context.set_trailing_metadata(((REASON_METADATA_KEY, vocabulary.STORE_FAILED),))
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"server cannot store state: {exc}")
     logger.error("internal error: %s", exc, exc_info=exc)
-    context.set_trailing_metadata(((REASON_METADATA_KEY, "internal"),))
+    context.set_trailing_metadata(((REASON_METADATA_KEY, vocabulary.INTERNAL),))
     await context.abort(grpc.StatusCode.INTERNAL, f"server state error: {exc}")
 
 

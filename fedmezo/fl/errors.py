@@ -5,7 +5,8 @@ FedmezoError
 ├── StoreError                   the state store failed (sqlite3.Error is translated in store code)
 ├── SyncFailed                   a checkpoint or round delta did not reproduce the expected fingerprint
 ├── Stopped                      a stop was requested (SIGINT/SIGTERM) while work was in progress
-└── Refusal                      a request the protocol refuses; `reason` is its stable wire name
+└── Refusal                      a request the protocol refuses; `reason` is its stable wire name,
+    │                            derived from its RefusalReason value (proto/fedmezo/v1/common.proto)
     ├── Unauthenticated          missing or unknown bearer token
     ├── PermissionDenied         client_id in the payload is not the token's identity
     ├── NotJoined                the client must Join first
@@ -22,10 +23,18 @@ FedmezoError
         ├── TooManyStreams       too many long-polls / streams open at once
         └── TooManyClients       a new client id beyond max_clients
 
-The server maps these onto gRPC status codes in one table (`fedmezo.server.status_codes`).
+The server maps these onto gRPC status codes in one table (`fedmezo.server.status_codes`). Each
+Refusal subclass names its RefusalReason value (`class RoundClosed(Refusal, reason_value=...)`); its
+`reason` string ("round_closed") is derived from it (`fedmezo.fl.vocabulary.reason_name`), so the enum
+is the one list of reasons.
 """
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from fedmezo.fl.vocabulary import reason_name
+from fedmezo.v1 import common_pb2
 
 __all__ = [
     "ConfigError",
@@ -73,66 +82,73 @@ class Stopped(FedmezoError):
 
 
 class Refusal(FedmezoError):
-    """A refused request. `reason` is a stable snake_case name sent as `fedmezo-reason` metadata."""
+    """A refused request. `reason_value` is its RefusalReason; `reason`, the value's stable snake_case
+    name, is sent as `fedmezo-reason` metadata. A subclass must name its value."""
 
-    reason = "refused"
+    reason_value: ClassVar[common_pb2.RefusalReason] = common_pb2.REFUSAL_REASON_UNSPECIFIED
+    reason: ClassVar[str] = reason_name(common_pb2.REFUSAL_REASON_UNSPECIFIED)
 
-
-class Unauthenticated(Refusal):
-    reason = "unauthenticated"
-
-
-class PermissionDenied(Refusal):
-    reason = "permission_denied"
-
-
-class NotJoined(Refusal):
-    reason = "not_joined"
+    def __init_subclass__(cls, *, reason_value: common_pb2.RefusalReason, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.reason_value = reason_value
+        cls.reason = reason_name(reason_value)
 
 
-class IncompatibleClient(Refusal):
-    reason = "incompatible_client"
+class Unauthenticated(Refusal, reason_value=common_pb2.REFUSAL_REASON_UNAUTHENTICATED):
+    """Missing or unknown bearer token."""
 
 
-class RoundClosed(Refusal):
-    reason = "round_closed"
+class PermissionDenied(Refusal, reason_value=common_pb2.REFUSAL_REASON_PERMISSION_DENIED):
+    """The client_id in the payload is not the token's identity."""
 
 
-class NotSelected(Refusal):
-    reason = "not_selected"
+class NotJoined(Refusal, reason_value=common_pb2.REFUSAL_REASON_NOT_JOINED):
+    """The client must Join first."""
 
 
-class WrongRound(Refusal):
-    reason = "wrong_round"
+class IncompatibleClient(Refusal, reason_value=common_pb2.REFUSAL_REASON_INCOMPATIBLE_CLIENT):
+    """Manifest hash or rng spec differs from the server's."""
 
 
-class InvalidUpdate(Refusal):
-    reason = "invalid_update"
+class RoundClosed(Refusal, reason_value=common_pb2.REFUSAL_REASON_ROUND_CLOSED):
+    """An update for a round that is already closed (late)."""
 
 
-class InvalidRequest(Refusal):
-    reason = "invalid_request"
+class NotSelected(Refusal, reason_value=common_pb2.REFUSAL_REASON_NOT_SELECTED):
+    """The client has no task in that round."""
 
 
-class ConflictingUpdate(Refusal):
-    reason = "conflicting_update"
+class WrongRound(Refusal, reason_value=common_pb2.REFUSAL_REASON_WRONG_ROUND):
+    """The round is not open (unknown or future)."""
 
 
-class NoCheckpoint(Refusal):
-    reason = "no_checkpoint"
+class InvalidUpdate(Refusal, reason_value=common_pb2.REFUSAL_REASON_INVALID_UPDATE):
+    """Wrong number of scalars, NaN/inf, malformed fingerprint."""
 
 
-class LimitExceeded(Refusal):
-    reason = "limit_exceeded"
+class InvalidRequest(Refusal, reason_value=common_pb2.REFUSAL_REASON_INVALID_REQUEST):
+    """A field out of its range: over-long text, an integer SQLite cannot hold."""
 
 
-class RateLimited(LimitExceeded):
-    reason = "rate_limited"
+class ConflictingUpdate(Refusal, reason_value=common_pb2.REFUSAL_REASON_CONFLICTING_UPDATE):
+    """A different update for a round the client already answered."""
 
 
-class TooManyStreams(LimitExceeded):
-    reason = "too_many_streams"
+class NoCheckpoint(Refusal, reason_value=common_pb2.REFUSAL_REASON_NO_CHECKPOINT):
+    """No checkpoint to download."""
 
 
-class TooManyClients(LimitExceeded):
-    reason = "too_many_clients"
+class LimitExceeded(Refusal, reason_value=common_pb2.REFUSAL_REASON_LIMIT_EXCEEDED):
+    """A per-client limit that keeps one caller from exhausting the server."""
+
+
+class RateLimited(LimitExceeded, reason_value=common_pb2.REFUSAL_REASON_RATE_LIMITED):
+    """More requests than the client's token bucket allows."""
+
+
+class TooManyStreams(LimitExceeded, reason_value=common_pb2.REFUSAL_REASON_TOO_MANY_STREAMS):
+    """Too many long-polls / streams open at once."""
+
+
+class TooManyClients(LimitExceeded, reason_value=common_pb2.REFUSAL_REASON_TOO_MANY_CLIENTS):
+    """A new client id beyond max_clients."""

@@ -7,6 +7,10 @@ an integer SQLite cannot store, more scalars than a task has steps) is refused h
 the protocol's own checks (exact step count, finite values, the round) live in the server.
 
 Times cross the wire as Unix milliseconds (int64); fingerprints and hashes as raw 32-byte digests.
+
+The protocol's limits and the refusal-reason metadata key are read from the proto by
+`fedmezo.fl.vocabulary` and re-exported here: FINGERPRINT_BYTES, MAX_MESSAGE_BYTES, MAX_TEXT_CHARS,
+MAX_STORED_INT, MAX_EVENT_CURSOR, MAX_CLIENT_ID_CHARS, REASON_METADATA_KEY.
 """
 
 from __future__ import annotations
@@ -26,6 +30,15 @@ from fedmezo.fl.records import (
     TaskStatus,
     Update,
 )
+from fedmezo.fl.vocabulary import (
+    FINGERPRINT_BYTES,
+    MAX_CLIENT_ID_CHARS,
+    MAX_EVENT_CURSOR,
+    MAX_MESSAGE_BYTES,
+    MAX_STORED_INT,
+    MAX_TEXT_CHARS,
+    REASON_METADATA_KEY,
+)
 from fedmezo.v1 import common_pb2, federation_pb2
 from fedmezo.zo import RNG_SPEC
 
@@ -33,8 +46,13 @@ if TYPE_CHECKING:
     from fedmezo.fl.config import RunConfig
 
 __all__ = [
+    "FINGERPRINT_BYTES",
+    "MAX_CLIENT_ID_CHARS",
+    "MAX_EVENT_CURSOR",
+    "MAX_MESSAGE_BYTES",
     "MAX_STORED_INT",
     "MAX_TEXT_CHARS",
+    "REASON_METADATA_KEY",
     "activity_from_pb",
     "activity_to_pb",
     "delta_from_pb",
@@ -55,9 +73,6 @@ __all__ = [
     "update_from_pb",
     "update_to_pb",
 ]
-
-MAX_TEXT_CHARS = 256  # device names, versions, specs: a line on the dashboard, not a payload
-MAX_STORED_INT = 2**63 - 1  # SQLite INTEGER is signed 64-bit; a larger uint64 cannot be stored
 
 _RUN_STATES = {
     RunState.WAITING_FOR_CLIENTS: common_pb2.RUN_STATE_WAITING_FOR_CLIENTS,

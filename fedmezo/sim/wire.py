@@ -11,12 +11,12 @@ from __future__ import annotations
 from fedmezo.fl.config import RunConfig
 from fedmezo.fl.records import DeltaRecord, TaskRecord, TaskResult, TaskStatus
 from fedmezo.fl.rounds import task_for
+from fedmezo.fl.vocabulary import FINGERPRINT_BYTES
 from fedmezo.fl.wire import delta_to_pb, task_result_to_pb
 from fedmezo.v1 import federation_pb2 as fpb
 
-__all__ = ["FINGERPRINT_BYTES", "full_state_round_bytes", "seed_scalar_round_bytes"]
+__all__ = ["full_state_round_bytes", "seed_scalar_round_bytes"]
 
-FINGERPRINT_BYTES = 32
 FP32_BYTES = 4
 MAX_WAIT_S = 30.0  # a daemon's long-poll wait as it asks for it (the server's default cap)
 

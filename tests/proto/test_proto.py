@@ -99,3 +99,14 @@ def test_a_round_with_20_steps_fits_in_1_kib() -> None:
     assert total <= 1024, total
     # participants + coefficients beats (seed, coef) pairs: 4 vs 12 bytes per local step
     assert len(delta.coefficients) * 4 < len(delta.coefficients) * 12
+
+
+def test_removed_fields_stay_reserved() -> None:
+    """A removed field's number and name are reserved, so no later field reuses them with another meaning."""
+    from google.protobuf import descriptor_pb2
+
+    proto = descriptor_pb2.DescriptorProto()
+    federation_pb2.StreamRoundDeltasResponse.DESCRIPTOR.CopyToProto(proto)
+    assert "packed_delta" not in federation_pb2.StreamRoundDeltasResponse.DESCRIPTOR.fields_by_name
+    assert "packed_delta" in proto.reserved_name
+    assert any(r.start <= 4 < r.end for r in proto.reserved_range)
