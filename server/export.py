@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedmezo.fl.errors import StoreError
 from fedmezo.fl.replica import Replica
@@ -54,10 +55,10 @@ def export_model(state_dir: str | Path, out_dir: str | Path, *, device: str = "c
         store.close()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = replica.model
+    model: Any = replica.loaded_model()
     if config["mode"] == "lora" and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(out)  # type: ignore[operator]
+    model.save_pretrained(out)
     if replica.tokenizer is not None:
         replica.tokenizer.save_pretrained(out)
     fingerprint = replica.fingerprint()

@@ -5,20 +5,44 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from fedmezo.fl.config import RunConfig
 from fedmezo.fl.records import ClientUpdateStats, RoundState, RunState
-from fedmezo.server.coordinator import Coordinator
+from fedmezo.server.presence import Presence
+from fedmezo.server.store import Store
+from fedmezo.server.traffic import TrafficMeter
 
 __all__ = [
     "ClientRoundView",
     "ClientView",
     "RoundView",
+    "RunReader",
     "StatusView",
     "client_views",
     "initial_round_view",
     "round_views",
     "status_view",
 ]
+
+
+class RunReader(Protocol):
+    """What the status views read of a running server (the coordinator is one); nothing they can change."""
+
+    config: RunConfig
+    store: Store
+    traffic: TrafficMeter
+    presence: Presence
+    started_at: float
+
+    @property
+    def rounds_completed(self) -> int: ...
+
+    def clock(self) -> float: ...
+
+    def fingerprint_at(self, version: int) -> bytes | None: ...
+
+    def run_state(self) -> RunState: ...
 
 
 @dataclass(frozen=True)
@@ -91,7 +115,7 @@ class ClientView:
     inference_peak_memory_bytes: int = 0
 
 
-def status_view(coord: Coordinator) -> StatusView:
+def status_view(coord: RunReader) -> StatusView:
     open_round = coord.store.open_round_record()
     bytes_up, bytes_down = coord.traffic.run_totals()
     return StatusView(
@@ -100,7 +124,7 @@ def status_view(coord: Coordinator) -> StatusView:
         current_round=open_round.round_id if open_round else 0,
         total_rounds=coord.config.rounds,
         fingerprint=coord.fingerprint_at(coord.rounds_completed) or b"",
-        clients_online=len(coord.online_clients()),
+        clients_online=len(coord.presence.online()),
         clients_total=coord.store.count_clients(),
         bytes_up=bytes_up,
         bytes_down=bytes_down,
@@ -109,7 +133,7 @@ def status_view(coord: Coordinator) -> StatusView:
     )
 
 
-def initial_round_view(coord: Coordinator) -> RoundView | None:
+def initial_round_view(coord: RunReader) -> RoundView | None:
     """Round 0, the initial model θ_0, once it has been evaluated: no clients, only metrics."""
     metrics = coord.store.get_metrics(0)
     if not metrics:
@@ -130,7 +154,7 @@ def initial_round_view(coord: Coordinator) -> RoundView | None:
     )
 
 
-def round_views(coord: Coordinator, from_round: int = 1, limit: int = 0) -> list[RoundView]:
+def round_views(coord: RunReader, from_round: int = 1, limit: int = 0) -> list[RoundView]:
     """Rounds from `from_round` on (at most `limit`, 0 = all); from_round 0 adds round 0 when evaluated."""
     views = []
     initial = initial_round_view(coord) if from_round == 0 else None
@@ -186,21 +210,21 @@ def round_views(coord: Coordinator, from_round: int = 1, limit: int = 0) -> list
     return views
 
 
-def client_views(coord: Coordinator) -> list[ClientView]:
+def client_views(coord: RunReader) -> list[ClientView]:
     fingerprints = coord.store.latest_fingerprints()
     traffic = coord.traffic.by_client()
     stats = coord.store.client_update_stats()
     none = ClientUpdateStats(0, math.nan, 0)
     views = []
     for client in coord.store.list_clients():
-        live = coord.live.get(client.client_id)
+        live = coord.presence.live.get(client.client_id)
         fp = fingerprints.get(client.client_id)
         s = stats.get(client.client_id, none)
         up, down = traffic.get(client.client_id, (0, 0))
         views.append(
             ClientView(
                 client_id=client.client_id,
-                online=coord.is_online(client.client_id),
+                online=coord.presence.is_online(client.client_id),
                 joined_at=client.joined_at,
                 last_heartbeat=live.last_seen if live else 0.0,
                 rounds_participated=s.accepted_rounds,

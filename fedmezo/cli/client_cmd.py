@@ -119,9 +119,9 @@ def _serve(config: Any, channel: Any) -> int:
 
     from fedmezo.client.connection import GrpcServerLink
     from fedmezo.client.daemon import Daemon
-    from fedmezo.fl.records import RunSettings
     from fedmezo.client.retry import RetryPolicy
     from fedmezo.client.workload import Workload, build_workload, resolve_device
+    from fedmezo.fl.records import RunSettings
 
     if config.threads > 0:
         torch.set_num_threads(config.threads)

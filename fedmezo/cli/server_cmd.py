@@ -27,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedmezo.fl.errors import ConfigError, StoreError
     from fedmezo.server.app import serve
     from fedmezo.server.config import load_config
-    from fedmezo.fl.errors import ConfigError, StoreError
 
     flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose")}
     try:

@@ -78,7 +78,7 @@ class Evaluator:
         """Evaluate the replica as it is now (blocking; the caller keeps it from changing meanwhile)."""
         start = time.perf_counter()
         result = evaluate(
-            replica.model,
+            replica.loaded_model(),
             replica.tokenizer,
             self.examples,
             batch_size=EVAL_BATCH_SIZE,

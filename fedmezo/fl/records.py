@@ -90,6 +90,11 @@ class JoinInfo:
     client_version: str = ""
     inference_peak_memory_bytes: int = 0
 
+    def to_record(self, client_id: str, now: float, previous: ClientRecord | None) -> ClientRecord:
+        """The client as stored; a peak of 0 (not measured) keeps what an earlier join reported."""
+        peak = self.inference_peak_memory_bytes or (previous.inference_peak_memory_bytes if previous else 0)
+        return ClientRecord(client_id, now, self.num_examples, self.device, self.client_version, peak)
+
 
 @dataclass(frozen=True)
 class JoinResult:

@@ -79,11 +79,17 @@ class Replica:
         return cls.load(
             config.model,
             mode=config.mode,
-            device=device or getattr(config, "device", "cpu"),
+            device=device or str(getattr(config, "device", "cpu")),
             rank=config.lora_rank,
             alpha=config.lora_alpha,
             seed=config.run_seed,
         )
+
+    def loaded_model(self) -> torch.nn.Module:
+        """The model around θ (a replica made from bare parameters has none: it only syncs)."""
+        if self.model is None:
+            raise ValueError("this replica holds only parameters; load it with Replica.load for a model")
+        return self.model
 
     # --- identity ---
     @property

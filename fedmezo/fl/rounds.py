@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedmezo.fl.aggregation import Aggregate, aggregate
+from fedmezo.fl.errors import IncompatibleClient, InvalidUpdate
 from fedmezo.fl.lr import LrContext, RoundStat, personalized_lrs
-from fedmezo.fl.records import Task, TaskRecord, UpdateRecord
+from fedmezo.fl.records import JoinInfo, Task, TaskRecord, Update, UpdateRecord
 from fedmezo.fl.selection import sample_clients, sample_size
+from fedmezo.zo import RNG_SPEC
 
 if TYPE_CHECKING:
     from fedmezo.fl.config import RunConfig
@@ -34,6 +36,32 @@ def plan_round(
     ctx = LrContext(round_id, config.run_seed, config.lr, config.lr_spread, selected, history)
     lrs = personalized_lrs(config.lr_strategy, ctx)
     return {c: TaskRecord(round_id, c, lrs[c], config.local_steps) for c in selected}
+
+
+def check_join(info: JoinInfo, manifest_sha256: bytes, config: RunConfig) -> None:
+    """A client can join only with the same perturbation spec and the same trainable model."""
+    if info.rng_spec != RNG_SPEC:
+        raise IncompatibleClient(f"rng spec {info.rng_spec!r} differs from the server's {RNG_SPEC!r}")
+    if info.manifest_sha256 != manifest_sha256:
+        raise IncompatibleClient(
+            f"model manifest {info.manifest_sha256.hex()[:16]} differs from the server's "
+            f"{manifest_sha256.hex()[:16]} (model {config.model!r}, mode {config.mode})"
+        )
+    if info.num_examples < 0:
+        raise InvalidUpdate("num_examples must be >= 0")
+
+
+def check_update(update: Update, task: TaskRecord) -> None:
+    """An update answers its task exactly: τ projected gradients, 0 or τ losses, finite scalars."""
+    if len(update.projected_grads) != task.local_steps:
+        raise InvalidUpdate(
+            f"expected {task.local_steps} projected gradients, got {len(update.projected_grads)}"
+        )
+    if len(update.losses) not in (0, task.local_steps):
+        raise InvalidUpdate(f"expected 0 or {task.local_steps} losses, got {len(update.losses)}")
+    scalars = (*update.projected_grads, *update.losses, update.step_time_s)
+    if not all(math.isfinite(x) for x in scalars):
+        raise InvalidUpdate("non-finite scalar (NaN or inf) in the update")
 
 
 def _fp32(x: float) -> float:

@@ -108,7 +108,7 @@ def _train_mezo(
             hook = lambda p, c=client_id: on_trained(c, p)  # noqa: E731
         start = time.perf_counter()
         result = train_task(
-            world.replica.model,
+            world.replica.loaded_model(),
             world.replica.params,
             dataset,
             task_for(world.config, task),
@@ -224,8 +224,7 @@ class FedAvgBackprop:
         return torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)  # no decay: MeZO has none either
 
     def _local_steps(self, world: World, client_id: str, task: TaskRecord) -> tuple[float, int]:
-        model, config = world.replica.model, world.config
-        assert model is not None
+        model, config = world.replica.loaded_model(), world.config
         device = world.replica.params.device
         trainable = [p for p in model.parameters() if p.requires_grad]  # tied weights come once
         optimizer = self._optimizer(world, trainable)
@@ -250,8 +249,7 @@ class FedAvgBackprop:
         average = _FullStateAverage(params)
         snapshot = params.snapshot()
         seconds, losses, peaks = {}, {}, {}
-        model = world.replica.model
-        assert model is not None
+        model = world.replica.loaded_model()
         was_training = model.training
         model.eval()  # same mode as MeZO's losses (dropout off); autograd still runs
         try:

@@ -1,0 +1,76 @@
+"""Create or resume the run in a state dir: its identity, θ at the stored version, the history.
+
+A restart must run the same run: the run-defining fields (`fedmezo.fl.config.RUN_DEFINING_FIELDS`)
+are frozen into the store at the first start, and a later start with others is refused before
+anything is written. Resume = latest checkpoint + replay of the later stored deltas (model_state.py).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fedmezo.fl.config import RUN_DEFINING_FIELDS
+from fedmezo.fl.errors import ConfigError, StoreError
+from fedmezo.fl.records import NewEvent, RoundState
+from fedmezo.fl.replica import Replica
+from fedmezo.fl.rounds import History, remember
+from fedmezo.server.config import ServerConfig
+from fedmezo.server.model_state import restore_replica
+from fedmezo.server.store import Store
+
+__all__ = ["RunStart", "history_of_round", "start_run"]
+
+
+@dataclass
+class RunStart:
+    run_id: str
+    fingerprints: dict[int, bytes]  # version → the replica's fingerprint after it (0 = θ_0)
+    history: History = field(default_factory=dict)
+
+
+def history_of_round(store: Store, round_id: int, history: History) -> None:
+    """Add a closed round's accepted updates to the per-client history the lr strategies read."""
+    updates = {u.client_id: u for u in store.list_updates(round_id)}
+    stats = [
+        (o.client_id, updates[o.client_id].mean_loss, o.model_diff)
+        for o in store.list_outcomes(round_id)
+        if o.accepted and o.client_id in updates
+    ]
+    remember(history, round_id, stats)
+
+
+def start_run(
+    config: ServerConfig, store: Store, replica: Replica, checkpoint_dir: Path, now: float
+) -> RunStart:
+    """Create the run (a fresh state dir) or resume it, bringing `replica` to the stored version."""
+    stored = store.get_meta("run_config")
+    run_fields = {k: getattr(config, k) for k in RUN_DEFINING_FIELDS}
+    if stored is None:
+        # run_config goes last: it marks the dir as holding a run, so a start that dies before it
+        # (a kill, a full disk at the first checkpoint) leaves a dir that simply starts afresh.
+        run_id = secrets.token_hex(8)
+        store.set_meta("run_id", run_id)
+        store.set_meta("initial_fingerprint", replica.fingerprint().hex())
+        store.add_checkpoint(replica.save_checkpoint(checkpoint_dir))
+        store.add_events([NewEvent("run_started", f"run {run_id}", now)])
+        store.set_meta("run_config", json.dumps(run_fields, sort_keys=True))
+    else:
+        previous = json.loads(stored)
+        changed = {k: (previous.get(k), v) for k, v in run_fields.items() if previous.get(k) != v}
+        if changed:
+            raise ConfigError(f"state dir holds another run; changed run-defining fields: {changed}")
+        run_id = store.get_meta("run_id") or ""
+        restore_replica(replica, store, checkpoint_dir)
+        store.add_events([NewEvent("run_resumed", f"resumed at version {replica.version}", now)])
+    store.set_meta("config", json.dumps(asdict(config), sort_keys=True))
+    start = RunStart(run_id, {0: bytes.fromhex(store.get_meta("initial_fingerprint") or "")})
+    for rec in store.list_rounds():
+        if rec.state != RoundState.OPEN:
+            start.fingerprints[rec.round_id] = rec.fingerprint
+            history_of_round(store, rec.round_id, start.history)
+    if replica.version != max((r for r in start.fingerprints if r > 0), default=0):
+        raise StoreError("replica version differs from the rounds stored")
+    return start

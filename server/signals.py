@@ -1,0 +1,40 @@
+"""Wake-ups for waiters: long-polls, delta streams and event streams wait on these instead of polling.
+
+Two levels, because waking every waiter on every update is O(clients²) at scale: `changed` fires on
+any change (event streams), `round_changed` only when a round opens or closes (long-polls, delta
+streams). Each is a fresh asyncio.Event per change: capture it before checking state, then wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+__all__ = ["Signals", "wait_or_timeout"]
+
+
+class Signals:
+    def __init__(self) -> None:
+        self._changed = asyncio.Event()
+        self._round_changed = asyncio.Event()
+
+    def changed(self) -> asyncio.Event:
+        return self._changed
+
+    def round_changed(self) -> asyncio.Event:
+        return self._round_changed
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def notify_round(self) -> None:
+        self._round_changed.set()
+        self._round_changed = asyncio.Event()
+        self.notify()
+
+
+async def wait_or_timeout(event: asyncio.Event, timeout_s: float) -> None:
+    """Return when `event` is set or after `timeout_s`, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=timeout_s)
