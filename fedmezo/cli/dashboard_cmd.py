@@ -11,6 +11,8 @@ import argparse
 import logging
 from typing import Any
 
+from fedmezo.cli.status_cmd import add_connection_arguments
+
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "GRACEFUL_SHUTDOWN_S", "register", "run"]
 
 logger = logging.getLogger("fedmezo.dashboard")
@@ -29,13 +31,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--server", required=True, help="fedmezo server address HOST:PORT")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT})")
-    auth = parser.add_mutually_exclusive_group()
-    auth.add_argument("--token", help="bearer token for the status service (or FEDMEZO_TOKEN)")
-    auth.add_argument("--token-file", dest="token_file", help="file holding the bearer token")
-    parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (development only)")
-    parser.add_argument("--tls-ca", dest="tls_ca", help="PEM CA bundle that signed the server certificate")
-    parser.add_argument("--tls-cert", dest="tls_cert", help="PEM client certificate (mTLS)")
-    parser.add_argument("--tls-key", dest="tls_key", help="PEM client key (mTLS)")
+    add_connection_arguments(parser)
     parser.set_defaults(func=run)
 
 

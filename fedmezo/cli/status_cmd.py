@@ -31,14 +31,19 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--server", required=True, help="server address HOST:PORT")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_connection_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """The status service's token and TLS options, shared by `status` and `dashboard`."""
     auth = parser.add_mutually_exclusive_group()
-    auth.add_argument("--token", help="bearer token (or FEDMEZO_TOKEN)")
+    auth.add_argument("--token", help="bearer token for the status service (or FEDMEZO_TOKEN)")
     auth.add_argument("--token-file", dest="token_file", help="file holding the bearer token")
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (development only)")
     parser.add_argument("--tls-ca", dest="tls_ca", help="PEM CA bundle that signed the server certificate")
     parser.add_argument("--tls-cert", dest="tls_cert", help="PEM client certificate (mTLS)")
     parser.add_argument("--tls-key", dest="tls_key", help="PEM client key (mTLS)")
-    parser.set_defaults(func=run)
 
 
 def _nan_to_none(value: float) -> float | None:
