@@ -25,6 +25,7 @@ from fedmezo.fl import vocabulary
 from fedmezo.fl.errors import IncompatibleClient, NotJoined, NotSelected, RoundClosed, StoreError, WrongRound
 from fedmezo.fl.records import Activity, RunSettings, Task, TaskStatus, Update
 from fedmezo.fl.replica import Replica
+from fedmezo.fl.seeds import SHARED, SeedPlan
 from fedmezo.fl.train import train_task
 from fedmezo.zo import RNG_SPEC
 
@@ -133,7 +134,8 @@ class Daemon:
             self.replica = Replica(workload.params, backend=workload.backend)
             if self.state_dir is not None:
                 load_replica(self.state_dir, self.replica, run_id=settings.run_id, manifest_sha256=manifest)
-            self.sync = ReplicaSync(self.replica, settings.run_seed)
+            plan = SeedPlan(settings.run_seed, settings.seed_scheme, settings.perturbations)
+            self.sync = ReplicaSync(self.replica, plan, settings.local_steps)
         return self.workload, self.replica
 
     def _session(self) -> None:
@@ -216,7 +218,9 @@ class Daemon:
         if self.replica.version >= target:
             return
         self._set_activity(Activity.SYNCING)
-        seeds_per_round = max(self.settings.clients_per_round, 1) * self.settings.local_steps
+        settings = self.settings
+        clients = 1 if settings.seed_scheme == SHARED else max(settings.clients_per_round, 1)
+        seeds_per_round = clients * settings.local_steps * settings.perturbations
         self._sync().catch_up(
             self.link,
             target=target,

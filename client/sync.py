@@ -16,6 +16,7 @@ from fedmezo.fl.aggregation import delta_from_participants
 from fedmezo.fl.errors import SyncFailed
 from fedmezo.fl.records import DeltaRecord
 from fedmezo.fl.replica import Replica
+from fedmezo.fl.seeds import SeedPlan
 
 __all__ = [
     "ASSUMED_APPLY_ELEMENTS_PER_S",
@@ -41,15 +42,16 @@ def checkpoint_is_cheaper(*, seeds_to_replay: int, numel: int, checkpoint_size_b
 
 @dataclass
 class ReplicaSync:
-    """Moves `replica` forward with what the server sends (the run seed names every delta's seeds)."""
+    """Moves `replica` forward with what the server sends (the seed plan names every delta's seeds)."""
 
     replica: Replica
-    run_seed: int
+    seeds: SeedPlan
+    local_steps: int = 0  # τ: what names a shared-seed round's seeds (per-client rounds list theirs)
 
     def apply(self, message: DeltaRecord) -> None:
         """Apply round `version + 1`'s delta and check the server's fingerprint when it came along."""
         delta = delta_from_participants(
-            self.run_seed, message.round_id, message.participants, message.coefficients
+            self.seeds, message.round_id, message.participants, message.coefficients, self.local_steps
         )
         self.replica.apply_round(message.round_id, delta, message.fingerprint)
 

@@ -241,7 +241,7 @@ class Coordinator:
         task = self.store.get_task(update.round_id, client_id)
         if task is None:
             raise errors.NotSelected(f"{client_id} has no task in round {update.round_id}")
-        check_update(update, task)
+        check_update(update, task, self.config.perturbations)
         event = self._event(
             "update_accepted", f"mean loss {candidate.mean_loss:.4f}", update.round_id, client_id
         )

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fedmezo.fl.config import RUN_DEFINING_FIELDS
+from fedmezo.fl.config import RUN_DEFINING_FIELDS, RunConfig
 from fedmezo.fl.errors import ConfigError, StoreError
 from fedmezo.fl.records import NewEvent, RoundState
 from fedmezo.fl.replica import Replica
@@ -59,7 +59,12 @@ def start_run(
         store.set_meta("run_config", json.dumps(run_fields, sort_keys=True))
     else:
         previous = json.loads(stored)
-        changed = {k: (previous.get(k), v) for k, v in run_fields.items() if previous.get(k) != v}
+        defaults = RunConfig()  # a field added since the dir was created had its default then
+        changed = {
+            k: (previous.get(k, getattr(defaults, k)), v)
+            for k, v in run_fields.items()
+            if previous.get(k, getattr(defaults, k)) != v
+        }
         if changed:
             raise ConfigError(f"state dir holds another run; changed run-defining fields: {changed}")
         run_id = store.get_meta("run_id") or ""

@@ -132,7 +132,7 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         O(N²) work at every round close)."""
         message = self._delta_messages.get(record.round_id)
         if message is None:
-            message = wire.delta_to_pb(record)
+            message = wire.delta_to_pb(record, seed_scheme=self._coord.config.seed_scheme)
             if len(self._delta_messages) >= DELTA_MESSAGES_KEPT:
                 del self._delta_messages[min(self._delta_messages)]
             self._delta_messages[record.round_id] = message
@@ -190,7 +190,10 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
     @unary
     async def SubmitUpdate(self, request: Any, context: Any) -> federation_pb2.SubmitUpdateResponse:
         client = self._who(context, request.client_id)
-        update = wire.update_from_pb(request, max_steps=self._coord.config.local_steps)
+        config = self._coord.config
+        update = wire.update_from_pb(
+            request, max_steps=config.local_steps, perturbations=config.perturbations
+        )
         round_id = await self._coord.submit_update(client, update)
         response = federation_pb2.SubmitUpdateResponse(
             status=federation_pb2.UPDATE_STATUS_ACCEPTED, round_id=round_id

@@ -37,7 +37,8 @@ __all__ = [
     "null_to_nan",
 ]
 
-SCHEMA_VERSION = 2  # 2: clients.inference_peak_memory_bytes (added in place to a version-1 file)
+# 2: clients.inference_peak_memory_bytes; 3: updates.forward_passes (each added in place to older files)
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 10.0
 WAL_SAFETY_PAGES = 65536  # 256 MiB of 4 KiB pages: the writer checkpoints itself only past this
 
@@ -57,7 +58,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS updates (
     round_id INTEGER NOT NULL, client_id TEXT NOT NULL, projected_grads BLOB NOT NULL, losses BLOB NOT NULL,
     step_time_s REAL, peak_memory_bytes INTEGER NOT NULL, device TEXT NOT NULL, num_examples INTEGER NOT NULL,
-    received_at REAL NOT NULL, PRIMARY KEY (round_id, client_id));
+    received_at REAL NOT NULL, forward_passes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (round_id, client_id));
 CREATE TABLE IF NOT EXISTS outcomes (
     round_id INTEGER NOT NULL, client_id TEXT NOT NULL, accepted INTEGER NOT NULL, weight REAL NOT NULL,
     rejected_reason TEXT NOT NULL, model_diff REAL, PRIMARY KEY (round_id, client_id));
@@ -165,11 +166,11 @@ class SqliteDatabase:
 
     def _migrate(self) -> None:
         """Bring a file written by an older fedmezo up to SCHEMA_VERSION (additive columns only)."""
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(clients)")}
-        if "inference_peak_memory_bytes" not in columns:
-            self._conn.execute(
-                "ALTER TABLE clients ADD COLUMN inference_peak_memory_bytes INTEGER NOT NULL DEFAULT 0"
-            )
+        added = (("clients", "inference_peak_memory_bytes"), ("updates", "forward_passes"))
+        for table, column in added:
+            columns = {row[1] for row in self._conn.execute(f"PRAGMA table_info({table})")}
+            if column not in columns:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
     # --- the one translation boundary for sqlite3.Error ---
     @contextmanager

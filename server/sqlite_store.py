@@ -271,6 +271,7 @@ class SqliteStore(Store):
             device=row[6],
             num_examples=row[7],
             received_at=row[8],
+            forward_passes=row[9],
         )
 
     def add_update(self, update: UpdateRecord, events: Sequence[NewEvent] = ()) -> None:
@@ -281,7 +282,7 @@ class SqliteStore(Store):
             if not db.execute("SELECT 1 FROM tasks WHERE round_id=? AND client_id=?", key).fetchone():
                 raise StoreError(f"no task {key}")
             db.execute(
-                "INSERT INTO updates VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO updates VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     update.round_id,
                     update.client_id,
@@ -292,6 +293,7 @@ class SqliteStore(Store):
                     update.device,
                     update.num_examples,
                     update.received_at,
+                    update.forward_passes,
                 ),
             )
             self._insert_events(db, events)

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 from fedmezo.fl.errors import SyncFailed
 from fedmezo.fl.records import TaskRecord, UpdateOutcome, UpdateRecord
-from fedmezo.zo import Contribution, RoundDelta, derive_seed, round_delta
+from fedmezo.fl.seeds import SeedPlan
+from fedmezo.zo import Contribution, RoundDelta, round_delta
 
 __all__ = [
     "WEIGHT_RULES",
     "Aggregate",
     "aggregate",
-    "client_seeds",
     "clip_grads",
     "delta_from_participants",
     "outlier_clients",
@@ -42,24 +42,24 @@ class Aggregate:
     participants: tuple[tuple[str, int], ...]  # accepted (client id, local steps), ascending id
 
 
-def client_seeds(run_seed: int, round_id: int, client_id: str, local_steps: int) -> list[int]:
-    """The seeds of one client's τ local steps in a round: derived, so they never travel."""
-    return [derive_seed(run_seed, round_id, client_id, t) for t in range(local_steps)]
-
-
 def delta_from_participants(
-    run_seed: int,
+    seeds: SeedPlan,
     round_id: int,
     participants: Sequence[tuple[str, int]],
     coefficients: Sequence[float],
+    local_steps: int,
 ) -> RoundDelta:
-    """A round's (seed, coefficient) list from its wire form: participants + ascending-seed coefficients."""
-    seeds = sorted(
-        {s for client, steps in participants for s in client_seeds(run_seed, round_id, client, steps)}
-    )
-    if len(seeds) != len(coefficients):
-        raise SyncFailed(f"round {round_id}: {len(seeds)} derived seeds, {len(coefficients)} coefficients")
-    return RoundDelta(tuple(seeds), tuple(coefficients))
+    """A round's (seed, coefficient) list from its wire form: participants (per-client seeds; shared
+    seeds need only τ = `local_steps`) and the coefficients in ascending-seed order. No coefficients
+    is an aborted round's empty delta."""
+    if not coefficients:
+        return RoundDelta((), ())
+    round_seeds = seeds.round_seeds(round_id, participants, local_steps)
+    if len(round_seeds) != len(coefficients):
+        raise SyncFailed(
+            f"round {round_id}: {len(round_seeds)} derived seeds, {len(coefficients)} coefficients"
+        )
+    return RoundDelta(round_seeds, tuple(coefficients))
 
 
 def clip_grads(grads: Sequence[float], clip: float) -> tuple[float, ...]:
@@ -103,7 +103,7 @@ def aggregate(
     updates: Sequence[UpdateRecord],
     tasks: Mapping[str, TaskRecord],
     *,
-    run_seed: int,
+    seeds: SeedPlan,
     rule: str,
     clip: float = 0.0,
     outlier_k: float = 0.0,
@@ -118,7 +118,7 @@ def aggregate(
             client_id=u.client_id,
             weight=weight_of(u.num_examples),
             lr=tasks[u.client_id].lr,
-            seeds=client_seeds(run_seed, round_id, u.client_id, len(u.projected_grads)),
+            seeds=seeds.client_seeds(round_id, u.client_id, len(u.projected_grads) // seeds.perturbations),
             projected_grads=clipped[u.client_id],
         )
         for u in accepted
@@ -142,5 +142,5 @@ def aggregate(
                 u.client_id, True, c.weight / total, model_diff=_model_diff(own, coefficients, sum_sq)
             )
         )
-    participants = tuple((u.client_id, len(u.projected_grads)) for u in accepted)
+    participants = tuple((u.client_id, len(u.projected_grads) // seeds.perturbations) for u in accepted)
     return Aggregate(delta, tuple(outcomes), participants)

@@ -17,10 +17,13 @@ import numpy as np
 from fedmezo.fl.aggregation import WEIGHT_RULES
 from fedmezo.fl.errors import ConfigError
 from fedmezo.fl.lr import STRATEGIES
+from fedmezo.fl.seeds import SEED_SCHEMES, SeedPlan
 from fedmezo.settings import setting
 from fedmezo.trainable import TrainMode
+from fedmezo.zo.estimators import ESTIMATORS
 
 __all__ = [
+    "ESTIMATOR_NAMES",
     "FP32_FIELDS",
     "LR_STRATEGIES",
     "MAX_LENGTH",
@@ -39,8 +42,10 @@ WEIGHTINGS = tuple(WEIGHT_RULES)
 MAX_LENGTH = 256
 MIN_MAX_LENGTH = 8  # room for a chat template's few special tokens plus an answer
 MAX_MAX_LENGTH = 1 << 20
-# Changing these would make the stored deltas meaningless, so a restart must keep them.
-RUN_DEFINING_FIELDS = ("model", "mode", "lora_rank", "lora_alpha", "run_seed")
+ESTIMATOR_NAMES = tuple(ESTIMATORS)
+# Changing these would make the stored deltas meaningless (their seeds are derived from them), so a
+# restart must keep them.
+RUN_DEFINING_FIELDS = ("model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations")
 # Sent to clients as fp32 and used there as-is: rounded once here, so the server and a simulation
 # compute with exactly the value a client trains with.
 FP32_FIELDS = ("eps", "clip")
@@ -89,6 +94,17 @@ class RunConfig:
     lr_spread: float = setting(1e-6, "personalized-LR spread delta (design section 4); must be < lr")
     lr_strategy: str = setting("frozen", " | ".join(LR_STRATEGIES))
     eps: float = setting(1e-3, "MeZO perturbation scale epsilon; 1e-3 is the MeZO paper's default")
+    estimator: str = setting(
+        "mezo",
+        "zeroth-order estimator of a local step (docs/estimators.md): mezo (2P forwards) | "
+        "fzoo (P + 1 forwards, normalised by the loss spread; its lr is on another scale)",
+    )
+    perturbations: int = setting(1, "P: seeded perturbations (and uploaded scalars) per local step")
+    seed_scheme: str = setting(
+        "per-client",
+        "per-client: every client its own seeds | shared: one set per round for every client (a "
+        "round delta of tau*P coefficients whatever the number of clients)",
+    )
     batch_size: int = setting(8, "examples per MeZO step on each client")
     aggregation: str = setting("examples", "client weights: examples (by local example count) | equal")
     clip: float = setting(0.0, "clip |projected grad| to this value on clients and at aggregation; 0 = off")
@@ -128,6 +144,12 @@ class RunConfig:
             problems.append(f"mode must be one of {MODES}")
         if self.lr_strategy not in LR_STRATEGIES:
             problems.append(f"lr_strategy must be one of {LR_STRATEGIES}")
+        if self.estimator not in ESTIMATOR_NAMES:
+            problems.append(f"estimator must be one of {ESTIMATOR_NAMES}")
+        if self.seed_scheme not in SEED_SCHEMES:
+            problems.append(f"seed_scheme must be one of {SEED_SCHEMES}")
+        if self.perturbations < 1:
+            problems.append("perturbations must be >= 1")
         if self.aggregation not in WEIGHTINGS:
             problems.append(f"aggregation must be one of {WEIGHTINGS}")
         problems += [f"{name} must be >= 1" for name in _AT_LEAST_ONE if getattr(self, name) < 1]
@@ -158,6 +180,10 @@ class RunConfig:
         if not 0 <= self.run_seed < 2**64:
             problems.append("run_seed must be an unsigned 64-bit integer")
         return problems
+
+    @property
+    def seeds(self) -> SeedPlan:
+        return SeedPlan(self.run_seed, self.seed_scheme, self.perturbations)
 
     def validate(self) -> Self:
         """Raise one ConfigError listing every problem, so a bad run never starts; returns self."""

@@ -76,6 +76,9 @@ class RunSettings:
     heartbeat_interval_s: float = 10.0
     clients_per_round: int = 0
     max_length: int | None = None  # None: the server does not say; the client's own setting applies
+    estimator: str = "mezo"
+    perturbations: int = 1
+    seed_scheme: str = "per-client"
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,9 @@ class Task:
     run_seed: int
     clip: float | None = None
     deadline_s: float = 0.0  # seconds left until the round closes, when the task was handed out
+    estimator: str = "mezo"
+    perturbations: int = 1  # P: seeds (and scalars) per local step
+    seed_scheme: str = "per-client"
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,7 @@ class Update:
     peak_memory_bytes: int = 0
     device: str = ""
     num_examples: int = 0  # 0: the server keeps the count the client gave at Join
+    forward_passes: int = 0  # forwards the task cost: the budget unit across estimators
 
     def to_record(self, client_id: str, *, received_at: float, num_examples: int = 0) -> UpdateRecord:
         """As stored; `num_examples` stands in when the update does not give its own."""
@@ -211,6 +218,7 @@ class Update:
             device=self.device,
             num_examples=self.num_examples or num_examples,
             received_at=received_at,
+            forward_passes=self.forward_passes,
         )
 
 
@@ -232,6 +240,7 @@ class UpdateRecord:
     device: str
     num_examples: int
     received_at: float
+    forward_passes: int = 0  # what the task cost the client (0: not reported)
 
     def same_payload(self, other: UpdateRecord) -> bool:
         """Equal content (received_at aside): a retransmission, answered idempotently."""
@@ -242,6 +251,7 @@ class UpdateRecord:
             and self.peak_memory_bytes == other.peak_memory_bytes
             and self.device == other.device
             and self.num_examples == other.num_examples
+            and self.forward_passes == other.forward_passes
         )
 
     @property

@@ -51,12 +51,12 @@ def check_join(info: JoinInfo, manifest_sha256: bytes, config: RunConfig) -> Non
         raise InvalidUpdate("num_examples must be >= 0")
 
 
-def check_update(update: Update, task: TaskRecord) -> None:
-    """An update answers its task exactly: τ projected gradients, 0 or τ losses, finite scalars."""
-    if len(update.projected_grads) != task.local_steps:
-        raise InvalidUpdate(
-            f"expected {task.local_steps} projected gradients, got {len(update.projected_grads)}"
-        )
+def check_update(update: Update, task: TaskRecord, perturbations: int = 1) -> None:
+    """An update answers its task exactly: τ·P scalars, 0 or τ losses, finite scalars."""
+    expected = task.local_steps * perturbations
+    if len(update.projected_grads) != expected:
+        got = len(update.projected_grads)
+        raise InvalidUpdate(f"expected {expected} projected gradients, got {got}")
     if len(update.losses) not in (0, task.local_steps):
         raise InvalidUpdate(f"expected 0 or {task.local_steps} losses, got {len(update.losses)}")
     scalars = (*update.projected_grads, *update.losses, update.step_time_s)
@@ -79,6 +79,9 @@ def task_for(config: RunConfig, record: TaskRecord, deadline_s: float = 0.0) -> 
         run_seed=config.run_seed,
         clip=_fp32(config.clip) or None,
         deadline_s=deadline_s,
+        estimator=config.estimator,
+        perturbations=config.perturbations,
+        seed_scheme=config.seed_scheme,
     )
 
 
@@ -103,7 +106,7 @@ def close_round(
 ) -> ClosedRound:
     """Aggregate round r's updates under the run's rule, clip and outlier settings."""
     agg = aggregate(
-        round_id, updates, tasks, run_seed=config.run_seed, rule=config.aggregation,
+        round_id, updates, tasks, seeds=config.seeds, rule=config.aggregation,
         clip=config.clip, outlier_k=config.outlier_k,
     )  # fmt: skip
     accepted = {o.client_id for o in agg.outcomes if o.accepted}

@@ -20,9 +20,11 @@ from tqdm import tqdm
 
 from fedmezo.fl.errors import Stopped
 from fedmezo.fl.records import Task, Update
+from fedmezo.fl.seeds import SeedPlan
 from fedmezo.memory import PeakMemory
-from fedmezo.zo import Backend, Batch, TrainableParams, derive_seed, make_loss_fn, mezo_step
-from fedmezo.zo.mixed import ComputeCopy, mezo_step_mixed
+from fedmezo.zo import Backend, Batch, TrainableParams, make_loss_fn
+from fedmezo.zo.estimators import InPlace, Perturbation, estimate_step
+from fedmezo.zo.mixed import ComputeCopy, CopyShift
 
 __all__ = [
     "StepDataset",
@@ -41,13 +43,14 @@ class StepDataset(Protocol):
 @dataclass(frozen=True)
 class TrainResult:
     round_id: int
-    seeds: tuple[int, ...]
-    projected_grads: tuple[float, ...]  # fp32 values, step order
+    seeds: tuple[int, ...]  # τ·P, step-major
+    projected_grads: tuple[float, ...]  # fp32 per-seed scalars a, same order as the seeds
     losses: tuple[float, ...]  # (loss₊ + loss₋)/2 per step, rounded to fp32 as they travel
     step_time_s: float  # mean wall time of one step, fp32 as it travels
     peak_memory_bytes: int
     device: str
     skipped_steps: int
+    forward_passes: int = 0  # the budget unit across estimators (MeZO 2P, FZOO P + 1 per step)
 
     def to_update(self, num_examples: int = 0) -> Update:
         """The upload of this result (`num_examples` 0: the server keeps the count given at Join)."""
@@ -59,6 +62,7 @@ class TrainResult:
             peak_memory_bytes=self.peak_memory_bytes,
             device=self.device,
             num_examples=num_examples,
+            forward_passes=self.forward_passes,
         )
 
 
@@ -83,18 +87,24 @@ def train_task(
     on_trained: Callable[[TrainableParams], None] | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Run the task's τ MeZO steps from θ_r and return to θ_r exactly, whatever happens.
+    """Run the task's τ local steps from θ_r and return to θ_r exactly, whatever happens.
 
-    Step t uses seed s_t = derive_seed(run_seed, round, client_id, t) both for its perturbation z(s_t)
-    and for its batch, so the server (and any replica) can name every direction without it travelling.
+    Step t's P seeds come from the task's seed plan (fedmezo.fl.seeds); the first also picks the step's
+    batch, so the server (and any replica) can name every direction without it travelling. Each step is
+    the task's estimator (fedmezo.zo.estimators); its P scalars travel step-major.
     A stop request abandons the task between steps (raises `Stopped`) after restoring θ_r.
     `on_trained` sees the local model after the τ steps, before the restore: the full-state FedMeZO
     baseline of `fedmezo simulate` averages those local models (daemons never need it).
     """
     device = params.device
     snapshot = params.snapshot()  # θ_r, host fp32 copy
-    seeds = tuple(derive_seed(task.run_seed, task.round_id, client_id, t) for t in range(task.local_steps))
+    plan = SeedPlan(task.run_seed, task.seed_scheme, task.perturbations)
+    step_seeds = [plan.step_seeds(task.round_id, client_id, t) for t in range(task.local_steps)]
+    move: Perturbation = (
+        CopyShift(params.compute) if isinstance(params.compute, ComputeCopy) else InPlace(params, backend)
+    )  # a compute copy: bf16 forwards, θ never perturbed
     grads: list[float] = []
+    forwards = 0
     losses: list[float] = []
     skipped = 0
     peak = PeakMemory(device)  # MeZO's training peak: what the dashboard puts next to inference
@@ -102,27 +112,23 @@ def train_task(
     start = time.perf_counter()
     try:
         bar = tqdm(
-            seeds,
+            step_seeds,
             desc=f"round {task.round_id}",
             unit="step",
             disable=None if progress else True,  # None: only on a terminal, never into log files
             leave=False,
             file=sys.stderr,
         )
-        for t, seed in enumerate(bar):
+        for t, seeds in enumerate(bar):
             if stop is not None and stop.is_set():
                 raise Stopped(f"abandoned round {task.round_id} at step {t}")
-            batch = dataset.batch_for_step(seed, task.batch_size).to(device)
-            loss_fn = make_loss_fn(model, batch)
-            if isinstance(params.compute, ComputeCopy):  # bf16 forwards, θ never perturbed
-                result = mezo_step_mixed(
-                    params.compute, loss_fn, seed=seed, eps=task.eps, lr=task.lr, clip=task.clip
-                )
-            else:
-                result = mezo_step(
-                    params, loss_fn, seed=seed, eps=task.eps, lr=task.lr, clip=task.clip, backend=backend
-                )
-            grads.append(result.projected_grad)
+            batch = dataset.batch_for_step(seeds[0], task.batch_size).to(device)
+            result = estimate_step(
+                task.estimator, move, make_loss_fn(model, batch),
+                seeds=seeds, eps=task.eps, lr=task.lr, clip=task.clip,
+            )  # fmt: skip
+            grads.extend(result.scalars)
+            forwards += result.forwards
             losses.append(float(np.float32(result.loss)))  # fp32, as it travels and is stored
             skipped += result.skipped
             bar.set_postfix(loss=f"{result.loss:.4f}")
@@ -135,11 +141,12 @@ def train_task(
         params.restore(snapshot)  # back to θ_r bit for bit: drift never reaches the canonical state
     return TrainResult(
         round_id=task.round_id,
-        seeds=seeds,
+        seeds=tuple(s for seeds in step_seeds for s in seeds),
         projected_grads=tuple(grads),
         losses=tuple(losses),
         step_time_s=float(np.float32(elapsed / max(task.local_steps, 1))),
         peak_memory_bytes=peak.peak_bytes(),
         device=device_label(device),
         skipped_steps=skipped,
+        forward_passes=forwards,
     )

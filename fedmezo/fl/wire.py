@@ -30,6 +30,7 @@ from fedmezo.fl.records import (
     TaskStatus,
     Update,
 )
+from fedmezo.fl.seeds import PER_CLIENT, SHARED
 from fedmezo.fl.vocabulary import (
     FINGERPRINT_BYTES,
     MAX_CLIENT_ID_CHARS,
@@ -84,6 +85,8 @@ _TASK_STATUS = {
     TaskStatus.NO_TASK: federation_pb2.TASK_STATUS_NO_TASK,
     TaskStatus.RUN_FINISHED: federation_pb2.TASK_STATUS_RUN_FINISHED,
 }
+_ESTIMATORS = {"mezo": common_pb2.ESTIMATOR_MEZO, "fzoo": common_pb2.ESTIMATOR_FZOO}
+_SEED_SCHEMES = {PER_CLIENT: common_pb2.SEED_SCHEME_DERIVED, SHARED: common_pb2.SEED_SCHEME_SHARED}
 _ACTIVITIES = {
     Activity.IDLE: federation_pb2.CLIENT_ACTIVITY_IDLE,
     Activity.TRAINING: federation_pb2.CLIENT_ACTIVITY_TRAINING,
@@ -117,6 +120,19 @@ def run_state_from_pb(state: int) -> RunState:
     return next((s for s, v in _RUN_STATES.items() if v == state), RunState.WAITING_FOR_CLIENTS)
 
 
+def estimator_from_pb(estimator: int) -> str:
+    """UNSPECIFIED (an older peer) is MeZO; an unknown one is kept by its number, and refused later."""
+    return next(
+        (n for n, v in _ESTIMATORS.items() if v == estimator), "mezo" if not estimator else str(estimator)
+    )
+
+
+def seed_scheme_from_pb(scheme: int) -> str:
+    return next(
+        (n for n, v in _SEED_SCHEMES.items() if v == scheme), PER_CLIENT if not scheme else str(scheme)
+    )
+
+
 def activity_to_pb(activity: Activity) -> federation_pb2.ClientActivity:
     return _ACTIVITIES[activity]
 
@@ -146,7 +162,9 @@ def run_config_to_pb(
         lora_alpha=config.lora_alpha if lora else 0.0,
         lora_seed=config.run_seed if lora else 0,
         run_seed=config.run_seed,
-        seed_scheme=common_pb2.SEED_SCHEME_DERIVED,
+        seed_scheme=_SEED_SCHEMES[config.seed_scheme],
+        estimator=_ESTIMATORS[config.estimator],
+        perturbations=config.perturbations,
         rng_spec=RNG_SPEC,
         manifest_sha256=manifest_sha256,
         total_rounds=config.rounds,
@@ -190,6 +208,9 @@ def run_settings_from_pb(config: common_pb2.RunConfig) -> RunSettings:
         heartbeat_interval_s=config.heartbeat_interval_s or 10.0,
         clients_per_round=config.clients_per_round,
         max_length=config.max_length or None,
+        estimator=estimator_from_pb(config.estimator),
+        perturbations=config.perturbations or 1,
+        seed_scheme=seed_scheme_from_pb(config.seed_scheme),
     )
 
 
@@ -254,6 +275,9 @@ def task_to_pb(task: Task) -> federation_pb2.Task:
         run_seed=task.run_seed,
         clip=task.clip or 0.0,
         deadline_s=task.deadline_s,
+        estimator=_ESTIMATORS[task.estimator],
+        perturbations=task.perturbations,
+        seed_scheme=_SEED_SCHEMES[task.seed_scheme],
     )
 
 
@@ -267,6 +291,9 @@ def task_from_pb(task: federation_pb2.Task) -> Task:
         run_seed=task.run_seed,
         clip=task.clip or None,
         deadline_s=task.deadline_s,
+        estimator=estimator_from_pb(task.estimator),
+        perturbations=task.perturbations or 1,
+        seed_scheme=seed_scheme_from_pb(task.seed_scheme),
     )
 
 
@@ -299,15 +326,22 @@ def update_to_pb(client_id: str, update: Update) -> federation_pb2.SubmitUpdateR
         peak_memory_bytes=update.peak_memory_bytes,
         device=update.device,
         num_examples=update.num_examples,
+        forward_passes=update.forward_passes,
     )
 
 
-def update_from_pb(req: federation_pb2.SubmitUpdateRequest, *, max_steps: int) -> Update:
-    """`max_steps`: the local steps of a task; more scalars than that are refused before they are
-    copied (a 4 MiB message would become ~30 MB of Python floats)."""
-    for name, values in (("projected_grads", req.projected_grads), ("losses", req.losses)):
-        if len(values) > max_steps:
-            raise InvalidUpdate(f"{len(values)} {name} for a task of at most {max_steps} local steps")
+def update_from_pb(
+    req: federation_pb2.SubmitUpdateRequest, *, max_steps: int, perturbations: int = 1
+) -> Update:
+    """`max_steps`: the local steps τ of a task, which sends τ·P scalars and τ losses; more are refused
+    before they are copied (a 4 MiB message would become ~30 MB of Python floats)."""
+    limits = (
+        ("projected_grads", req.projected_grads, max_steps * perturbations),
+        ("losses", req.losses, max_steps),
+    )
+    for name, values, most in limits:
+        if len(values) > most:
+            raise InvalidUpdate(f"{len(values)} {name} for a task of at most {most}")
     return Update(
         round_id=req.round_id,
         projected_grads=tuple(req.projected_grads),
@@ -316,15 +350,20 @@ def update_from_pb(req: federation_pb2.SubmitUpdateRequest, *, max_steps: int) -
         peak_memory_bytes=_stored_int("peak_memory_bytes", req.peak_memory_bytes),
         device=_text("device", req.device),
         num_examples=_stored_int("num_examples", req.num_examples),
+        forward_passes=req.forward_passes,
     )
 
 
 # --- round deltas ---
-def delta_to_pb(record: DeltaRecord) -> federation_pb2.StreamRoundDeltasResponse:
-    """Participants + coefficients (seeds derived by the receiver): 4 bytes per local step."""
+def delta_to_pb(
+    record: DeltaRecord, *, seed_scheme: str = PER_CLIENT
+) -> federation_pb2.StreamRoundDeltasResponse:
+    """Coefficients (seeds derived by the receiver): 4 bytes per seed, plus the participants when the
+    seeds are per client (shared seeds need none, so the message does not grow with the clients)."""
+    participants = () if seed_scheme == SHARED else record.participants
     return federation_pb2.StreamRoundDeltasResponse(
         round_id=record.round_id,
-        participants=[federation_pb2.Participant(client_id=c, local_steps=n) for c, n in record.participants],
+        participants=[federation_pb2.Participant(client_id=c, local_steps=n) for c, n in participants],
         coefficients=record.coefficients,
         fingerprint=record.fingerprint,
     )

@@ -53,6 +53,7 @@ class RoundResult:
     lrs: dict[str, float] = field(default_factory=dict)
     train_loss: float = math.nan  # mean over clients of their mean local training loss
     client_seconds: dict[str, float] = field(default_factory=dict)
+    forward_passes: dict[str, int] = field(default_factory=dict)  # per client (a backward counts as 2)
     server_seconds: float = 0.0
     round_seconds: float = 0.0  # federated wall-clock: the slowest client plus the server
     bytes_up: int = 0  # summed over the round's clients
@@ -192,6 +193,7 @@ class Simulation:
                 lrs={c: t.lr for c, t in tasks.items()},
                 train_loss=finite_mean(c.mean_loss for c in clients),
                 client_seconds={c.client_id: c.seconds for c in clients},
+                forward_passes={c.client_id: c.forward_passes for c in clients},
                 server_seconds=outcome.server_seconds,
                 round_seconds=max((c.seconds for c in clients), default=0.0) + outcome.server_seconds,
                 bytes_up=sum(c.bytes_up for c in clients),

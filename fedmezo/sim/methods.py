@@ -58,6 +58,7 @@ class ClientRound:
     bytes_up: int
     bytes_down: int
     lr: float
+    forward_passes: int = 0  # the budget unit: a backward counts as two forwards
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ def finite_mean(values: Iterable[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return math.fsum(finite) / len(finite) if finite else math.nan
 
+
+BACKPROP_FORWARDS_PER_STEP = 3  # one forward plus a backward, counted as two forwards
 
 LocalModelHook = Callable[[str, TrainableParams], None]
 
@@ -145,7 +148,7 @@ class SeedScalarFedMeZO:
             clients.append(
                 ClientRound(
                     u.client_id, seconds[u.client_id], finite_mean(u.losses), u.peak_memory_bytes, up, down,
-                    tasks[u.client_id].lr,
+                    tasks[u.client_id].lr, u.forward_passes,
                 )
             )  # fmt: skip
         return RoundOutcome(tuple(clients), server_seconds, _history_stats(closed, updates), fingerprint)
@@ -181,11 +184,12 @@ def _weights(world: World, tasks: Mapping[str, TaskRecord]) -> dict[str, float]:
 
 def _full_state_clients(
     world: World, tasks: Mapping[str, TaskRecord], seconds: Mapping[str, float], losses: Mapping[str, float],
-    peaks: Mapping[str, int],
+    peaks: Mapping[str, int], forwards: Mapping[str, int],
 ) -> tuple[ClientRound, ...]:  # fmt: skip
     up, down = full_state_round_bytes(world.replica.trainable_params)
     return tuple(
-        ClientRound(c, seconds[c], losses[c], peaks[c], up, down, tasks[c].lr) for c in sorted(tasks)
+        ClientRound(c, seconds[c], losses[c], peaks[c], up, down, tasks[c].lr, forwards[c])
+        for c in sorted(tasks)
     )
 
 
@@ -207,7 +211,8 @@ class FullStateFedMeZO:
         closed = close_round(world.config, round_id, updates, tasks)
         losses = {u.client_id: finite_mean(u.losses) for u in updates}
         peaks = {u.client_id: u.peak_memory_bytes for u in updates}
-        clients = _full_state_clients(world, tasks, seconds, losses, peaks)
+        forwards = {u.client_id: u.forward_passes for u in updates}
+        clients = _full_state_clients(world, tasks, seconds, losses, peaks, forwards)
         stats = _history_stats(closed, updates)
         return RoundOutcome(clients, server_seconds, stats, world.replica.fingerprint())
 
@@ -266,7 +271,8 @@ class FedAvgBackprop:
         average.write_into(params)
         world.replica.version += 1
         server_seconds = time.perf_counter() - start
-        clients = _full_state_clients(world, tasks, seconds, losses, peaks)
+        forwards = {c: BACKPROP_FORWARDS_PER_STEP * t.local_steps for c, t in tasks.items()}
+        clients = _full_state_clients(world, tasks, seconds, losses, peaks, forwards)
         stats = tuple((c.client_id, c.mean_loss, math.nan) for c in clients)
         return RoundOutcome(clients, server_seconds, stats, world.replica.fingerprint())
 

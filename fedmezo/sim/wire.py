@@ -43,7 +43,7 @@ def seed_scalar_round_bytes(
     down_messages = [
         task_result_to_pb(task_result),
         fpb.SubmitUpdateResponse(status=fpb.UPDATE_STATUS_ACCEPTED, round_id=round_id),
-        delta_to_pb(delta),
+        delta_to_pb(delta, seed_scheme=config.seed_scheme),
         fpb.ReportFingerprintResponse(in_sync=True, action=fpb.SYNC_ACTION_NONE),
     ]
     return (

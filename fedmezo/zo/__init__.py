@@ -26,7 +26,7 @@ from fedmezo.zo.fingerprint import FINGERPRINT_SPEC
 from fedmezo.zo.objective import IGNORE_INDEX, Batch, causal_lm_loss, make_loss_fn
 from fedmezo.zo.params import Manifest, Segment, TrainableParams
 from fedmezo.zo.rng import RNG_SPEC, rademacher
-from fedmezo.zo.seeds import derive_round_seeds, derive_seed
+from fedmezo.zo.seeds import derive_round_seeds, derive_seed, derive_shared_seed
 from fedmezo.zo.step import StepResult, mezo_step
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "compute_copy_backend",
     "derive_round_seeds",
     "derive_seed",
+    "derive_shared_seed",
     "fingerprint",
     "get_backend",
     "make_loss_fn",

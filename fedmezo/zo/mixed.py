@@ -24,7 +24,7 @@ from fedmezo.zo.interface import Backend
 from fedmezo.zo.params import TrainableParams
 from fedmezo.zo.step import StepResult, check_hyperparameters, projected_gradient
 
-__all__ = ["ComputeCopy", "mezo_step_mixed"]
+__all__ = ["ComputeCopy", "CopyShift", "mezo_step_mixed"]
 
 
 class ComputeCopy:
@@ -58,6 +58,31 @@ class ComputeCopy:
     def update(self, seeds: Sequence[int], values: Sequence[float]) -> None:
         """θ ← θ + Σ v·z(seed) (canonical fp32 adds); the backend refreshes the copy with it."""
         self.backend.apply(self.params, seeds, values)
+
+
+class CopyShift:
+    """The estimators' view of a compute copy: shifts only ever touch the copy, never θ."""
+
+    def __init__(self, compute: ComputeCopy) -> None:
+        self.compute = compute
+        self._shifted = False
+
+    def shift(self, seed: int, value: float) -> None:
+        self.compute.derive([seed], [value])
+        self._shifted = True
+
+    def reset(self) -> None:
+        if self._shifted:
+            self.compute.derive([], [])
+            self._shifted = False
+
+    def update(self, seeds: Sequence[int], values: Sequence[float]) -> None:
+        """θ ← θ + Σ v·z and copy ← bf16(θ) in one pass (an empty update only refreshes the copy)."""
+        if seeds:
+            self.compute.update(seeds, values)
+        elif self._shifted:
+            self.compute.derive([], [])
+        self._shifted = False
 
 
 def mezo_step_mixed(

@@ -341,9 +341,9 @@ class LiveRun:
 
 async def _start_live_run(state_dir: Path) -> LiveRun:
     from fedmezo.data import generate_demo_dataset, write_jsonl
+    from fedmezo.fl.replica import Replica
     from fedmezo.server.app import build_app
     from fedmezo.server.config import ServerConfig
-    from fedmezo.fl.replica import Replica
 
     eval_path = state_dir.parent / "eval.jsonl"
     write_jsonl(eval_path, generate_demo_dataset(seed=0)[1][:LIVE_EVAL_EXAMPLES])

@@ -19,15 +19,22 @@ ROUNDS, STEPS = 2, 3
 CLIENTS = ("c1", "c2", "c3")
 
 
-# round-wise: round 2's learning rates come from round 1's losses, which the server reads as fp32
-@pytest.mark.parametrize(("strategy", "spread"), [("frozen", 0.0), ("round-wise", 5e-5)])
+# round-wise: round 2's learning rates come from round 1's losses, which the server reads as fp32;
+# fzoo with shared seeds: another estimator (P scalars per step) and deltas without participants
+@pytest.mark.parametrize(
+    ("strategy", "spread", "estimator"),
+    [("frozen", 0.0, ("mezo", 1, "per-client")), ("round-wise", 5e-5, ("mezo", 1, "per-client")),
+     ("model-diff", 5e-5, ("fzoo", 3, "shared"))],
+)  # fmt: skip
 def test_simulation_ends_every_round_on_the_federations_fingerprint(
-    tmp_path: Path, strategy: str, spread: float
+    tmp_path: Path, strategy: str, spread: float, estimator: tuple[str, int, str]
 ) -> None:
+    name, perturbations, scheme = estimator
     with Federation(tmp_path) as fed:
         fed.start_server(
             f"--rounds={ROUNDS}", f"--local-steps={STEPS}", "--min-clients=3", "--clients-per-round=3",
-            f"--lr-strategy={strategy}", f"--lr-spread={spread}",
+            f"--lr-strategy={strategy}", f"--lr-spread={spread}", f"--estimator={name}",
+            f"--perturbations={perturbations}", f"--seed-scheme={scheme}",
         )  # fmt: skip
         for client_id in CLIENTS:
             fed.start_client(client_id)
@@ -48,6 +55,9 @@ def test_simulation_ends_every_round_on_the_federations_fingerprint(
             "lr": 1e-4,
             "lr_spread": spread,
             "lr_strategy": strategy,
+            "estimator": name,
+            "perturbations": perturbations,
+            "seed_scheme": scheme,
             "max_length": 64,
             "data": str(data_dir),
             "eval_data": str(held_out),

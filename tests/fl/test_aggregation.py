@@ -16,6 +16,7 @@ from fedmezo.fl.aggregation import (
 )
 from fedmezo.fl.lr import STRATEGIES, LrContext, RoundStat, personalized_lrs
 from fedmezo.fl.records import TaskRecord, UpdateRecord
+from fedmezo.fl.seeds import SeedPlan
 from fedmezo.zo import derive_round_seeds, derive_seed
 
 
@@ -33,7 +34,7 @@ TASKS = {c: TaskRecord(1, c, 1e-3, 2) for c in ("a", "b", "c")}
 )
 def test_weight_rules(rule: str, expected: dict[str, float]) -> None:
     updates = [_update("a", [1.0, 2.0], 10), _update("b", [3.0, -1.0], 30)]
-    agg = aggregate(1, updates, TASKS, run_seed=5, rule=rule)
+    agg = aggregate(1, updates, TASKS, seeds=SeedPlan(5), rule=rule)
     assert {o.client_id: o.weight for o in agg.outcomes} == pytest.approx(expected)
     # c_s = ω_i · (−η_i · g_{i,t}) for each seed, rounded once to fp32
     want = {}
@@ -55,7 +56,7 @@ def test_clip_and_rms() -> None:
     assert clip_grads([5.0, -7.0, 0.5], 1.0) == (1.0, -1.0, 0.5)
     assert clip_grads([5.0], 0.0) == (5.0,)
     assert scalar_rms([3.0, 4.0]) == pytest.approx(math.sqrt(12.5))
-    agg = aggregate(1, [_update("a", [100.0, -100.0])], TASKS, run_seed=0, rule="equal", clip=2.0)
+    agg = aggregate(1, [_update("a", [100.0, -100.0])], TASKS, seeds=SeedPlan(0), rule="equal", clip=2.0)
     assert sorted(abs(c) for c in agg.delta.coefficients) == [pytest.approx(2e-3)] * 2
 
 
@@ -65,7 +66,7 @@ def test_outlier_rejection() -> None:
     assert outlier_clients(grads, 0.0) == set()
     assert outlier_clients({"a": [1.0], "c": [99.0]}, 2.0) == set()  # too few to judge
     agg = aggregate(
-        1, [_update(c, g) for c, g in grads.items()], TASKS, run_seed=0, rule="equal", outlier_k=5.0
+        1, [_update(c, g) for c, g in grads.items()], TASKS, seeds=SeedPlan(0), rule="equal", outlier_k=5.0
     )
     outcome = {o.client_id: o for o in agg.outcomes}
     assert (
@@ -77,7 +78,7 @@ def test_outlier_rejection() -> None:
 
 def test_model_diff_signal_ranks_the_far_client_highest() -> None:
     updates = [_update("a", [1.0, 1.0]), _update("b", [1.1, 0.9]), _update("c", [8.0, -8.0])]
-    agg = aggregate(1, updates, TASKS, run_seed=0, rule="equal")
+    agg = aggregate(1, updates, TASKS, seeds=SeedPlan(0), rule="equal")
     diffs = {o.client_id: o.model_diff for o in agg.outcomes}
     assert max(diffs, key=lambda c: diffs[c]) == "c" and all(d > 0 for d in diffs.values())
 
@@ -90,7 +91,7 @@ def test_model_diff_equals_its_definition_over_every_seed_of_the_round() -> None
     updates = [
         _update(c, list(rng.standard_normal(3) * rng.uniform(0.1, 5)), 10 + i) for i, c in enumerate(clients)
     ]
-    agg = aggregate(1, updates, tasks, run_seed=11, rule="examples")
+    agg = aggregate(1, updates, tasks, seeds=SeedPlan(11), rule="examples")
     coefficient = dict(zip(agg.delta.seeds, agg.delta.coefficients))
     for outcome, u in zip(agg.outcomes, updates):
         own: dict[int, float] = {}

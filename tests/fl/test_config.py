@@ -62,7 +62,10 @@ def test_names_come_from_the_registries() -> None:
 def test_run_defining_fields_are_fields() -> None:
     names = {f.name for f in dataclasses.fields(RunConfig)}
     assert set(RUN_DEFINING_FIELDS) <= names
-    assert RUN_DEFINING_FIELDS == ("model", "mode", "lora_rank", "lora_alpha", "run_seed")
+    # the seed scheme and P name every stored delta's seeds: a restart must keep them too
+    assert RUN_DEFINING_FIELDS == (
+        "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(

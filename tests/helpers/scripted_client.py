@@ -21,6 +21,7 @@ from fedmezo.client.errors import Refused, SyncFailed, Unavailable
 from fedmezo.client.sync import ReplicaSync
 from fedmezo.fl.records import Task, TaskStatus, Update
 from fedmezo.fl.replica import Replica
+from fedmezo.fl.seeds import SeedPlan
 from fedmezo.zo import RNG_SPEC, TrainableParams
 
 __all__ = ["Ack", "ScriptedClient"]
@@ -62,7 +63,7 @@ class ScriptedClient(threading.Thread):
             ChannelSettings(target=target, client_id=client_id, insecure=True, rpc_deadline_s=rpc_deadline_s)
         )
         self.replica = Replica(params)
-        self.sync = ReplicaSync(self.replica, run_seed)
+        self.sync = ReplicaSync(self.replica, SeedPlan(run_seed))
         self.seed = seed
         self.long_poll_s = long_poll_s
         self.stop_after_round = stop_after_round  # go silent once this round's update was acknowledged

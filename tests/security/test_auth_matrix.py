@@ -32,9 +32,9 @@ from helpers.threaded_server import (
     threaded_server,
 )
 
-from fedmezo.server.auth import Authenticator
 from fedmezo.fl.errors import PermissionDenied
 from fedmezo.fl.replica import Replica
+from fedmezo.server.auth import Authenticator
 from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.v1 import federation_pb2_grpc, status_pb2, status_pb2_grpc
 
