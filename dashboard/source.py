@@ -90,6 +90,9 @@ def _finite(value: float) -> float | None:
     return None if math.isnan(value) else _f32(value)
 
 
+MEZO = common_pb2.ESTIMATOR_MEZO
+
+
 def _enum_name(enum: Any, value: int, prefix: str) -> str:
     try:
         return str(enum.Name(value)).removeprefix(prefix).lower()
@@ -143,6 +146,9 @@ class GrpcStatusSource:
             lr_spread=_f32(c.lr_spread),
             lr_strategy=c.lr_strategy,
             eps=_f32(c.eps),
+            estimator=_enum_name(common_pb2.Estimator, c.estimator or MEZO, "ESTIMATOR_"),  # 0: older server
+            perturbations=c.perturbations or 1,
+            seed_scheme="shared" if c.seed_scheme == common_pb2.SEED_SCHEME_SHARED else "per-client",
             batch_size=c.batch_size,
             aggregation=c.aggregation,
             heartbeat_timeout_s=_f32(c.heartbeat_timeout_s),

@@ -69,6 +69,7 @@ def round_view_to_pb(view: RoundView) -> status_pb2.RoundInfo:
                 device=c.device,
                 bytes_up=c.bytes_up,
                 bytes_down=c.bytes_down,
+                forward_passes=c.forward_passes,
             )
             for c in view.clients
         ],

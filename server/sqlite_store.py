@@ -271,7 +271,7 @@ class SqliteStore(Store):
             device=row[6],
             num_examples=row[7],
             received_at=row[8],
-            forward_passes=row[9],
+            forward_passes=row[9] if len(row) > 9 else 0,  # a read-only schema-2 file lacks it
         )
 
     def add_update(self, update: UpdateRecord, events: Sequence[NewEvent] = ()) -> None:

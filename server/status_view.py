@@ -75,6 +75,7 @@ class ClientRoundView:
     device: str
     bytes_up: int
     bytes_down: int
+    forward_passes: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,7 @@ def round_views(coord: RunReader, from_round: int = 1, limit: int = 0) -> list[R
                     device=u.device if u else "",
                     bytes_up=up,
                     bytes_down=down,
+                    forward_passes=u.forward_passes if u else 0,
                 )
             )
         end = rec.closed_at or coord.clock()

@@ -76,6 +76,7 @@ def test_dashboard_shows_a_live_run(browser: Any, live_run: Any, live_source: An
         assert page.inner_text("#run-state") == "round open"
         assert page.inner_text("#model") == "tiny-random" and page.inner_text("#mode") == "full-parameter"
         assert page.inner_text("#lr").startswith("round-wise")
+        assert page.inner_text("#estimator") == "mezo · P = 1 · per-client seeds"  # from the real server
         assert page.inner_text("#deadline").startswith("deadline in")
         assert page.get_attribute(".progress", "aria-valuenow") == "60"
         assert page.is_hidden("#banner")

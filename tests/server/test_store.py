@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ from fedmezo.fl.records import (
     UpdateOutcome,
     UpdateRecord,
 )
-from fedmezo.server.sqlite_store import SqliteStore
+from fedmezo.server.sqlite_store import SCHEMA_VERSION, SqliteStore
 from fedmezo.server.store import MemoryStore, Store
 
 
@@ -240,7 +241,37 @@ def test_sqlite_adds_the_inference_peak_column_to_a_version_1_file(tmp_path: Pat
     assert s.get_client("old") == ClientRecord("old", 1.0, 3, "cpu", "0.0.1", inference_peak_memory_bytes=0)
     s.upsert_client(ClientRecord("new", 2.0, 4, "cpu", "0.1.0", inference_peak_memory_bytes=7))
     assert s.get_client("new") == ClientRecord("new", 2.0, 4, "cpu", "0.1.0", 7)
-    assert s.get_meta("schema_version") == "2"
+    assert s.get_meta("schema_version") == str(SCHEMA_VERSION)
+    s.close()
+
+
+def test_sqlite_adds_the_forward_passes_column_to_a_version_2_file(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "state.sqlite"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)  # make it a schema-2 file: updates without forward_passes
+    db.executescript(
+        "DROP TABLE updates;"
+        "CREATE TABLE updates (round_id INTEGER NOT NULL, client_id TEXT NOT NULL, projected_grads BLOB "
+        "NOT NULL, losses BLOB NOT NULL, step_time_s REAL, peak_memory_bytes INTEGER NOT NULL, device TEXT "
+        "NOT NULL, num_examples INTEGER NOT NULL, received_at REAL NOT NULL, "
+        "PRIMARY KEY (round_id, client_id));"
+        "UPDATE meta SET value='2' WHERE key='schema_version';"
+    )
+    db.commit()
+    db.close()
+    old = SqliteStore(path)
+    _open(old, clients=("a", "b"))
+    old.add_update(_update())
+    old.close()
+    db = sqlite3.connect(path)
+    assert "forward_passes" in {row[1] for row in db.execute("PRAGMA table_info(updates)")}
+    db.close()
+    s = SqliteStore(path)
+    assert s.list_updates(1)[0].forward_passes == 0
+    s.add_update(dataclasses.replace(_update(), client_id="b", forward_passes=12))
+    assert [u.forward_passes for u in s.list_updates(1)] == [0, 12]
     s.close()
 
 
