@@ -55,6 +55,8 @@ def load_tokens(path: str | Path) -> dict[str, str]:
         client_id, token = client_id.strip(), token.strip()
         if not sep or not client_id or not token:
             raise ConfigError(f"{path}:{number}: expected client_id:token")
+        if not client_id.isprintable():  # ids reach the status views, the events and the logs
+            raise ConfigError(f"{path}:{number}: the client id must be printable (no control characters)")
         if token in tokens or client_id in seen_ids:
             raise ConfigError(f"{path}:{number}: duplicate client id or token")
         tokens[token] = client_id

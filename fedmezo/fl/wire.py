@@ -2,8 +2,9 @@
 
 The server reads requests and writes responses with these functions, the client writes requests and
 reads responses with them, and `fedmezo simulate` counts a round's bytes on the very messages they
-build. No logic beyond shape and size: a field that could never be valid (text longer than any name,
-an integer SQLite cannot store, more scalars than a task has steps) is refused here, before it is copied;
+build. No logic beyond shape and size: a field that could never be valid (text longer than any name or
+holding a control character, an integer SQLite cannot store, more scalars than a task has steps) is
+refused here, before it is copied;
 the protocol's own checks (exact step count, finite values, the round) live in the server.
 
 Times cross the wire as Unix milliseconds (int64); fingerprints and hashes as raw 32-byte digests.
@@ -95,8 +96,14 @@ _ACTIVITIES = {
 
 
 def _text(name: str, value: str) -> str:
+    """A client's text as the server may store, log and show it: at most MAX_TEXT_CHARS printable
+    characters. Control and format characters (escape sequences, newlines, bidi overrides) would reach
+    the status views, the events and the logs verbatim, where they can forge lines or repaint a
+    terminal, so they are refused, not cleaned up (the client learns its value was not taken)."""
     if len(value) > MAX_TEXT_CHARS:
         raise InvalidRequest(f"{name} is longer than {MAX_TEXT_CHARS} characters")
+    if not value.isprintable():
+        raise InvalidRequest(f"{name} holds a control or format character (printable text only)")
     return value
 
 
