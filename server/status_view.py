@@ -170,7 +170,9 @@ def round_views(coord: RunReader, from_round: int = 1, limit: int = 0) -> list[R
         tasks = {t.client_id: t for t in coord.store.list_tasks(rec.round_id)}
         traffic = coord.traffic.by_round(rec.round_id)
         clients = []
-        for client_id in sorted(set(tasks) | set(traffic)):
+        # The selected clients only: anyone's traffic may be booked to a round (a delta stream, a
+        # fingerprint report), and it counts in the round's totals, but it makes no one a member.
+        for client_id in sorted(tasks):
             u, o, t = updates.get(client_id), outcomes.get(client_id), tasks.get(client_id)
             up, down = traffic.get(client_id, (0, 0))
             clients.append(
