@@ -1,8 +1,9 @@
 """Who is calling: bearer tokens from a server-side tokens file, and the TLS / mTLS credentials.
 
 Identity comes from the token in the `authorization: Bearer <token>` metadata, never from the
-payload: a payload client_id that differs from the token's identity is PERMISSION_DENIED. Without a
-tokens file (development) the payload client_id is trusted, and the server logs that at start.
+payload: a payload client_id that differs from the token's identity (an empty one too) is
+PERMISSION_DENIED. Without a tokens file (development) the payload client_id is trusted, and the
+server logs that at start.
 
 Revocation: the tokens file is re-read when it changes (its mtime, size or inode, checked at most every
 TOKENS_CHECK_S) and on SIGHUP; a removed line is a revoked token from then on, open streams included.
@@ -161,8 +162,9 @@ class Authenticator:
         return found
 
     def identify(self, metadata: Metadata, claimed_id: str) -> str:
-        """The caller's client id; raises Unauthenticated / PermissionDenied (InvalidRequest for a
-        payload id that cannot be a name, without tokens)."""
+        """The caller's client id; raises Unauthenticated / PermissionDenied (the payload's client_id,
+        empty included, is not the token's identity; InvalidRequest for a payload id that cannot be a
+        name, without tokens)."""
         self.refresh()
         if self._tokens is None:
             if not claimed_id:
@@ -176,7 +178,9 @@ class Authenticator:
         client_id = self._lookup(token)
         if client_id is None:
             raise Unauthenticated("unknown token")
-        if claimed_id and claimed_id != client_id:
+        if not claimed_id:  # the proto: client_id must equal the token's identity, an empty one does not
+            raise PermissionDenied("client_id is required: it must be the identity of the token")
+        if claimed_id != client_id:
             shown = (
                 claimed_id
                 if len(claimed_id) <= MAX_CLIENT_ID_CHARS

@@ -83,6 +83,9 @@ class Coordinator:
         self.presence = Presence(clock, config.heartbeat_timeout_s)
         self.live = self.presence.live
         self._clients_stored: int | None = None  # counted once, then kept: bounds joins by max_clients
+        # The newest version each client was reported diverged at (an event and a warning each): a
+        # client repeating a wrong report, or reporting older versions, writes no more of them.
+        self._mismatch_reported: dict[str, int] = {}
         self.run_id = ""
         self._fingerprints: dict[int, bytes] = {}
         self._history: History = {}
@@ -266,14 +269,18 @@ class Coordinator:
             )
         self._seen(client_id).model_version = version  # only a valid report moves the shown version
         in_sync = fingerprint == expected
+        # One event (and warning) per client and version, for a newer version than the last one:
+        # each report is stored, but a client cannot fill the event log and the server log with them.
+        tell = not in_sync and version > self._mismatch_reported.get(client_id, -1)
         events = (
-            [] if in_sync else [self._event("fingerprint_mismatch", f"version {version}", version, client_id)]
+            [self._event("fingerprint_mismatch", f"version {version}", version, client_id)] if tell else []
         )
         self.store.record_fingerprint(
             FingerprintRecord(client_id, version, fingerprint, in_sync, self.clock()), events
         )
         self.commit.wrote()
-        if not in_sync:
+        if tell:
+            self._mismatch_reported[client_id] = version
             logger.warning("client %s diverged at version %d: asked to resync", client_id, version)
         await self.commit.durable()
         return in_sync

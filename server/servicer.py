@@ -215,11 +215,13 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         self, request: Any, context: Any
     ) -> AsyncIterator[federation_pb2.StreamRoundDeltasResponse]:
         client = self._who(context, request.client_id)
+        if request.from_round < 1:  # rounds are numbered from 1 (federation.proto)
+            raise errors.InvalidRequest(f"from_round must be >= 1, got {request.from_round}")
         self._coord.check_joined(client)  # refused before the request is counted
         generation = self._auth.generation
         with self._slots.hold(client):
             # The request's bytes go to the first round it can get, never to a made-up round id.
-            first = min(max(1, request.from_round), self._coord.rounds_completed + 1)
+            first = min(request.from_round, self._coord.rounds_completed + 1)
             self._count(client, first, request, None)
             async for record in self._coord.round_deltas(client, request.from_round, request.follow):
                 self._auth.refresh()

@@ -219,16 +219,21 @@ def client_views(coord: RunReader) -> list[ClientView]:
     traffic = coord.traffic.by_client()
     stats = coord.store.client_update_stats()
     none = ClientUpdateStats(0, math.nan, 0)
+    finished = coord.run_state() == RunState.FINISHED
     views = []
     for client in coord.store.list_clients():
         live = coord.presence.live.get(client.client_id)
+        online = coord.presence.is_online(client.client_id)
+        # What a client last said it was doing holds while it is online in a running run: an offline
+        # client is offline whatever its last heartbeat said, and nobody trains once the run finished.
+        activity = live.activity if live and online and not finished else "idle" if online else "offline"
         fp = fingerprints.get(client.client_id)
         s = stats.get(client.client_id, none)
         up, down = traffic.get(client.client_id, (0, 0))
         views.append(
             ClientView(
                 client_id=client.client_id,
-                online=coord.presence.is_online(client.client_id),
+                online=online,
                 joined_at=client.joined_at,
                 last_heartbeat=live.last_seen if live else 0.0,
                 rounds_participated=s.accepted_rounds,
@@ -242,7 +247,7 @@ def client_views(coord: RunReader) -> list[ClientView]:
                 bytes_down=down,
                 num_examples=client.num_examples,
                 model_version=live.model_version if live else 0,
-                activity=live.activity if live else "offline",
+                activity=activity,
                 inference_peak_memory_bytes=client.inference_peak_memory_bytes,
             )
         )

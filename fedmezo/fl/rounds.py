@@ -52,7 +52,8 @@ def check_join(info: JoinInfo, manifest_sha256: bytes, config: RunConfig) -> Non
 
 
 def check_update(update: Update, task: TaskRecord, perturbations: int = 1) -> None:
-    """An update answers its task exactly: τ·P scalars, 0 or τ losses, finite scalars."""
+    """An update answers its task exactly: τ·P scalars, 0 or τ losses, finite scalars, a step time
+    that is a duration (finite, >= 0: it is stored and shown)."""
     expected = task.local_steps * perturbations
     if len(update.projected_grads) != expected:
         got = len(update.projected_grads)
@@ -62,6 +63,8 @@ def check_update(update: Update, task: TaskRecord, perturbations: int = 1) -> No
     scalars = (*update.projected_grads, *update.losses, update.step_time_s)
     if not all(math.isfinite(x) for x in scalars):
         raise InvalidUpdate("non-finite scalar (NaN or inf) in the update")
+    if update.step_time_s < 0:
+        raise InvalidUpdate(f"step_time_s must be >= 0, got {update.step_time_s:g}")
 
 
 def _fp32(x: float) -> float:

@@ -145,8 +145,14 @@ def activity_to_pb(activity: Activity) -> federation_pb2.ClientActivity:
 
 
 def activity_from_pb(activity: int) -> Activity:
-    """An activity number from a newer client reads as idle."""
-    return next((a for a, v in _ACTIVITIES.items() if v == activity), Activity.IDLE)
+    """UNSPECIFIED (a heartbeat that says nothing) reads as idle; a number outside ClientActivity is
+    refused (InvalidRequest): it would be stored and shown as something the client never said."""
+    if activity == federation_pb2.CLIENT_ACTIVITY_UNSPECIFIED:
+        return Activity.IDLE
+    found = next((a for a, v in _ACTIVITIES.items() if v == activity), None)
+    if found is None:
+        raise InvalidRequest(f"activity {activity} is not a ClientActivity")
+    return found
 
 
 # --- the run config (both services send it; the client reads it) ---

@@ -138,6 +138,7 @@ FEDERATION_ROWS = [
     ("token without 'Bearer'", (("authorization", TOKENS["alice"]),), "alice", Code.UNAUTHENTICATED),
     ("another client's token, my id", BOB, "alice", Code.PERMISSION_DENIED),
     ("my token, another client's id", ALICE, "bob", Code.PERMISSION_DENIED),
+    ("my token, no client_id", ALICE, "", Code.PERMISSION_DENIED),  # must equal the token's identity
     ("a status reader's token, a client's id", READER, "alice", Code.PERMISSION_DENIED),
 ]
 
@@ -155,11 +156,10 @@ def test_federation_refusals(
     assert run.state() == before, f"{row}: {name} was refused but changed state"
 
 
-@pytest.mark.parametrize("claimed", ["alice", ""], ids=["my id", "no id: the token says who"])
 @pytest.mark.parametrize("name", FEDERATION_RPCS)
-def test_federation_with_my_own_token_is_served(run: Run, name: str, claimed: str) -> None:
+def test_federation_with_my_own_token_is_served(run: Run, name: str) -> None:
     """The control row: the same requests pass with the caller's own token (SubmitUpdate is idempotent)."""
-    assert _call(run.channel, "federation", name, _federation_request(name, claimed, run), ALICE) == Code.OK
+    assert _call(run.channel, "federation", name, _federation_request(name, "alice", run), ALICE) == Code.OK
 
 
 STATUS_ROWS = [
@@ -210,7 +210,8 @@ def test_a_client_can_never_submit_or_report_for_another(run: Run) -> None:
         assert info.value.code() == Code.PERMISSION_DENIED  # type: ignore[attr-defined]
     assert run.server.call(_get_update(store, 2, "bob")) is None
     # The task alice's token gets is alice's: the seeds derive from her id, not bob's.
-    task = fed.GetTask(fpb.GetTaskRequest(known_version=1, wait_s=0.0), metadata=ALICE, timeout=RPC_TIMEOUT_S)
+    request = fpb.GetTaskRequest(client_id="alice", known_version=1, wait_s=0.0)
+    task = fed.GetTask(request, metadata=ALICE, timeout=RPC_TIMEOUT_S)
     assert task.status in (fpb.TASK_STATUS_ASSIGNED, fpb.TASK_STATUS_NO_TASK)
     if task.status == fpb.TASK_STATUS_ASSIGNED:
         assert run.server.call(_get_task(store, 2, "alice")) is not None
@@ -237,7 +238,7 @@ def test_revoked_tokens_stop_working_within_a_second(run: Run) -> None:
 
     def carol_refused() -> bool:
         try:
-            fed.Heartbeat(fpb.HeartbeatRequest(), metadata=carol, timeout=RPC_TIMEOUT_S)
+            fed.Heartbeat(fpb.HeartbeatRequest(client_id="carol"), metadata=carol, timeout=RPC_TIMEOUT_S)
         except grpc.RpcError as exc:
             return exc.code() == Code.UNAUTHENTICATED  # type: ignore[attr-defined,no-any-return]
         return False
@@ -248,7 +249,8 @@ def test_revoked_tokens_stop_working_within_a_second(run: Run) -> None:
         for _ in stream:
             pass
     assert info.value.code() == Code.UNAUTHENTICATED  # type: ignore[attr-defined]
-    assert fed.Heartbeat(fpb.HeartbeatRequest(), metadata=ALICE, timeout=RPC_TIMEOUT_S).rounds_completed == 1
+    alive = fed.Heartbeat(fpb.HeartbeatRequest(client_id="alice"), metadata=ALICE, timeout=RPC_TIMEOUT_S)
+    assert alive.rounds_completed == 1
 
 
 def test_a_tokens_file_that_no_longer_parses_keeps_the_previous_tokens(tmp_path: Path) -> None:
@@ -257,7 +259,7 @@ def test_a_tokens_file_that_no_longer_parses_keeps_the_previous_tokens(tmp_path:
     auth = Authenticator.from_file(path)
     path.write_text("alice t-a\n")  # no colon: a half-written edit
     assert not auth.reload()
-    assert auth.identify(bearer("t-b"), "") == "bob"
+    assert auth.identify(bearer("t-b"), "bob") == "bob"
     _write_tokens(path, {"alice": "t-a"})
     assert auth.reload() and auth.generation == 1
 

@@ -485,12 +485,13 @@ def test_undecodable_request_is_invalid_argument(target: Target, name: str, payl
     assert details.startswith("malformed request")
 
 
-def test_unknown_activity_reads_as_idle(target: Target) -> None:
-    """Was UNKNOWN (KeyError): proto3 enums are open, a newer client may send a number we lack."""
+def test_unknown_activity_is_refused(target: Target) -> None:
+    """Was UNKNOWN (KeyError), then read as idle: an activity outside ClientActivity would be shown as
+    something the client never said; it is INVALID_ARGUMENT, and the shown activity stays."""
+    before = _client_view(target, "alice").activity
     request = federation_pb2.HeartbeatRequest(client_id="alice", model_version=1, activity=77)
-    assert target.call(RPC["Heartbeat"], request, ALICE)[0] == Code.OK
-    assert _client_view(target, "alice").activity == "idle"
-    target.baseline = target.state()
+    _refused(target, "Heartbeat", request, ALICE, Code.INVALID_ARGUMENT)
+    assert _client_view(target, "alice").activity == before
 
 
 def test_integers_sqlite_cannot_store_are_refused(target: Target) -> None:

@@ -80,7 +80,7 @@ def test_tokens_file(tmp_path: Path) -> None:
     ("metadata", "claimed", "outcome"),
     [
         ((("authorization", "Bearer tok-a"),), "alice", "alice"),
-        ((("authorization", "Bearer tok-a"),), "", "alice"),  # identity from the token alone
+        ((("authorization", "Bearer tok-a"),), "", PermissionDenied),  # must equal the identity (proto)
         ((("Authorization", "bearer tok-a"),), "alice", "alice"),
         ((("authorization", "Bearer tok-a"),), "bob", PermissionDenied),
         ((("authorization", "Bearer nope"),), "alice", Unauthenticated),
