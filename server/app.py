@@ -19,7 +19,7 @@ from fedmezo.fl.errors import StoreError
 from fedmezo.fl.evaluation import Evaluator
 from fedmezo.fl.replica import Replica
 from fedmezo.fl.vocabulary import MAX_MESSAGE_BYTES
-from fedmezo.server.auth import Authenticator, server_credentials
+from fedmezo.server.auth import TOKENS_CHECK_S, Authenticator, server_credentials
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
 from fedmezo.server.interceptors import DecodeErrorInterceptor
@@ -72,21 +72,33 @@ class ServerApp:
     port: int
     auth: Authenticator | None = None
     _ticker: asyncio.Task[None] | None = None
+    _token_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._ticker = asyncio.get_running_loop().create_task(self.coordinator.run())
+        loop = asyncio.get_running_loop()
+        self._ticker = loop.create_task(self.coordinator.run())
+        if self.auth is not None and self.auth.watches_file:
+            self._token_watch = loop.create_task(self._watch_tokens(self.auth))
         logger.info("serving on port %d", self.port)
+
+    async def _watch_tokens(self, auth: Authenticator) -> None:
+        """Notice a changed tokens file even when no call arrives: its reload wakes the waiting calls,
+        and those whose token was revoked end (auth.on_reload, wired in build_app)."""
+        while True:
+            await asyncio.sleep(TOKENS_CHECK_S)
+            auth.refresh()
 
     async def stop(self, grace: float = GRACE_S) -> None:
         """Stop taking work, let in-flight RPCs finish, flush accounting, close the store."""
         await self.health.enter_graceful_shutdown()
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        for task in (self._token_watch, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.server.stop(grace)
         await self.coordinator.idle()
         self.coordinator.traffic.flush()
@@ -116,6 +128,7 @@ def build_app(
     else:
         logger.warning("no tokens file: clients are identified by the client_id they send (development only)")
         auth = Authenticator(None)
+    auth.on_reload(coordinator.signals.wake_all)  # revoked tokens end their long-polls and streams now
     # One budget per identity, shared by both services: a client cannot dodge it by switching service.
     rate = RateLimiter(config.rate_limit_rps, config.rate_limit_burst)
     slots = StreamSlots(config.max_streams_per_client)

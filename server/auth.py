@@ -5,8 +5,10 @@ payload: a payload client_id that differs from the token's identity (an empty on
 PERMISSION_DENIED. Without a tokens file (development) the payload client_id is trusted, and the
 server logs that at start.
 
-Revocation: the tokens file is re-read when it changes (its mtime, size or inode, checked at most every
-TOKENS_CHECK_S) and on SIGHUP; a removed line is a revoked token from then on, open streams included.
+Revocation: the tokens file is re-read when it changes (its mtime, size or inode, checked every
+TOKENS_CHECK_S by the server, and at most that often by calls) and on SIGHUP; a removed line is a revoked
+token from then on. A reload wakes every long-poll and stream, which re-checks its caller's token and
+ends with UNAUTHENTICATED when it no longer passes.
 A file that no longer parses is not applied: the previous tokens stay, and the error is logged.
 """
 
@@ -108,6 +110,7 @@ class Authenticator:
         self._stamp = _stamp(self._path) if self._path else None
         self._next_check = clock() + check_every_s
         self._generation = 0
+        self._listeners: list[Callable[[], None]] = []
 
     @classmethod
     def from_file(cls, path: str | Path, *, readers: frozenset[str] | None = None) -> Authenticator:
@@ -122,6 +125,15 @@ class Authenticator:
     def generation(self) -> int:
         """Bumped whenever new tokens are applied: open streams re-check their caller then."""
         return self._generation
+
+    @property
+    def watches_file(self) -> bool:
+        """Whether there is a tokens file to watch for changes."""
+        return self._path is not None and self._tokens is not None
+
+    def on_reload(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after new tokens are applied (the server wakes its waiting calls with it)."""
+        self._listeners.append(listener)
 
     def reload(self) -> bool:
         """Re-read the tokens file now (SIGHUP); returns whether new tokens were applied."""
@@ -140,6 +152,8 @@ class Authenticator:
         self._tokens = tokens
         self._generation += 1
         logger.info("tokens file reloaded: %d tokens (%d revoked, %d new)", len(tokens), removed, added)
+        for listener in self._listeners:
+            listener()
         return True
 
     def refresh(self) -> None:

@@ -61,6 +61,12 @@ TICK_S = 0.2  # how often deadlines and round opening are checked
 # as a safety net, after this long: with 10,000 waiters a 1 s re-check alone would fill the CPU.
 RECHECK_S = 10.0
 
+Check = Callable[[], None]
+
+
+def _nothing() -> None:
+    """The default `still_allowed`: the caller stays allowed."""
+
 
 class Coordinator:
     def __init__(
@@ -196,8 +202,11 @@ class Coordinator:
             return None
         return task
 
-    async def get_task(self, client_id: str, known_version: int, wait_s: float) -> TaskResult:
-        """Long-poll for work; returns early when the model version moves past known_version."""
+    async def get_task(
+        self, client_id: str, known_version: int, wait_s: float, *, still_allowed: Check = _nothing
+    ) -> TaskResult:
+        """Long-poll for work; returns early when the model version moves past known_version.
+        `still_allowed` runs at every wake-up and raises (a Refusal) to end the poll: a revoked token."""
         self._joined(client_id)
         give_up = self.clock() + max(0.0, min(wait_s, self.config.max_wait_s))
         with self.presence.polling(client_id) as live:
@@ -205,6 +214,7 @@ class Coordinator:
             self._schedule_tick()
             while True:
                 changed = self.signals.round_changed()
+                still_allowed()
                 if self.finished:
                     return TaskResult(TaskStatus.RUN_FINISHED, self.rounds_completed)
                 task = self.current_task(client_id)
@@ -285,13 +295,17 @@ class Coordinator:
         await self.commit.durable()
         return in_sync
 
-    async def round_deltas(self, client_id: str, from_round: int, follow: bool) -> AsyncIterator[DeltaRecord]:
-        """Stored deltas from from_round on; with follow, each new one as its round closes."""
+    async def round_deltas(
+        self, client_id: str, from_round: int, follow: bool, *, still_allowed: Check = _nothing
+    ) -> AsyncIterator[DeltaRecord]:
+        """Stored deltas from from_round on; with follow, each new one as its round closes.
+        `still_allowed` runs at every wake-up and raises (a Refusal) to end the stream."""
         self._joined(client_id)
         next_round = max(1, from_round)
         with self.presence.polling(client_id):
             while True:
                 changed = self.signals.round_changed()
+                still_allowed()
                 while next_round <= self.rounds_completed:
                     yield self._deltas.get(next_round, self.rounds_completed)
                     next_round += 1

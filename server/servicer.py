@@ -144,6 +144,19 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         self._rate.admit(client)
         return client
 
+    def _still_allowed(self, context: grpc.aio.ServicerContext, claimed: str) -> Callable[[], None]:
+        """A check for a call that waits or streams: after each tokens reload (which wakes it) the
+        caller's token is checked again, and a revoked one ends the call (Unauthenticated)."""
+        generation = self._auth.generation
+
+        def check() -> None:
+            nonlocal generation
+            if self._auth.generation != generation:
+                self._auth.identify(context.invocation_metadata(), claimed)
+                generation = self._auth.generation
+
+        return check
+
     def _count(self, client: str, round_id: int, request: Any, response: Any) -> None:
         up = request.ByteSize() if request is not None else 0
         down = response.ByteSize() if response is not None else 0
@@ -176,8 +189,11 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
     @unary
     async def GetTask(self, request: Any, context: Any) -> federation_pb2.GetTaskResponse:
         client = self._who(context, request.client_id)
+        still_allowed = self._still_allowed(context, request.client_id)
         with self._slots.hold(client):
-            result = await self._coord.get_task(client, request.known_version, request.wait_s)
+            result = await self._coord.get_task(
+                client, request.known_version, request.wait_s, still_allowed=still_allowed
+            )
         response = wire.task_result_to_pb(result)
         round_id = (
             result.task.round_id
@@ -218,16 +234,17 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         if request.from_round < 1:  # rounds are numbered from 1 (federation.proto)
             raise errors.InvalidRequest(f"from_round must be >= 1, got {request.from_round}")
         self._coord.check_joined(client)  # refused before the request is counted
-        generation = self._auth.generation
+        still_allowed = self._still_allowed(context, request.client_id)
         with self._slots.hold(client):
             # The request's bytes go to the first round it can get, never to a made-up round id.
             first = min(request.from_round, self._coord.rounds_completed + 1)
             self._count(client, first, request, None)
-            async for record in self._coord.round_deltas(client, request.from_round, request.follow):
+            deltas = self._coord.round_deltas(
+                client, request.from_round, request.follow, still_allowed=still_allowed
+            )
+            async for record in deltas:
                 self._auth.refresh()
-                if self._auth.generation != generation:  # tokens reloaded: is this one still valid?
-                    self._auth.identify(context.invocation_metadata(), request.client_id)
-                    generation = self._auth.generation
+                still_allowed()
                 message = self._delta_message(record)
                 self._count(client, record.round_id, None, message)
                 yield message
@@ -239,9 +256,11 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         client = self._who(context, request.client_id)
         round_id, path, sha256, size, fingerprint = self._coord.checkpoint_for(client)
         self._count(client, 0, request, None)
+        still_allowed = self._still_allowed(context, request.client_id)
         offset = 0
         with self._slots.hold(client), open(path, "rb") as fh:
             while True:
+                still_allowed()  # a revoked token gets no further chunk
                 data = await asyncio.to_thread(fh.read, CHECKPOINT_CHUNK_BYTES)
                 if not data and offset > 0:
                     return

@@ -33,6 +33,11 @@ class Signals:
         self._round_changed = asyncio.Event()
         self.notify()
 
+    def wake_all(self) -> None:
+        """Every waiter re-checks now, whatever it waits for: the tokens file was reloaded, and a
+        long-poll or stream whose token was revoked must end at once, not at the next round change."""
+        self.notify_round()
+
 
 async def wait_or_timeout(event: asyncio.Event, timeout_s: float) -> None:
     """Return when `event` is set or after `timeout_s`, whichever comes first."""
