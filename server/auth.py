@@ -5,6 +5,11 @@ payload: a payload client_id that differs from the token's identity (an empty on
 PERMISSION_DENIED. Without a tokens file (development) the payload client_id is trusted, and the
 server logs that at start.
 
+Roles: a tokens-file line is `client_id:token` (a client) or `client_id:token:role`, role one of
+client, reader, admin (`Role`). Only clients may use the federation service; readers and admins read
+every status view. `--status-readers` lists identities that read the per-client views; a listed one
+whose line names no role is a reader.
+
 Revocation: the tokens file is re-read when it changes (its mtime, size or inode, checked every
 TOKENS_CHECK_S by the server, and at most that often by calls) and on SIGHUP; a removed line is a revoked
 token from then on. A reload wakes every long-poll and stream, which re-checks its caller's token and
@@ -18,6 +23,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
 from pathlib import Path
 
 import grpc
@@ -29,7 +35,9 @@ __all__ = [
     "AUTH_METADATA_KEY",
     "TOKENS_CHECK_S",
     "Authenticator",
+    "Role",
     "load_tokens",
+    "read_tokens",
     "server_credentials",
 ]
 
@@ -42,31 +50,55 @@ _BEARER = "bearer "
 Metadata = Sequence[tuple[str, str | bytes]] | None
 
 
-def load_tokens(path: str | Path) -> dict[str, str]:
-    """Parse `client_id:token` lines (blank lines and # comments ignored) into token -> client_id."""
+class Role(StrEnum):
+    """What a token may do; the third field of its tokens-file line (`client_id:token:role`)."""
+
+    CLIENT = "client"  # trains: the federation service, plus the run's config and totals (the default)
+    READER = "reader"  # reads every status view (a dashboard, `fedmezo status`); cannot train
+    ADMIN = "admin"  # an operator: everything a reader may (no admin-only call exists yet); cannot train
+
+
+_READING_ROLES = (Role.READER, Role.ADMIN)
+
+
+def read_tokens(path: str | Path) -> tuple[dict[str, str], dict[str, Role]]:
+    """Parse `client_id:token` and `client_id:token:role` lines (blank lines and # comments ignored)
+    into token -> client_id, and client_id -> role for the lines that name one. A token holds no ':'."""
     tokens: dict[str, str] = {}
+    roles: dict[str, Role] = {}
     seen_ids: set[str] = set()
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as exc:
         raise ConfigError(f"cannot read tokens file {path}: {exc}") from exc
+    known_roles = ", ".join(r.value for r in Role)
     for number, raw in enumerate(lines, start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        client_id, sep, token = line.partition(":")
-        client_id, token = client_id.strip(), token.strip()
-        if not sep or not client_id or not token:
-            raise ConfigError(f"{path}:{number}: expected client_id:token")
+        fields = [f.strip() for f in line.split(":")]
+        if len(fields) not in (2, 3) or not fields[0] or not fields[1]:
+            raise ConfigError(f"{path}:{number}: expected client_id:token or client_id:token:role")
+        client_id, token = fields[0], fields[1]
         if not client_id.isprintable():  # ids reach the status views, the events and the logs
             raise ConfigError(f"{path}:{number}: the client id must be printable (no control characters)")
         if token in tokens or client_id in seen_ids:
             raise ConfigError(f"{path}:{number}: duplicate client id or token")
+        if len(fields) == 3:
+            try:
+                roles[client_id] = Role(fields[2])
+            except ValueError:
+                raise ConfigError(f"{path}:{number}: unknown role (one of {known_roles})") from None
         tokens[token] = client_id
         seen_ids.add(client_id)
     if not tokens:
         raise ConfigError(f"tokens file {path} holds no tokens")
-    return tokens
+    return tokens, roles
+
+
+def load_tokens(path: str | Path) -> dict[str, str]:
+    """The tokens file as token -> client_id (roles: `read_tokens`)."""
+    return read_tokens(path)[0]
 
 
 def _bearer(metadata: Metadata) -> str | None:
@@ -89,20 +121,27 @@ def _stamp(path: Path) -> tuple[int, int, int] | None:
 class Authenticator:
     """Maps request metadata to a client identity. `tokens=None` means no authentication (dev).
 
-    `path`: the tokens file, re-read when it changes (see the module docstring). `readers`: the
-    identities that may read per-client status views; None = every token holder.
+    `roles`: client_id -> Role for the tokens whose line names one. `path`: the tokens file, re-read
+    when it changes (see the module docstring). `readers` (--status-readers): identities that may read
+    the per-client status views, and that hold the reader role unless their line names another.
+
+    Per-client views (every client's losses, devices, events) are open to readers and admins, to the
+    listed `readers`, and to every token holder only while no reader exists at all (no `readers`, no
+    reader or admin line: the development default). Only client tokens may use the federation service.
     """
 
     def __init__(
         self,
         tokens: Mapping[str, str] | None,
         *,
+        roles: Mapping[str, Role] | None = None,
         path: str | Path | None = None,
         readers: frozenset[str] | None = None,
         check_every_s: float = TOKENS_CHECK_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tokens = dict(tokens) if tokens is not None else None
+        self._roles = dict(roles or {})
         self._path = Path(path) if path else None
         self._readers = readers
         self._check_every_s = check_every_s
@@ -115,7 +154,22 @@ class Authenticator:
     @classmethod
     def from_file(cls, path: str | Path, *, readers: frozenset[str] | None = None) -> Authenticator:
         """Tokens from `path`, watched for changes."""
-        return cls(load_tokens(path), path=path, readers=readers)
+        tokens, roles = read_tokens(path)
+        return cls(tokens, roles=roles, path=path, readers=readers)
+
+    def role(self, client_id: str) -> Role:
+        """A token identity's role: its line's, else reader when --status-readers lists it, else client."""
+        explicit = self._roles.get(client_id)
+        if explicit is not None:
+            return explicit
+        return Role.READER if self._readers is not None and client_id in self._readers else Role.CLIENT
+
+    def _may_read_per_client(self, client_id: str) -> bool:
+        if self.role(client_id) in _READING_ROLES:
+            return True
+        if self._readers is not None:
+            return client_id in self._readers
+        return not any(role in _READING_ROLES for role in self._roles.values())
 
     @property
     def enabled(self) -> bool:
@@ -141,7 +195,7 @@ class Authenticator:
             return False
         self._stamp = _stamp(self._path)
         try:
-            tokens = load_tokens(self._path)
+            tokens, roles = read_tokens(self._path)
         except ConfigError as exc:
             logger.error(
                 "tokens file not applied, the previous %d tokens stay valid: %s", len(self._tokens), exc
@@ -149,7 +203,7 @@ class Authenticator:
             return False
         removed = len(self._tokens.keys() - tokens.keys())
         added = len(tokens.keys() - self._tokens.keys())
-        self._tokens = tokens
+        self._tokens, self._roles = tokens, roles
         self._generation += 1
         logger.info("tokens file reloaded: %d tokens (%d revoked, %d new)", len(tokens), removed, added)
         for listener in self._listeners:
@@ -192,6 +246,9 @@ class Authenticator:
         client_id = self._lookup(token)
         if client_id is None:
             raise Unauthenticated("unknown token")
+        role = self.role(client_id)
+        if role != Role.CLIENT:
+            raise PermissionDenied(f"{client_id!r} holds a {role} token: it may not take part in training")
         if not claimed_id:  # the proto: client_id must equal the token's identity, an empty one does not
             raise PermissionDenied("client_id is required: it must be the identity of the token")
         if claimed_id != client_id:
@@ -205,7 +262,8 @@ class Authenticator:
 
     def check_reader(self, metadata: Metadata, *, per_client: bool = False) -> str:
         """A status reader's identity ("" without tokens). Any valid token reads the run's config
-        and totals; `per_client` views (other clients' losses, devices, events) need a listed reader."""
+        and totals; `per_client` views (other clients' losses, devices, events) need a reader (see the
+        class docstring)."""
         self.refresh()
         if self._tokens is None:
             return ""
@@ -213,8 +271,8 @@ class Authenticator:
         reader = self._lookup(token) if token is not None else None
         if reader is None:
             raise Unauthenticated("status requires a valid bearer token")
-        if per_client and self._readers is not None and reader not in self._readers:
-            raise PermissionDenied(f"{reader!r} may not read other clients' data (not in status_readers)")
+        if per_client and not self._may_read_per_client(reader):
+            raise PermissionDenied(f"{reader!r} may not read other clients' data (a client token)")
         return reader
 
 

@@ -51,7 +51,11 @@ class ServerConfig(RunConfig):
     port: int = setting(50051, "TCP port to listen on (0 = any free port, reported in the log)")
     state_dir: str = setting("fedmezo-state", "directory holding state.sqlite and checkpoints/")
     device: str = setting("cpu", "device of the server's canonical replica (cpu is enough: it only adds)")
-    tokens: str = setting("", "tokens file, one client_id:token per line; empty = no client authentication")
+    tokens: str = setting(
+        "",
+        "tokens file, one client_id:token[:role] per line (role: client, reader, admin; default client); "
+        "empty = no client authentication",
+    )
     insecure: bool = setting(
         False, "serve plaintext (no TLS); required explicitly when no certificate is set"
     )
@@ -84,7 +88,9 @@ class ServerConfig(RunConfig):
     status_readers: str = setting(
         "",
         "comma-separated token identities that may list rounds, clients and events (every client's "
-        "losses and devices); empty = every token holder. Run config and status stay open to all tokens",
+        "losses and devices); a listed identity whose tokens-file line names no role is a reader and "
+        "cannot train. Empty = readers and admins (the tokens file's roles), or every token holder "
+        "while the file names none. Run config and status stay open to all tokens",
     )
 
     def problems(self) -> list[str]:
