@@ -19,6 +19,7 @@ from fedmezo.fl.errors import StoreError
 from fedmezo.fl.evaluation import Evaluator
 from fedmezo.fl.replica import Replica
 from fedmezo.fl.vocabulary import MAX_MESSAGE_BYTES
+from fedmezo.server import grpc_logs
 from fedmezo.server.auth import TOKENS_CHECK_S, Authenticator, server_credentials
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
@@ -114,6 +115,7 @@ def build_app(
     clock: Callable[[], float] = time.time,
 ) -> ServerApp:
     """Everything wired but not started; `store`/`replica`/`clock` are seams for tests."""
+    grpc_logs.install()  # a client's malformed header or dropped stream is no traceback (and no token)
     evaluator = Evaluator.from_config(config)  # first: a bad eval file fails before anything is loaded
     state_dir = config.state_path
     store = store or SqliteStore(state_dir / STATE_DB)
