@@ -354,7 +354,9 @@ def update_from_pb(
     )
     for name, values, most in limits:
         if len(values) > most:
-            raise InvalidUpdate(f"{len(values)} {name} for a task of at most {most}")
+            raise InvalidUpdate(
+                f"{len(values)} {name} for a task of at most {max_steps} local steps ({most} values)"
+            )
     return Update(
         round_id=req.round_id,
         projected_grads=tuple(req.projected_grads),
