@@ -1,4 +1,9 @@
-"""Build and run the grpc.aio server: services, health, limits, keepalive, TLS, graceful shutdown."""
+"""Build and run the grpc.aio server: services, health, limits, keepalive, TLS, graceful shutdown.
+
+Transport limits: every call gets a status in bounded time (its request message within
+REQUEST_TIMEOUT_S, a unary answer within max_wait_s + UNARY_LIMIT_SLACK_S), and every connection ends
+in bounded time (idle, age + grace), holds at most max_streams_per_connection calls and cannot flood
+pings; requests failing authentication are throttled per peer address (servicer)."""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from fedmezo.server import grpc_logs
 from fedmezo.server.auth import TOKENS_CHECK_S, Authenticator, server_credentials
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
-from fedmezo.server.interceptors import DecodeErrorInterceptor
+from fedmezo.server.interceptors import REQUEST_TIMEOUT_S, RequestInterceptor
 from fedmezo.server.limits import RateLimiter, StreamSlots
 from fedmezo.server.model_state import CHECKPOINTS_DIR
 from fedmezo.server.servicer import FederationServicer, StatusServicer
@@ -42,16 +47,39 @@ GRACE_S = 5.0  # in-flight RPCs get this long to finish on SIGTERM
 KEEPALIVE_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),  # ping idle connections: notice dead edge clients
     ("grpc.keepalive_timeout_ms", 10_000),
+    # Client pings: allowed without calls, at most one per 10 s while no data flows; the third ping
+    # too early ends the connection (GOAWAY too_many_pings) instead of being answered forever.
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),  # tolerate client keepalives >= 10 s
-    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
 )
+# Every connection ends in bounded time. Idle (no call open) for 5 minutes: closed (a client heartbeats
+# every few seconds). Older than 2 hours (±10% jitter): GOAWAY, so the client opens a new one for its next
+# call, and the calls still open get 10 minutes (a following delta stream is reopened every 5; a client
+# retries a cut call); a checkpoint download (the client allows 30 minutes) always fits a new connection.
+CONNECTION_IDLE_MS = 5 * 60_000
+CONNECTION_AGE_MS = 2 * 3_600_000
+CONNECTION_AGE_GRACE_MS = 10 * 60_000
+# Every unary call is answered within max_wait_s (the longest long-poll) plus this, whatever deadline its
+# client set; its request message must arrive within REQUEST_TIMEOUT_S (server.interceptors).
+UNARY_LIMIT_SLACK_S = 60.0
 PENDING_RPCS_PER_CLIENT = 4  # calls one client can have waiting for the event loop: a burst, not abuse
 STATE_DB = "state.sqlite"
 SERVICE_NAMES = (
     federation_pb2.DESCRIPTOR.services_by_name["FederationService"].full_name,
     status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name,
 )
+
+
+def transport_options(config: ServerConfig) -> tuple[tuple[str, int], ...]:
+    """The per-connection limits: concurrent calls, idle and age (then grace), keepalive enforcement."""
+    return (
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", CONNECTION_IDLE_MS),
+        ("grpc.max_connection_age_ms", CONNECTION_AGE_MS),
+        ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
+        *KEEPALIVE_OPTIONS,
+    )
 
 
 def pending_rpc_options(max_clients: int) -> tuple[tuple[str, int], ...]:
@@ -134,20 +162,21 @@ def build_app(
     # One budget per identity, shared by both services: a client cannot dodge it by switching service.
     rate = RateLimiter(config.rate_limit_rps, config.rate_limit_burst)
     slots = StreamSlots(config.max_streams_per_client)
+    unauthenticated = RateLimiter(config.unauthenticated_rps, config.unauthenticated_burst)  # per peer
     server = grpc.aio.server(
-        interceptors=[DecodeErrorInterceptor()],
+        interceptors=[RequestInterceptor(REQUEST_TIMEOUT_S, config.max_wait_s + UNARY_LIMIT_SLACK_S)],
         options=[
             ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            *KEEPALIVE_OPTIONS,
+            *transport_options(config),
             *pending_rpc_options(config.max_clients),
         ],
     )
     federation_pb2_grpc.add_FederationServiceServicer_to_server(
-        FederationServicer(coordinator, auth, rate, slots), server
+        FederationServicer(coordinator, auth, rate, slots, unauthenticated), server
     )
     status_pb2_grpc.add_StatusServiceServicer_to_server(
-        StatusServicer(coordinator, auth, rate, slots), server
+        StatusServicer(coordinator, auth, rate, slots, unauthenticated), server
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -37,8 +37,19 @@ RATE_LIMIT_RPS = 50.0
 RATE_LIMIT_BURST = 500  # a client's start-up catch-up (a delta stream, a report, a few polls) fits easily
 MAX_STREAMS_PER_CLIENT = 8
 MAX_CLIENTS = 10_000
+# Requests that fail authentication, per peer address: a client with a bad token gives up at once
+# (UNAUTHENTICATED is final), so a few dozen are plenty; a token guesser gets one a second.
+UNAUTHENTICATED_RPS = 1.0
+UNAUTHENTICATED_BURST = 60
+MAX_STREAMS_PER_CONNECTION = 128  # a client holds about 3 calls at once; a proxy fanning clients in, more
 _POSITIVE = ("heartbeat_interval_s", "heartbeat_timeout_s", "max_wait_s")
-_AT_LEAST_ONE = ("rate_limit_burst", "max_streams_per_client", "max_clients")
+_AT_LEAST_ONE = (
+    "rate_limit_burst",
+    "max_streams_per_client",
+    "max_clients",
+    "unauthenticated_burst",
+    "max_streams_per_connection",
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,20 @@ class ServerConfig(RunConfig):
     max_clients: int = setting(
         MAX_CLIENTS, "distinct client ids that may join; bounds what a flood of invented ids can store"
     )
+    # --- per peer address and per connection: before (or without) an identity ---
+    unauthenticated_rps: float = setting(
+        UNAUTHENTICATED_RPS,
+        "sustained requests per second that fail authentication (missing, wrong or revoked token) one "
+        "peer address may make before it is answered RESOURCE_EXHAUSTED, a token bucket; 0 = off",
+    )
+    unauthenticated_burst: int = setting(
+        UNAUTHENTICATED_BURST, "requests failing authentication one peer address may make at once"
+    )
+    max_streams_per_connection: int = setting(
+        MAX_STREAMS_PER_CONNECTION,
+        "calls one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS; more wait "
+        "in the client); raise it behind a proxy that carries many clients on one connection",
+    )
     status_readers: str = setting(
         "",
         "comma-separated token identities that may list rounds, clients and events (every client's "
@@ -100,8 +125,10 @@ class ServerConfig(RunConfig):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be a finite number > 0")
-        if not (math.isfinite(self.rate_limit_rps) and self.rate_limit_rps >= 0):
-            problems.append("rate_limit_rps must be a finite number >= 0 (0 = off)")
+        for name in ("rate_limit_rps", "unauthenticated_rps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                problems.append(f"{name} must be a finite number >= 0 (0 = off)")
         problems += [f"{name} must be >= 1" for name in _AT_LEAST_ONE if getattr(self, name) < 1]
         if self.status_readers and not self.tokens:
             problems.append("status_readers names token identities: it needs a tokens file")

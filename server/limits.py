@@ -2,8 +2,10 @@
 
 A token bucket per identity bounds the request rate; a counter per identity bounds the long-polls and
 streams it holds open (each holds a coroutine and a socket until it ends). Both are keyed by the
-authenticated identity, so 1,000 well-behaved clients never share a budget. Their own memory is
-bounded too: an idle bucket is refilled, indistinguishable from a new one, and is dropped.
+authenticated identity, so 1,000 well-behaved clients never share a budget. Requests that fail
+authentication have no identity: a token bucket per peer address bounds them (`peer_host`). The
+limiters' own memory is bounded too: an idle bucket is refilled, indistinguishable from a new one,
+and is dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 from fedmezo.fl.errors import RateLimited, TooManyStreams
 
-__all__ = ["RateLimiter", "StreamSlots"]
+__all__ = ["RateLimiter", "StreamSlots", "peer_host"]
 
 PRUNE_MIN_KEYS = 4096  # buckets kept before the first sweep of idle ones
 
@@ -40,6 +42,10 @@ class RateLimiter:
         """Take one token from `key`'s bucket; raises RateLimited when it is empty."""
         if self.rate <= 0:
             return
+        self._refilled(key).tokens -= 1.0
+
+    def _refilled(self, key: str) -> _Bucket:
+        """`key`'s bucket refilled to now, holding at least one token; raises RateLimited otherwise."""
         now = self._clock()
         bucket = self._buckets.get(key)
         if bucket is None:
@@ -54,7 +60,7 @@ class RateLimiter:
                 f"rate limit: more than {self.rate:g} requests/s (burst {self.burst:g}) from {key!r}; "
                 f"retry in {wait_s:.2f} s"
             )
-        bucket.tokens -= 1.0
+        return bucket
 
     def _prune(self, now: float) -> None:
         """Drop buckets that have refilled (they equal fresh ones); amortized O(1) per new key."""
@@ -64,6 +70,14 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+def peer_host(peer: str) -> str:
+    """The address part of a grpc peer string: "ipv4:10.0.0.7:51234" -> "ipv4:10.0.0.7",
+    "ipv6:[::1]:51234" -> "ipv6:[::1]" (the port changes with every connection; the host does not)."""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.rsplit(":", 1)[0]
+    return peer
 
 
 class StreamSlots:

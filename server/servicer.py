@@ -20,7 +20,7 @@ from fedmezo.server import convert
 from fedmezo.server.auth import Authenticator
 from fedmezo.server.config import MAX_STREAMS_PER_CLIENT
 from fedmezo.server.coordinator import Coordinator
-from fedmezo.server.limits import RateLimiter, StreamSlots
+from fedmezo.server.limits import RateLimiter, StreamSlots, peer_host
 from fedmezo.server.status_codes import grpc_code
 from fedmezo.server.status_view import client_views, round_views, status_view
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
@@ -107,12 +107,24 @@ class _Servicer:
         auth: Authenticator,
         rate: RateLimiter | None = None,
         slots: StreamSlots | None = None,
+        unauthenticated: RateLimiter | None = None,
     ) -> None:
         self._coord = coord
         self._auth = auth
         self._rate = rate if rate is not None else RateLimiter(0.0, 1)
         self._slots = slots if slots is not None else StreamSlots(MAX_STREAMS_PER_CLIENT)
+        self._unauthenticated = unauthenticated if unauthenticated is not None else RateLimiter(0.0, 1)
         self._config_pb = run_config_pb(coord)
+
+    def _authenticated(self, context: grpc.aio.ServicerContext, authenticate: Callable[[], str]) -> str:
+        """`authenticate()`, with the caller's peer address charged for each failure: once its bucket
+        is empty, a failure is RateLimited (RESOURCE_EXHAUSTED) instead. A valid token is never charged,
+        so a client behind the same address as a token guesser is still served."""
+        try:
+            return authenticate()
+        except errors.Unauthenticated:
+            self._unauthenticated.admit(peer_host(context.peer() or ""))
+            raise
 
 
 class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceServicer):
@@ -122,8 +134,9 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         auth: Authenticator,
         rate: RateLimiter | None = None,
         slots: StreamSlots | None = None,
+        unauthenticated: RateLimiter | None = None,
     ) -> None:
-        super().__init__(coord, auth, rate, slots)
+        super().__init__(coord, auth, rate, slots, unauthenticated)
         self._delta_messages: dict[int, federation_pb2.StreamRoundDeltasResponse] = {}
 
     def _delta_message(self, record: DeltaRecord) -> federation_pb2.StreamRoundDeltasResponse:
@@ -140,7 +153,8 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
 
     def _who(self, context: grpc.aio.ServicerContext, claimed: str) -> str:
         """The caller's identity, charged one request of its rate budget."""
-        client = self._auth.identify(context.invocation_metadata(), claimed)
+        metadata = context.invocation_metadata()
+        client = self._authenticated(context, lambda: self._auth.identify(metadata, claimed))
         self._rate.admit(client)
         return client
 
@@ -280,7 +294,10 @@ class StatusServicer(_Servicer, status_pb2_grpc.StatusServiceServicer):
 
     def _check(self, context: Any, *, per_client: bool = False) -> str:
         """The reader's identity ("" without tokens: nothing to key a limit by), charged one request."""
-        reader = self._auth.check_reader(context.invocation_metadata(), per_client=per_client)
+        metadata = context.invocation_metadata()
+        reader = self._authenticated(
+            context, lambda: self._auth.check_reader(metadata, per_client=per_client)
+        )
         if reader:
             self._rate.admit(reader)
         return reader

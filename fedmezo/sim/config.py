@@ -60,6 +60,9 @@ SERVER_PROCESS_KEYS = frozenset(
         "rate_limit_burst",
         "max_streams_per_client",
         "max_clients",
+        "unauthenticated_rps",
+        "unauthenticated_burst",
+        "max_streams_per_connection",
         "status_readers",
     }
 )

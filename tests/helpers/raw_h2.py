@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 
 __all__ = ["H2Call", "RawConnection", "grpc_frame"]
 
@@ -52,8 +53,10 @@ class RawConnection:
         )
         self.conn.initiate_connection()
         self.calls: dict[int, H2Call] = {}
-        self.closed = False
+        self.closed = False  # the server closed the socket (or it broke)
+        self.terminated = False  # the server sent GOAWAY: later frames are read but not parsed
         self.remote_settings: dict[int, int] = {}
+        self.goaway: h2.events.ConnectionTerminated | None = None
         self._flush()
 
     def _flush(self) -> None:
@@ -102,14 +105,21 @@ class RawConnection:
             if not data:
                 self.closed = True
                 break
-            for event in self.conn.receive_data(data):
+            if self.terminated:
+                continue  # h2 refuses frames after a GOAWAY: only the socket's end matters now
+            try:
+                events = self.conn.receive_data(data)
+            except h2.exceptions.ProtocolError:  # a frame after GOAWAY in the same read
+                self.terminated = True
+                continue
+            for event in events:
                 self._handle(event)
             self._flush()
 
     def wait(self, calls: list[H2Call], timeout_s: float) -> bool:
         """Pump until every call is answered (a grpc-status or a reset) or timeout; returns whether."""
         until = time.monotonic() + timeout_s
-        while time.monotonic() < until and not all(c.answered for c in calls) and not self.closed:
+        while time.monotonic() < until and not all(c.answered for c in calls) and not self.terminated:
             self.pump(min(until, time.monotonic() + 0.2))
         return all(c.answered for c in calls)
 
@@ -130,7 +140,23 @@ class RawConnection:
         elif isinstance(event, h2.events.StreamReset) and call:
             call.reset, call.ended_at = True, now
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self.closed = True
+            self.terminated = True
+            self.goaway = event
+
+    def wait_goaway(self, timeout_s: float) -> bool:
+        """Pump until the server sends GOAWAY (self.goaway, when h2 could parse it) or closes the socket;
+        returns whether either happened."""
+        until = time.monotonic() + timeout_s
+        while not self.terminated and not self.closed and time.monotonic() < until:
+            self.pump(min(until, time.monotonic() + 0.2))
+        return self.terminated or self.closed
+
+    def wait_closed(self, timeout_s: float) -> bool:
+        """Pump until the server closes the socket; returns whether it did."""
+        until = time.monotonic() + timeout_s
+        while not self.closed and time.monotonic() < until:
+            self.pump(min(until, time.monotonic() + 0.2))
+        return self.closed
 
     def close(self) -> None:
         try:

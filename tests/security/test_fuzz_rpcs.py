@@ -331,6 +331,7 @@ def _running_target(tmp: Path, *, with_tokens: bool) -> Iterator[Target]:
         local_steps=STEPS,
         max_wait_s=0.05,  # GetTask long-polls end at once: the fuzzer is not a patient client
         rate_limit_rps=0.0,  # off: the fuzzer must reach validation, not the rate limit
+        unauthenticated_rps=0.0,  # nor the per-address limit on its wrong tokens
         **limits,
     )
     with threaded_server(config) as server, grpc.insecure_channel(server.address) as channel:

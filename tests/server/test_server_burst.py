@@ -22,7 +22,13 @@ CONNECTIONS = 3500  # above gRPC's default hard limit of 3,000 waiting calls
 def test_a_burst_from_thousands_of_connections_is_served_in_full(tmp_path: Path, replica: Replica) -> None:
     async def main() -> Counter[str]:
         async with running_server(tmp_path, replica, rate_limit_rps=0) as app:
-            channels = [grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") for _ in range(CONNECTIONS)]
+            # A local subchannel pool per channel: one TCP connection each, as separate clients have
+            # (channels of one process otherwise share one connection, and its stream limit).
+            own_connection = [("grpc.use_local_subchannel_pool", 1)]
+            channels = [
+                grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=own_connection)
+                for _ in range(CONNECTIONS)
+            ]
             outcomes: Counter[str] = Counter()
 
             async def call(channel: grpc.aio.Channel) -> None:
