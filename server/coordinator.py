@@ -39,7 +39,6 @@ from fedmezo.fl.records import (
 from fedmezo.fl.replica import Replica
 from fedmezo.fl.rounds import History, check_join, check_update, close_round, plan_round, task_for
 from fedmezo.fl.selection import CloseDecision, decide_close
-from fedmezo.fl.vocabulary import FINGERPRINT_BYTES
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.deltas import DeltaCache
 from fedmezo.server.durability import GroupCommit
@@ -51,6 +50,7 @@ from fedmezo.server.run_start import history_of_round, start_run
 from fedmezo.server.signals import Signals, wait_or_timeout
 from fedmezo.server.store import Store
 from fedmezo.server.traffic import TrafficMeter
+from fedmezo.server.versions import Versions
 
 __all__ = ["Coordinator"]
 
@@ -91,9 +91,8 @@ class Coordinator:
         self._clients_stored: int | None = None  # counted once, then kept: bounds joins by max_clients
         # The newest version each client was reported diverged at (an event and a warning each): a
         # client repeating a wrong report, or reporting older versions, writes no more of them.
-        self._mismatch_reported: dict[str, int] = {}
         self.run_id = ""
-        self._fingerprints: dict[int, bytes] = {}
+        self.versions = Versions()
         self._history: History = {}
         self._closing: int | None = None
         self._tick_lock = asyncio.Lock()
@@ -118,20 +117,21 @@ class Coordinator:
     def start(self) -> None:
         """Create or resume the run in the store: check identity, restore the replica, load caches."""
         started = start_run(self.config, self.store, self.replica, self.checkpoint_dir, self.clock())
-        self.run_id, self._fingerprints, self._history = started.run_id, started.fingerprints, started.history
+        self.run_id, self._history = started.run_id, started.history
+        self.versions = Versions(started.fingerprints)
         self.replica.warm_up()
 
     # --- derived state ---
     @property
     def rounds_completed(self) -> int:
-        return max((r for r in self._fingerprints if r > 0), default=0)
+        return self.versions.rounds_completed
 
     @property
     def finished(self) -> bool:
         return self.rounds_completed >= self.config.rounds
 
     def fingerprint_at(self, version: int) -> bytes | None:
-        return self._fingerprints.get(version)
+        return self.versions.fingerprint_at(version)
 
     def run_state(self) -> RunState:
         if self.finished:
@@ -180,7 +180,7 @@ class Coordinator:
         await self.commit.durable()
         return JoinResult(
             rounds_completed=self.rounds_completed,
-            fingerprint=self._fingerprints[self.rounds_completed],
+            fingerprint=self.versions.fingerprint_at(self.rounds_completed) or b"",
             checkpoint_round=checkpoint.round_id if checkpoint else 0,
             checkpoint_size_bytes=checkpoint.size if checkpoint else 0,
             run_state=self.run_state(),
@@ -268,20 +268,8 @@ class Coordinator:
     async def report_fingerprint(self, client_id: str, version: int, fingerprint: bytes) -> bool:
         """Record whether a client's replica matches ours at `version`; returns in_sync."""
         self._joined(client_id)
-        if len(fingerprint) != FINGERPRINT_BYTES:
-            raise errors.InvalidUpdate(
-                f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(fingerprint)}"
-            )
-        expected = self._fingerprints.get(version)
-        if expected is None:
-            raise errors.WrongRound(
-                f"version {version} does not exist (rounds completed: {self.rounds_completed})"
-            )
+        in_sync, tell = self.versions.judge(client_id, version, fingerprint)  # every report is stored
         self._seen(client_id).model_version = version  # only a valid report moves the shown version
-        in_sync = fingerprint == expected
-        # One event (and warning) per client and version, for a newer version than the last one:
-        # each report is stored, but a client cannot fill the event log and the server log with them.
-        tell = not in_sync and version > self._mismatch_reported.get(client_id, -1)
         events = (
             [self._event("fingerprint_mismatch", f"version {version}", version, client_id)] if tell else []
         )
@@ -290,7 +278,6 @@ class Coordinator:
         )
         self.commit.wrote()
         if tell:
-            self._mismatch_reported[client_id] = version
             logger.warning("client %s diverged at version %d: asked to resync", client_id, version)
         await self.commit.durable()
         return in_sync
@@ -427,7 +414,7 @@ class Coordinator:
                     self.replica, self.store, r, closed.aggregate, closed.mean_loss,
                     now=self.clock(), event=self._event,
                 )  # fmt: skip
-                self._fingerprints[r] = close.fingerprint
+                self.versions.closed(r, close.fingerprint)
                 # The close is committed: clients may fetch the delta now, not after the bookkeeping and
                 # the checkpoint below (a checkpoint only shortens a restart's replay; seconds at 135M).
                 self.signals.notify_round()
