@@ -16,12 +16,23 @@ Claims under test (FedMeZO, Ling et al., KDD 2024, and fedmezo's):
     of the bytes.
 Each method gets the same learning-rate search (the same number of candidate values, the same pilot
 runs); nothing else is tuned.
+
+Estimators and seed schemes (issue #13, "learn more per forward pass"): MeZO (P=1), FZOO (P=8) and
+FedAvg-AdamW on the same budget of forward passes per client (a backward counts as two), on a stratified
+half of the held-out set large enough that the differences reported exceed its noise (the standard error
+of the per-example loss difference, measured on the final models), each method's learning rate from the
+same number of candidates on a pilot ranked on the other half; a rate that diverges over the full budget
+is replaced by the next-best candidate. Then shared vs per-client seeds at 10 clients for the better
+estimator. Runs of this part take up to ~1.5 h each on 2 cores; every finished run is cached, so
+`make experiments RESUME=1` picks the sweep up where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import itertools
 import json
 import math
 import os
@@ -68,6 +79,19 @@ class Plan:
     lr_factors: tuple[float, ...]
     personal_lr_factors: tuple[float, ...]  # base learning rates η₀ for personalization, × the chosen one
     memory_batch: int
+    # Estimators and seed schemes (issue #13). Budgets are forward passes per client: every method runs
+    # est_forwards_per_round of them per round (its τ = that ÷ its forwards per step).
+    est_clients: int  # of the pilots and the main comparison
+    est_eval_limit: int  # held-out (test) examples of the main runs; the pilots rank on as many others
+    est_forwards_per_round: int
+    est_rounds: int
+    est_eval_every: int
+    est_pilot_rounds: int
+    est_perturbations: int  # FZOO's P
+    est_seed_clients: int
+    est_mezo_lrs: tuple[float, ...]  # as many candidates for each method
+    est_fzoo_lrs: tuple[float, ...]
+    est_fedavg_lrs: tuple[float, ...]
 
 
 FULL = Plan(
@@ -76,6 +100,9 @@ FULL = Plan(
     rounds_3=10, steps_3=2, rounds_10=10, steps_10=2,
     sens_rounds=2, sens_steps=2, taus=(1, 2, 4), epss=(1e-4, 1e-3, 1e-2), lr_factors=(0.3, 1.0, 3.0),
     personal_lr_factors=(1.0, 0.3), memory_batch=8,
+    est_clients=3, est_eval_limit=120, est_forwards_per_round=36, est_rounds=28, est_eval_every=2,
+    est_pilot_rounds=10, est_perturbations=8, est_seed_clients=10, est_mezo_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
+    est_fzoo_lrs=(3e-4, 1e-3, 3e-3, 1e-2), est_fedavg_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
 )  # fmt: skip
 QUICK = Plan(
     name="quick", model="smollm2-135m", max_length=48, batch_size=2, eval_limit=8,
@@ -83,6 +110,10 @@ QUICK = Plan(
     rounds_3=3, steps_3=2, rounds_10=2, steps_10=1,
     sens_rounds=1, sens_steps=1, taus=(1, 2), epss=(1e-3, 1e-2), lr_factors=(1.0, 3.0),
     personal_lr_factors=(1.0,), memory_batch=4,
+    # 1e-2 is a MeZO rate meant to diverge: it exercises the search's divergence rule at toy size
+    est_clients=2, est_eval_limit=8, est_forwards_per_round=6, est_rounds=1, est_eval_every=1,
+    est_pilot_rounds=1, est_perturbations=2, est_seed_clients=4, est_mezo_lrs=(1e-5, 1e-2),
+    est_fzoo_lrs=(1e-3, 3e-3), est_fedavg_lrs=(1e-5, 3e-5),
 )  # fmt: skip
 
 
@@ -122,10 +153,16 @@ class Runner:
         flags.update(overrides)
         return flags
 
-    def run(self, name: str, flags: Mapping[str, Any], *, exact_match: bool = False) -> dict[str, Any]:
+    def run(
+        self, name: str, flags: Mapping[str, Any], *, exact_match: bool = False, per_example: bool = False
+    ) -> dict[str, Any]:
+        """The run's result (`SimResult.to_json()`); with `per_example`, plus the final model's loss on
+        each held-out example (`per_example_losses`), from which paired noise estimates are made."""
         from fedmezo.sim import Simulation, load_sim_config
 
-        key = {"flags": dict(flags), "exact_match": exact_match}
+        key: dict[str, Any] = {"flags": _key_flags(flags), "exact_match": exact_match}
+        if per_example:  # only then: the keys of the runs cached before it existed stay valid
+            key["per_example"] = True
         path = self.runs_dir / f"{name}.json"
         if path.exists() and (not self.fresh or name in self._done):
             cached = json.loads(path.read_text())
@@ -138,8 +175,18 @@ class Runner:
         self.log(f"  {name}: running {_describe(flags)}")
         config, options = load_sim_config({k: str(v) for k, v in flags.items()}, env={})
         start = time.perf_counter()
-        result = Simulation(config, options, exact_match=exact_match).run(progress=sys.stderr.isatty())
+        simulation = Simulation(config, options, exact_match=exact_match)
+
+        def on_round(r: Any) -> None:  # a long run says how far it is (evaluated rounds only)
+            if r.eval_loss is not None and config.rounds >= 10:
+                elapsed = time.perf_counter() - start
+                self.log(f"    {name}: round {r.round_id}/{config.rounds}, held-out loss {r.eval_loss:.4f} "
+                         f"({elapsed:.0f} s)")  # fmt: skip
+
+        result = simulation.run(progress=sys.stderr.isatty(), on_round=on_round)
         data = result.to_json()
+        if per_example:
+            data["per_example"] = per_example_losses(simulation)
         path.write_text(json.dumps({"key": key, "result": data}, indent=1))
         self._done.add(name)
         self.run_seconds[name] = result.wall_seconds
@@ -148,8 +195,61 @@ class Runner:
         return dict(data)
 
 
+def _key_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags as a cache key: a held-out file is named by its content, not by where it lies."""
+    out = dict(flags)
+    if out.get("eval_data"):
+        digest = hashlib.sha256(Path(out["eval_data"]).read_bytes()).hexdigest()[:16]
+        out["eval_data"] = f"sha256:{digest}"
+    return out
+
+
+def per_example_losses(simulation: Any) -> dict[str, list[float] | list[int]]:
+    """The final model's mean response-token loss on each held-out example, and its token count.
+
+    Their token-weighted mean is the run's last held-out loss (the same batches of EVAL_BATCH_SIZE);
+    pairs of runs are compared example by example (`paired_difference`).
+    """
+    import torch
+
+    from fedmezo.data import collate, encode_example, pad_token_id
+    from fedmezo.fl.evaluation import EVAL_BATCH_SIZE
+    from fedmezo.zo.objective import IGNORE_INDEX
+
+    model, tokenizer = simulation.replica.loaded_model(), simulation.replica.tokenizer
+    examples = list(simulation.evaluator.examples)
+    device = simulation.replica.params.device
+    losses: list[float] = []
+    tokens: list[int] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(examples), EVAL_BATCH_SIZE):
+                chunk = examples[i : i + EVAL_BATCH_SIZE]
+                encoded = [encode_example(tokenizer, ex, simulation.config.max_length) for ex in chunk]
+                batch = collate(encoded, pad_token_id(tokenizer)).to(device)
+                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                labels = batch.labels[:, 1:]
+                # the objective's own (tokens, vocab) layout: a (batch, vocab, tokens) one rounds differently
+                shift = logits[:, :-1, :].float()
+                ce = torch.nn.functional.cross_entropy(
+                    shift.reshape(-1, shift.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                    reduction="none",
+                ).view(labels.shape)  # fmt: skip
+                counts = (labels != IGNORE_INDEX).sum(dim=1)
+                sums = ce.double().sum(dim=1)
+                for total, n in zip(sums.tolist(), counts.tolist()):
+                    losses.append(total / n if n else math.nan)
+                    tokens.append(int(n))
+    finally:
+        model.train(was_training)
+    return {"loss": losses, "tokens": tokens}
+
+
 def _describe(flags: Mapping[str, Any]) -> str:
-    keys = ("method", "num_clients", "rounds", "local_steps", "lr", "fedavg_lr", "eps", "lr_strategy")
+    keys = ("method", "estimator", "perturbations", "seed_scheme", "num_clients", "rounds", "local_steps",
+            "lr", "fedavg_lr", "eps", "lr_strategy")  # fmt: skip
     return ", ".join(f"{k}={flags[k]}" for k in keys if k in flags)
 
 
@@ -350,6 +450,271 @@ def trajectory_gap(seed_scalar: Mapping[str, Any], full_state: Mapping[str, Any]
 
 
 # --------------------------------------------------------------------------------------------------
+# Estimators and seed schemes (issue #13): budgets in forward passes per client
+# --------------------------------------------------------------------------------------------------
+EST_METHODS = ("mezo", "fzoo", "fedavg-adamw")
+CANDIDATE = "fzoo"  # the estimator proposed as the new default
+SEED_SCHEMES = ("per-client", "shared")
+DIVERGENCE_MARGIN = 0.25  # nats a run may end above its best evaluated held-out loss before it diverged
+NOISE_Z = 2.0  # a difference within NOISE_Z standard errors is within the held-out set's noise
+FORWARDS_GOAL, FORWARDS_IDEAL, GAP_GOAL = 1 / 3, 1 / 5, 1 / 2  # the issue's "done when"
+
+
+def forwards_per_step(method: str, perturbations: int) -> int:
+    """Forward passes of one local step (docs/estimators.md, Accounting)."""
+    return {"mezo": 2, "fzoo": perturbations + 1, "fedavg-adamw": 3}[method]
+
+
+def stratified_order(examples: Sequence[Any], seed: int = 0) -> list[Any]:
+    """Examples ordered so that every prefix holds each category in proportion (seeded shuffle within one).
+
+    The demo data's held-out list is grouped by category, so its first examples are all one category.
+    """
+    import random
+
+    groups: dict[str, list[Any]] = {}
+    for ex in examples:
+        groups.setdefault(str(ex.category), []).append(ex)
+    keyed = []
+    for category in sorted(groups):
+        group = groups[category]
+        random.Random(f"{seed}/{category}").shuffle(group)
+        keyed += [((i + 0.5) / len(group), category, i, ex) for i, ex in enumerate(group)]
+    return [ex for *_, ex in sorted(keyed, key=lambda k: k[:3])]
+
+
+def held_out_splits(out: Path, size: int) -> tuple[Path, Path]:
+    """(test, validation): disjoint stratified parts of the demo held-out examples, `size` each at most.
+
+    Main runs report on test; pilots rank their learning rates on validation, so the choice of rate is
+    not made on the examples it is judged on.
+    """
+    from fedmezo.data import generate_demo_dataset, write_jsonl
+
+    _, held_out = generate_demo_dataset(seed=0)
+    ordered = stratified_order(held_out)
+    folder = out / "held_out"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, part in (("test", ordered[0::2][:size]), ("validation", ordered[1::2][:size])):
+        path = folder / f"{name}-{len(part)}.jsonl"
+        write_jsonl(path, part)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def est_flags(
+    runner: Runner, method: str, lr: float, *, clients: int, rounds: int, eval_every: int, eval_data: Path,
+    seed_scheme: str = "per-client",
+) -> dict[str, Any]:  # fmt: skip
+    """One run of the estimator sweep: the same forward passes per round for every method."""
+    p = runner.plan
+    per_round = p.est_forwards_per_round
+    tau = per_round // forwards_per_step(method, p.est_perturbations)
+    shape = {
+        "num_clients": clients, "rounds": rounds, "local_steps": tau, "eval_every": eval_every,
+        "eval_data": str(eval_data), "eval_limit": p.est_eval_limit,
+    }  # fmt: skip
+    if method == "fedavg-adamw":
+        return runner.base(**shape, method="fedavg", optimizer="adamw", fedavg_lr=lr)
+    perturbations = 1 if method == "mezo" else p.est_perturbations
+    return runner.base(**shape, estimator=method, perturbations=perturbations, seed_scheme=seed_scheme, lr=lr)
+
+
+def check_budget(plan: Plan) -> None:
+    for method in EST_METHODS:
+        per_step = forwards_per_step(method, plan.est_perturbations)
+        if plan.est_forwards_per_round % per_step:
+            raise ValueError(f"{plan.est_forwards_per_round} forwards per round is no whole τ of {method}")
+    counts = {len(lrs) for lrs in (plan.est_mezo_lrs, plan.est_fzoo_lrs, plan.est_fedavg_lrs)}
+    if len(counts) != 1:
+        raise ValueError("every method needs as many learning-rate candidates")
+
+
+def est_lrs(plan: Plan, method: str) -> tuple[float, ...]:
+    return {"mezo": plan.est_mezo_lrs, "fzoo": plan.est_fzoo_lrs, "fedavg-adamw": plan.est_fedavg_lrs}[method]
+
+
+def diverged(run: Mapping[str, Any], margin: float = DIVERGENCE_MARGIN) -> bool:
+    """A non-finite held-out loss, or a final one more than `margin` above the run's best."""
+    losses = [loss for _, loss in eval_curve(run)]
+    if not losses or not all(math.isfinite(x) for x in losses):
+        return True
+    return losses[-1] > min(losses) + margin
+
+
+def forward_curve(run: Mapping[str, Any], metric: str = "eval_loss") -> list[tuple[float, float]]:
+    """(cumulative forward passes per client, metric) at each evaluated round (mean over the round's
+    clients, who all run the same τ here)."""
+    out, total = [], 0.0
+    for r in run["rounds"]:
+        passes = list(r.get("forward_passes", {}).values())
+        total += sum(passes) / len(passes) if passes else 0.0
+        if r[metric] is not None:
+            out.append((total, r[metric]))
+    return out
+
+
+def metric_wall_curve(run: Mapping[str, Any], metric: str) -> list[tuple[float, float]]:
+    """(cumulative federated compute wall-clock, metric) at each round where it was measured."""
+    out, elapsed = [], 0.0
+    for r in run["rounds"]:
+        elapsed += r["round_seconds"]
+        if r[metric] is not None:
+            out.append((elapsed, r[metric]))
+    return out
+
+
+def forwards_to(run: Mapping[str, Any], target: float) -> float:
+    """Forward passes per client after which the run's held-out loss is first ≤ target (inf: never).
+
+    Resolution: the run's evaluation interval."""
+    return time_to(forward_curve(run), target)
+
+
+def total_forwards(run: Mapping[str, Any]) -> float:
+    curve = forward_curve(run)
+    return curve[-1][0] if curve else math.nan
+
+
+def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[float, float]:
+    """(final held-out loss of a − that of b, its standard error) from the per-example losses.
+
+    Both losses are token-weighted means over the same examples, so the difference is a ratio estimate
+    Σ n_i d_i / Σ n_i with d_i the per-example difference; its standard error is the usual one of a
+    ratio estimator. nan when either run lacks per-example losses.
+    """
+    pa, pb = a.get("per_example"), b.get("per_example")
+    if not pa or not pb or pa["tokens"] != pb["tokens"]:
+        return math.nan, math.nan
+    n = [float(t) for t in pa["tokens"]]
+    d = [x - y for x, y in zip(pa["loss"], pb["loss"], strict=True)]
+    return _ratio_mean_se(d, n)
+
+
+def mean_se(run: Mapping[str, Any]) -> float:
+    """Standard error of one run's final held-out loss over its examples (the set's own noise)."""
+    pe = run.get("per_example")
+    if not pe:
+        return math.nan
+    return _ratio_mean_se(pe["loss"], [float(t) for t in pe["tokens"]])[1]
+
+
+def _ratio_mean_se(values: Sequence[float], weights: Sequence[float]) -> tuple[float, float]:
+    pairs = [(v, w) for v, w in zip(values, weights, strict=True) if w > 0]
+    if len(pairs) < 2 or not all(math.isfinite(v) for v, _ in pairs):
+        return math.nan, math.nan
+    total = math.fsum(w for _, w in pairs)
+    mean = math.fsum(v * w for v, w in pairs) / total
+    k = len(pairs)
+    var = k / (k - 1) * math.fsum((w * (v - mean)) ** 2 for v, w in pairs) / total**2
+    return mean, math.sqrt(var)
+
+
+def per_example_mismatch(run: Mapping[str, Any]) -> float:
+    """|token-weighted mean of the per-example losses − the run's final held-out loss|, relative."""
+    pe = run.get("per_example")
+    final = eval_curve(run)[-1][1] if eval_curve(run) else math.nan
+    if not pe or not math.isfinite(final):
+        return math.nan
+    mean = math.fsum(x * n for x, n in zip(pe["loss"], pe["tokens"], strict=True)) / sum(pe["tokens"])
+    return abs(mean - final) / abs(final)
+
+
+def rank_candidates(candidates: Mapping[float, Mapping[str, Any]]) -> list[float]:
+    """Learning rates best first: the runs that did not diverge by final held-out loss, then the rest."""
+    return sorted(candidates, key=lambda lr: (bool(candidates[lr]["diverged"]), candidates[lr]["final"]))
+
+
+def choose_with_fallback(
+    ranking: Sequence[float], run_at: Callable[[float], Mapping[str, Any]]
+) -> tuple[float, list[dict[str, Any]]]:
+    """Run the full budget at the best-ranked rate; while it diverges, at the next one.
+
+    Returns the accepted rate and every attempt (lr, diverged, final loss). When every candidate
+    diverges, the attempt with the lowest final loss is accepted (and the report says so).
+    """
+    attempts: list[dict[str, Any]] = []
+    for lr in ranking:
+        run = run_at(lr)
+        attempts.append({"lr": lr, "diverged": diverged(run), "final": final_loss(run)})
+        if not attempts[-1]["diverged"]:
+            return lr, attempts
+    best = min(attempts, key=lambda a: a["final"])
+    return float(best["lr"]), attempts
+
+
+def estimators(runner: Runner) -> dict[str, Any]:
+    """Pilots (equal candidates per method), the 3-client comparison on one forward budget with the
+    divergence fallback, then shared vs per-client seeds at est_seed_clients clients."""
+    p = runner.plan
+    check_budget(p)
+    test, validation = held_out_splits(runner.runs_dir.parent, p.est_eval_limit)
+    budget = p.est_rounds * p.est_forwards_per_round
+    count = len(EST_METHODS) * (len(p.est_mezo_lrs) + 1) + len(SEED_SCHEMES)
+    runner.log(
+        f"estimators: {count}+ runs; pilots {p.est_pilot_rounds * p.est_forwards_per_round} and main runs "
+        f"{budget} forward passes per client; held-out {test.name}, pilots rank on {validation.name}"
+    )
+    search: dict[str, Any] = {}
+    for method in EST_METHODS:
+        candidates: dict[float, dict[str, Any]] = {}
+        for lr in est_lrs(p, method):
+            flags = est_flags(
+                runner, method, lr, clients=p.est_clients, rounds=p.est_pilot_rounds,
+                eval_every=max(1, p.est_pilot_rounds // 2), eval_data=validation,
+            )  # fmt: skip
+            run = runner.run(f"est-pilot-{method}-lr{lr:g}", flags)
+            candidates[lr] = {"final": final_loss(run), "diverged": diverged(run), "curve": eval_curve(run)}
+        search[method] = {"candidates": candidates, "ranking": rank_candidates(candidates)}
+
+    main: dict[str, Any] = {}
+    rejected: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    for method in EST_METHODS:
+        tried: dict[float, dict[str, Any]] = {}
+
+        def main_run(lr: float, method: str = method, tried: dict[float, dict[str, Any]] = tried) -> Any:
+            flags = est_flags(
+                runner, method, lr, clients=p.est_clients, rounds=p.est_rounds, eval_every=p.est_eval_every,
+                eval_data=test,
+            )  # fmt: skip
+            name = f"est-c{p.est_clients}-{method}-lr{lr:g}"
+            run = runner.run(name, flags, exact_match=True, per_example=True)
+            tried[lr] = run
+            return run
+
+        lr, attempts = choose_with_fallback(search[method]["ranking"], main_run)
+        search[method]["attempts"] = attempts
+        search[method]["accepted"] = lr
+        main[method] = tried[lr]
+        rejected[method] = [(other, run) for other, run in tried.items() if other != lr]
+    zo = min(("mezo", "fzoo"), key=lambda m: final_loss(main[m]))
+    lr = float(search[zo]["accepted"])
+    clients = p.est_seed_clients
+    schemes = {
+        scheme: runner.run(
+            f"est-c{clients}-{zo}-{scheme}-lr{lr:g}",
+            est_flags(
+                runner, zo, lr, clients=clients, rounds=p.est_rounds, eval_every=p.est_eval_every,
+                eval_data=test, seed_scheme=scheme,
+            ),
+            exact_match=True,
+            per_example=True,
+        )
+        for scheme in SEED_SCHEMES
+    }  # fmt: skip
+    return {
+        "search": search,
+        "main": main,
+        "rejected": rejected,
+        "seed_schemes": {"estimator": zo, "lr": lr, "clients": clients, "runs": schemes},
+        "held_out": {"test": test.name, "validation": validation.name},
+        "budget": budget,
+        "clients": p.est_clients,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------------------
 def make_plots(results: Mapping[str, Any], out: Path) -> dict[str, str]:
@@ -486,7 +851,73 @@ def make_plots(results: Mapping[str, Any], out: Path) -> dict[str, str]:
     ax.set_title("seed-scalar vs full-state FedMeZO")
     ax.legend()
     save(fig, "trajectory.png")
+    if "estimators" in results:
+        _estimator_plots(results["estimators"], plt, save)
     return files
+
+
+EST_STYLES = {"mezo": "C0", "fzoo": "C1", "fedavg-adamw": "C3", "per-client": "C0", "shared": "C2"}
+
+
+def _estimator_plots(est: Mapping[str, Any], plt: Any, save: Callable[[Any, str], None]) -> None:
+    """Loss and exact match against forward passes and wall-clock; the pilots; the seed schemes."""
+    curves: dict[str, Callable[[Mapping[str, Any], str], list[tuple[float, float]]]] = {
+        "forward_passes": forward_curve,
+        "wallclock": metric_wall_curve,
+    }
+    xlabels = {
+        "forward_passes": "forward passes per client (a backward counts as two)",
+        "wallclock": "federated wall-clock, compute only (s)",
+    }
+    for xkind, curve in curves.items():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for method, run in est["main"].items():
+            lr = est["search"][method]["accepted"]
+            for metric, ax, scale in (("eval_loss", axes[0], 1.0), ("exact_match", axes[1], 100.0)):
+                pts = curve(run, metric)
+                ax.plot(
+                    [x for x, _ in pts], [scale * y for _, y in pts], marker=".", color=EST_STYLES[method],
+                    label=f"{method} (lr {lr:g})", drawstyle="steps-post",
+                )  # fmt: skip
+            for other, rejected in est["rejected"].get(method, []):
+                pts = curve(rejected, "eval_loss")
+                axes[0].plot([x for x, _ in pts], [y for _, y in pts], ":", color=EST_STYLES[method],
+                             label=f"{method} (lr {other:g}, rejected)")  # fmt: skip
+        axes[0].set_ylabel("held-out loss")
+        axes[1].set_ylabel("exact match (%)")
+        for ax in axes:
+            ax.set_xlabel(xlabels[xkind])
+            ax.set_title(f"{est['clients']} clients, non-IID, equal forward passes per client")
+            ax.legend(fontsize=8)
+        save(fig, f"estimators_{xkind}.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, info in est["search"].items():
+        pts = sorted((float(lr), c["final"]) for lr, c in info["candidates"].items())
+        ax.plot([x for x, _ in pts], [min(y, 10.0) for _, y in pts], marker="o", color=EST_STYLES[method],
+                label=method)  # fmt: skip
+        bad = [(float(lr), min(c["final"], 10.0)) for lr, c in info["candidates"].items() if c["diverged"]]
+        ax.scatter([x for x, _ in bad], [y for _, y in bad], marker="x", color="k", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (× marks a diverged pilot; losses capped at 10)")
+    ax.set_ylabel("validation loss after the pilot")
+    ax.set_title("learning-rate search, equal candidates per method")
+    ax.legend()
+    save(fig, "estimators_lr_search.png")
+
+    info = est["seed_schemes"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for scheme, run in info["runs"].items():
+        for ax, xkind in zip(axes, curves):
+            pts = curves[xkind](run, "eval_loss")
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker=".", color=EST_STYLES[scheme],
+                    label=f"{scheme} seeds", drawstyle="steps-post")  # fmt: skip
+            ax.set_xlabel(xlabels[xkind])
+    for ax in axes:
+        ax.set_ylabel("held-out loss")
+        ax.set_title(f"{info['clients']} clients, {info['estimator']} at lr {info['lr']:g}")
+        ax.legend()
+    save(fig, "seed_schemes.png")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -604,6 +1035,106 @@ def verdicts(results: Mapping[str, Any]) -> list[dict[str, str]]:
     ]
 
 
+def _against_noise(diff: float, se: float) -> str:
+    if not (math.isfinite(diff) and math.isfinite(se)):
+        return "no noise estimate"
+    if abs(diff) <= NOISE_Z * se:
+        return f"within noise (Δ within ±{NOISE_Z:g} SE)"
+    return "lower beyond noise" if diff < 0 else "higher beyond noise"
+
+
+def _pm(diff: float, se: float) -> str:
+    return f"{diff:+.3f} ± {se:.3f}"
+
+
+def _check(check: str, goal: str, verdict: str, evidence: str, plot: str) -> dict[str, str]:
+    return {"check": check, "goal": goal, "verdict": verdict, "evidence": evidence, "plot": plot}
+
+
+def eval_interval(run: Mapping[str, Any]) -> float:
+    """Forward passes per client between two evaluations (the resolution of a forwards-to-target)."""
+    xs = [x for x, _ in forward_curve(run)]
+    return max((b - a for a, b in itertools.pairwise(xs)), default=math.nan)
+
+
+def check_forward_passes(est: Mapping[str, Any]) -> dict[str, str]:
+    """(a) Forward passes the candidate needs to reach MeZO's final held-out loss, ÷ MeZO's budget."""
+    mezo, cand = est["main"]["mezo"], est["main"][CANDIDATE]
+    target, total = final_loss(mezo), total_forwards(mezo)
+    need = forwards_to(cand, target)
+    fraction = need / total if total else math.nan
+    diff, se = paired_difference(cand, mezo)
+    reached = (
+        f"reaches MeZO's final held-out loss {target:.3f} after ≤ {need:,.0f} of MeZO's {total:,.0f} "
+        f"forward passes per client ({fraction:.2f}; evaluated every {eval_interval(cand):,.0f})"
+        if math.isfinite(need)
+        else f"does not reach MeZO's final held-out loss {target:.3f} within {total:,.0f} forward passes"
+    )
+    ideal = " (ideal ≤ 1/5 met too)" if fraction <= FORWARDS_IDEAL else ""
+    return _check(
+        f"(a) {CANDIDATE} reaches MeZO's final loss on a fraction of its forward passes",
+        "≤ 1/3 (ideally 1/5), and a lower final loss",
+        "met" if fraction <= FORWARDS_GOAL else "not met",
+        f"{CANDIDATE} {reached}{ideal}; its final loss {final_loss(cand):.3f} vs MeZO {target:.3f}: "
+        f"{_pm(diff, se)} (SE), {_against_noise(diff, se)}",
+        "estimators_forward_passes.png",
+    )
+
+
+def check_wallclock_gap(est: Mapping[str, Any]) -> dict[str, str]:
+    """(b) At equal compute wall-clock, the share of the MeZO → FedAvg-AdamW loss gap the candidate closes."""
+    main = est["main"]
+    curves = {m: wall_curve(main[m]) for m in ("mezo", CANDIDATE, "fedavg-adamw")}
+    t = min(c[-1][0] for c in curves.values())
+    lm, lc, lf = (loss_at(curves[m], t) for m in ("mezo", CANDIDATE, "fedavg-adamw"))
+    gap = lm - lf
+    share = (lm - lc) / gap if gap > 0 else math.nan
+    _, se = paired_difference(main["mezo"], main["fedavg-adamw"])
+    evidence = (
+        f"at {_fmt_s(t)} s of federated compute wall-clock (where the shortest run ends): MeZO {lm:.3f}, "
+        f"{CANDIDATE} {lc:.3f}, FedAvg-AdamW {lf:.3f}; "
+    )
+    if gap > 0:
+        evidence += f"{CANDIDATE} closes {share:.2f} of the {gap:.3f} gap"
+    else:
+        evidence += "FedAvg-AdamW is not below MeZO there: no gap to close"
+    evidence += f" (SE of a final-loss difference, MeZO vs FedAvg: {se:.3f})"
+    return _check(
+        f"(b) {CANDIDATE} closes the MeZO → FedAvg-AdamW gap at equal compute wall-clock",
+        "≥ 1/2 of the gap",
+        "n/a" if not gap > 0 else "met" if share >= GAP_GOAL else "not met",
+        evidence,
+        "estimators_wallclock.png",
+    )
+
+
+def check_seed_schemes(est: Mapping[str, Any]) -> dict[str, str]:
+    """(c) Shared vs per-client seeds: the final-loss difference against the held-out set's noise."""
+    info = est["seed_schemes"]
+    shared, own = info["runs"]["shared"], info["runs"]["per-client"]
+    diff, se = paired_difference(shared, own)
+    down = {s: _bytes_down_per_client(info["runs"][s]) for s in SEED_SCHEMES}
+    return _check(
+        f"(c) shared seeds at {info['clients']} clients lose nothing against per-client seeds",
+        f"shared − per-client final loss ≤ {NOISE_Z:g} SE",
+        "n/a" if not math.isfinite(se) else "met" if diff <= NOISE_Z * se else "not met",
+        f"{info['estimator']} at lr {info['lr']:g}: shared {final_loss(shared):.3f} vs per-client "
+        f"{final_loss(own):.3f}: {_pm(diff, se)} (SE), {_against_noise(diff, se)}; downlink per client "
+        f"per round {_fmt_bytes(down['shared'])} vs {_fmt_bytes(down['per-client'])}",
+        "seed_schemes.png",
+    )
+
+
+def _bytes_down_per_client(run: Mapping[str, Any]) -> float:
+    rounds = run["rounds"][1:]
+    per = [r["bytes_down"] / max(len(r["selected"]), 1) for r in rounds]
+    return sum(per) / len(per) if per else math.nan
+
+
+def estimator_checks(est: Mapping[str, Any]) -> list[dict[str, str]]:
+    return [check(est) for check in (check_forward_passes, check_wallclock_gap, check_seed_schemes)]
+
+
 def _fmt_s(seconds: float) -> str:
     return f"{seconds:.1f}" if seconds < 10 else f"{seconds:,.0f}"
 
@@ -685,7 +1216,7 @@ def render_markdown(results: Mapping[str, Any], plots_rel: str) -> str:
     link = results.get("link_mbps", LINK_MBPS)
     lines = [
         BEGIN,
-        f"## Evidence — `make experiments{quick}` (issue #5)",
+        f"## Evidence — `make experiments{quick}` (issues #5, #13)",
         "",
         f"Generated by `benchmarks/experiments.py` ({plan['name']} mode) on {results['machine']}; {took}. "
         f"Model `{plan['model']}` (full-parameter, {results['trainable_params']:,} trainable), built-in demo "
@@ -816,9 +1347,147 @@ def render_markdown(results: Mapping[str, Any], plots_rel: str) -> str:
         ),
         "",
         img("trajectory"),
-        END,
     ]
+    if "estimators" in results:
+        lines += _estimator_markdown(results, img)
+    lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+def _estimator_markdown(results: Mapping[str, Any], img: Callable[[str], str]) -> list[str]:
+    """The issue #13 part of the section: checks, search, main comparison, seed schemes, noise."""
+    est, plan = results["estimators"], results["plan"]
+    main, search, info = est["main"], est["search"], est["seed_schemes"]
+    per_round, pert = plan["est_forwards_per_round"], plan["est_perturbations"]
+    taus = {m: per_round // forwards_per_step(m, pert) for m in EST_METHODS}
+    lines = [
+        "",
+        "### Estimators and seed schemes (issue #13: learn more per forward pass)",
+        "",
+        f"{est['clients']} clients, non-IID, batch {plan['batch_size']}, max length {plan['max_length']}; "
+        f"every method gets {per_round} forward passes per client per round for {plan['est_rounds']} rounds, "
+        f"{est['budget']:,} per client in all (`mezo` P=1: τ={taus['mezo']}, 2 forwards per step; "
+        f"`fzoo` P={pert}, ε=1e-3: τ={taus['fzoo']}, {pert + 1} per step; FedAvg-AdamW: "
+        f"τ={taus['fedavg-adamw']} backprop steps, a backward counted as two forwards). Held-out loss and "
+        f"exact match on `{est['held_out']['test']}`: {plan['est_eval_limit']} examples of the demo held-out "
+        "set, every category in proportion (the first 24 of its list, used above, are all arithmetic), "
+        f"evaluated every {plan['est_eval_every']} rounds. Noise: ± is the standard error of a final-loss "
+        "difference, paired over the held-out examples (each example's loss under both final models). "
+        f"Learning rates: {len(plan['est_mezo_lrs'])} candidates per method, each run as a pilot of "
+        f"{plan['est_pilot_rounds']} rounds ({plan['est_pilot_rounds'] * per_round:,} forward passes per "
+        f"client) and ranked by loss on `{est['held_out']['validation']}` (other held-out examples); a "
+        f"rate whose full-budget run diverges (non-finite, or ending > {DIVERGENCE_MARGIN:g} nats above its "
+        "best) is replaced by the next-best candidate. Wall-clock is each run's own federated compute time "
+        "(slowest client plus the server per round), measured on this shared machine.",
+        "",
+        "#### Done when (issue #13)",
+        "",
+        *_table(
+            ["check", "goal", "verdict", "evidence", "plot"],
+            [
+                [c["check"], c["goal"], f"**{c['verdict']}**", c["evidence"], c["plot"]]
+                for c in results["estimator_checks"]
+            ],
+        ),
+        "",
+        "#### Learning-rate search (equal candidates per method)",
+        "",
+        *_table(
+            ["method", "lr → validation loss after the pilot († diverged)", "full-budget runs", "accepted"],
+            [
+                [
+                    m,
+                    ", ".join(
+                        f"{float(lr):g} → {c['final']:.4f}{' †' if c['diverged'] else ''}"
+                        for lr, c in search[m]["candidates"].items()
+                    ),
+                    ", ".join(
+                        f"{a['lr']:g}: {'diverged' if a['diverged'] else 'ok'} ({a['final']:.4f})"
+                        for a in search[m]["attempts"]
+                    ),
+                    f"{search[m]['accepted']:g}",
+                ]
+                for m in EST_METHODS
+            ],
+        ),
+        "",
+    ]
+    for m in EST_METHODS:
+        attempts = search[m]["attempts"]
+        if len(attempts) > 1 or attempts[0]["diverged"]:
+            note = "; ".join(f"lr {a['lr']:g} {'diverged' if a['diverged'] else 'held'}" for a in attempts)
+            lines.append(f"- {m}: the pilot's choice did not hold over the full budget ({note}).")
+    mezo_final = final_loss(main["mezo"])
+    rows = []
+    for m in EST_METHODS:
+        run = main[m]
+        curve = eval_curve(run)
+        ems = [r["exact_match"] for r in run["rounds"] if r["exact_match"] is not None]
+        wall = wall_curve(run)[-1][0]
+        fwd = total_forwards(run)
+        need = forwards_to(run, mezo_final)
+        rows.append([
+            m, f"{search[m]['accepted']:g}", f"{run['config']['rounds']} × {run['config']['local_steps']}",
+            f"{fwd:,.0f}", f"{curve[0][1]:.4f} → {min(y for _, y in curve):.4f} → {curve[-1][1]:.4f}",
+            f"{mean_se(run):.3f}", f"{100 * ems[0]:.1f}% → {100 * ems[-1]:.1f}%" if ems else "—",
+            _fmt_s(wall), f"{wall / fwd:.3f}" if fwd else "—",
+            f"{need:,.0f}" if math.isfinite(need) else "never",
+        ])  # fmt: skip
+    lines += [
+        "",
+        f"#### Main comparison ({est['clients']} clients)",
+        "",
+        *_table(
+            [
+                "method",
+                "lr",
+                "rounds × τ",
+                "forward passes per client",
+                "held-out loss: start → best → end",
+                "SE of the end loss",
+                "exact match: start → end",
+                "federated compute wall-clock (s)",
+                "s per forward pass (per client)",
+                "forward passes to MeZO's final loss",
+            ],
+            rows,
+        ),
+        "",
+        img("estimators_forward_passes"),
+        img("estimators_wallclock"),
+        img("estimators_lr_search"),
+        "",
+        f"#### Shared vs per-client seeds ({info['clients']} clients, {info['estimator']} at lr "
+        f"{info['lr']:g}, the better ZO estimator of the main comparison)",
+        "",
+    ]
+    scheme_rows = []
+    for scheme, run in info["runs"].items():
+        curve = eval_curve(run)
+        ems = [r["exact_match"] for r in run["rounds"] if r["exact_match"] is not None]
+        scheme_rows.append([
+            scheme, f"{total_forwards(run):,.0f}", f"{curve[0][1]:.4f} → {curve[-1][1]:.4f}",
+            f"{mean_se(run):.3f}", f"{100 * ems[0]:.1f}% → {100 * ems[-1]:.1f}%" if ems else "—",
+            _fmt_s(wall_curve(run)[-1][0]), _fmt_bytes(_bytes_down_per_client(run)),
+        ])  # fmt: skip
+    lines += _table(
+        ["seeds", "forward passes per client", "held-out loss: start → end", "SE of the end loss",
+         "exact match: start → end", "federated compute wall-clock (s)", "downlink per client per round"],
+        scheme_rows,
+    )  # fmt: skip
+    lines += ["", img("seed_schemes"), "", "#### Noise of the held-out set", ""]
+    pairs = [
+        (f"{CANDIDATE} − mezo", main[CANDIDATE], main["mezo"]),
+        ("fedavg-adamw − mezo", main["fedavg-adamw"], main["mezo"]),
+        (f"fedavg-adamw − {CANDIDATE}", main["fedavg-adamw"], main[CANDIDATE]),
+        ("shared − per-client", info["runs"]["shared"], info["runs"]["per-client"]),
+    ]
+    noise_rows = []
+    for label, a, b in pairs:
+        diff, se = paired_difference(a, b)
+        noise_rows.append([label, f"{diff:+.4f}", f"{se:.4f}", _against_noise(diff, se)])
+    lines += _table(["final held-out loss difference", "Δ", "SE (paired)", "reading"], noise_rows)
+    return lines
 
 
 def write_section(path: Path, section: str) -> None:
@@ -869,6 +1538,8 @@ def run_all(plan: Plan, out: Path, results_md: Path, *, fresh: bool) -> dict[str
     personal = personalization(runner, lrs["fedmezo"], frozen=conv["c3"]["fedmezo"])
     log("sensitivity")
     sens = sensitivity(runner, lrs["fedmezo"])
+    log("estimators and seed schemes (issue #13)")
+    est = estimators(runner)
     results: dict[str, Any] = {
         "plan": dataclasses.asdict(plan),
         "machine": machine(),
@@ -887,19 +1558,52 @@ def run_all(plan: Plan, out: Path, results_md: Path, *, fresh: bool) -> dict[str
             tag: trajectory_gap(runs["fedmezo"], runs["fedmezo-full"]) for tag, runs in conv.items()
         },
         "trainable_params": conv["c3"]["fedmezo"]["trainable_params"],
+        "estimators": est,
     }
     results["verdicts"] = verdicts(results)
+    results["estimator_checks"] = estimator_checks(est)
+    results["estimator_summary"] = estimator_summary(est)
     results["wall_seconds"] = time.perf_counter() - start
     results["finished"] = time.strftime("%Y-%m-%d %H:%M")
     make_plots(results, out)
-    summary = {k: v for k, v in results.items() if k not in ("convergence", "personalization")}
+    summary = {k: v for k, v in results.items() if k not in ("convergence", "personalization", "estimators")}
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     plots_rel = os.path.relpath(out, results_md.parent)
     write_section(results_md, render_markdown(results, plots_rel))
     log(f"done: {results_md} and plots in {out}")
     for v in results["verdicts"]:
         log(f"{v['claim']}: {v['verdict']} ({v['evidence']})")
+    for c in results["estimator_checks"]:
+        log(f"{c['check']}: {c['verdict']} ({c['evidence']})")
     return results
+
+
+def estimator_summary(est: Mapping[str, Any]) -> dict[str, Any]:
+    """The estimator part without its round-by-round runs, for summary.json."""
+    runs = {f"main-{m}": run for m, run in est["main"].items()}
+    runs |= {f"c{est['seed_schemes']['clients']}-{s}": r for s, r in est["seed_schemes"]["runs"].items()}
+    return {
+        "budget": est["budget"],
+        "clients": est["clients"],
+        "held_out": est["held_out"],
+        "search": est["search"],
+        "seed_schemes": {k: v for k, v in est["seed_schemes"].items() if k != "runs"},
+        "runs": {
+            name: {
+                "lr": run["config"]["lr"] if run["method"] != "fedavg" else run["options"]["fedavg_lr"],
+                "local_steps": run["config"]["local_steps"],
+                "rounds": run["config"]["rounds"],
+                "forward_passes_per_client": total_forwards(run),
+                "final_loss": final_loss(run),
+                "final_loss_se": mean_se(run),
+                "wall_seconds": wall_curve(run)[-1][0],
+                "diverged": diverged(run),
+                "per_example_mismatch": per_example_mismatch(run),
+                "eval_examples": len(run["per_example"]["loss"]) if run.get("per_example") else 0,
+            }
+            for name, run in runs.items()
+        },
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,6 +26,10 @@ PLOTS = (
     "personalization",
     "sensitivity",
     "trajectory",
+    "estimators_forward_passes",
+    "estimators_wallclock",
+    "estimators_lr_search",
+    "seed_schemes",
 )
 # Issue #5 asks for <= 20 min on a 2-core CPU; that figure is measured and recorded (summary.json,
 # RESULTS.md), not asserted here: a shared CI machine must not turn a timing into a failure.
@@ -79,6 +83,31 @@ def test_make_experiments_quick(tmp_path: Path) -> None:
     inference = memory["inference"]["peak_bytes"]
     assert memory["fedmezo"]["peak_bytes"] / inference <= 1.1
     assert memory["fedavg-adamw"]["peak_bytes"] > memory["fedmezo"]["peak_bytes"]
+    # Issue #13: every new path ran at toy size: the search, the budgeted main runs, both seed schemes.
+    plan = summary["plan"]
+    est = summary["estimator_summary"]
+    assert {len(info["candidates"]) for info in est["search"].values()} == {len(plan["est_mezo_lrs"])}
+    assert all(info["attempts"] and info["accepted"] is not None for info in est["search"].values())
+    # the deliberately large MeZO candidate diverges in its pilot and is ranked last
+    mezo = est["search"]["mezo"]
+    assert mezo["candidates"][str(max(plan["est_mezo_lrs"]))]["diverged"]
+    assert mezo["ranking"][-1] == max(plan["est_mezo_lrs"])
+    main = {k: v for k, v in est["runs"].items() if k.startswith("main-")}
+    assert set(main) == {"main-mezo", "main-fzoo", "main-fedavg-adamw"}
+    budget = plan["est_rounds"] * plan["est_forwards_per_round"]
+    assert {r["forward_passes_per_client"] for r in main.values()} == {budget} == {est["budget"]}
+    clients = plan["est_seed_clients"]
+    assert {f"c{clients}-per-client", f"c{clients}-shared"} <= set(est["runs"])
+    for run in est["runs"].values():
+        assert run["eval_examples"] == plan["est_eval_limit"]
+        assert run["per_example_mismatch"] <= 1e-5  # per-example losses add up to the held-out loss
+        assert run["final_loss_se"] > 0
+    checks = summary["estimator_checks"]
+    assert [c["check"][:3] for c in checks] == ["(a)", "(b)", "(c)"]
+    assert all(c["verdict"] in ("met", "not met", "n/a") for c in checks)
+    assert "Estimators and seed schemes" in text and "Done when (issue #13)" in text
+    for c in checks:
+        assert c["evidence"] in text
 
 
 def _run(losses: list[float], seconds: float = 1.0, bytes_per_round: int = 100) -> dict[str, Any]:
@@ -161,3 +190,126 @@ def test_time_to_a_target_loss() -> None:
 
 def test_mean_loss_after_start_is_the_area_under_the_curve() -> None:
     assert experiments.mean_loss_after_start(_run([4.0, 3.0, 1.0])) == pytest.approx(2.0)  # round 0 left out
+
+
+# --------------------------------------------------------------------------------------------------
+# Estimators and seed schemes (issue #13)
+# --------------------------------------------------------------------------------------------------
+def _zo_run(
+    losses: list[float],
+    *,
+    forwards: int = 36,
+    seconds: float = 1.0,
+    per_example: tuple[list[float], list[int]] | None = None,
+    method: str = "fedmezo",
+) -> dict[str, Any]:
+    run = _run(losses, seconds=seconds)
+    for r in run["rounds"][1:]:
+        r["forward_passes"] = {"a": forwards}
+    run["rounds"][0]["forward_passes"] = {}
+    if per_example is not None:
+        run["per_example"] = {"loss": per_example[0], "tokens": per_example[1]}
+    run["method"] = method
+    return run
+
+
+def test_held_out_splits_are_disjoint_and_stratified(tmp_path: Path) -> None:
+    from fedmezo.data import read_jsonl
+
+    test, validation = experiments.held_out_splits(tmp_path, 120)
+    a, b = read_jsonl(test), read_jsonl(validation)
+    assert len(a) == len(b) == 120
+    assert not {(e.instruction, e.output) for e in a} & {(e.instruction, e.output) for e in b}
+    small = read_jsonl(experiments.held_out_splits(tmp_path, 12)[0])
+    categories = {e.category for e in a}
+    assert len(categories) == 7 and {e.category for e in small} != {"arithmetic"}
+    # proportional: the largest category holds about its share of the whole held-out set (90 of 240)
+    assert 40 <= sum(e.category == "arithmetic" for e in a) <= 50
+
+
+def test_divergence_rule() -> None:
+    assert not experiments.diverged(_zo_run([3.0, 2.0, 2.1]))
+    assert experiments.diverged(_zo_run([3.0, 2.0, 2.5]))  # ends 0.5 above its best
+    assert experiments.diverged(_zo_run([3.0, math.nan, 2.0]))
+    assert not experiments.diverged(_zo_run([3.0, 3.05]))  # a rate too small to move is not diverging
+
+
+def test_fallback_to_the_next_candidate_when_the_full_run_diverges() -> None:
+    runs = {1e-4: _zo_run([3.0, 2.0, 4.0]), 3e-5: _zo_run([3.0, 2.2, 2.1]), 1e-5: _zo_run([3.0, 2.5])}
+    called: list[float] = []
+
+    def run_at(lr: float) -> dict[str, Any]:
+        called.append(lr)
+        return runs[lr]
+
+    lr, attempts = experiments.choose_with_fallback([1e-4, 3e-5, 1e-5], run_at)
+    assert lr == 3e-5 and called == [1e-4, 3e-5]
+    assert [a["diverged"] for a in attempts] == [True, False]
+    every = {1e-4: _zo_run([3.0, 2.0, 4.0]), 3e-5: _zo_run([3.0, 2.0, 3.0])}
+    lr, attempts = experiments.choose_with_fallback([1e-4, 3e-5], lambda lr: every[lr])
+    assert lr == 3e-5 and all(a["diverged"] for a in attempts)  # all diverged: the lowest final loss
+
+
+def test_ranking_puts_diverged_pilots_last() -> None:
+    cands = {1e-5: {"final": 2.5, "diverged": False}, 1e-4: {"final": 2.0, "diverged": True},
+             3e-5: {"final": 2.3, "diverged": False}}  # fmt: skip
+    assert experiments.rank_candidates(cands) == [3e-5, 1e-5, 1e-4]
+
+
+def test_forward_passes_are_cumulative_per_client() -> None:
+    run = _zo_run([3.0, 2.5, 2.0, 1.8], forwards=36)
+    assert experiments.forward_curve(run) == [(0, 3.0), (36, 2.5), (72, 2.0), (108, 1.8)]
+    assert experiments.forwards_to(run, 2.0) == 72
+    assert experiments.forwards_to(run, 1.0) == math.inf
+    assert experiments.total_forwards(run) == 108
+
+
+def test_paired_difference_and_its_standard_error() -> None:
+    a = _zo_run([3.0, 2.0], per_example=([1.0, 2.0, 3.0, 4.0], [1, 1, 1, 1]))
+    b = _zo_run([3.0, 2.0], per_example=([1.5, 2.5, 3.5, 4.5], [1, 1, 1, 1]))
+    diff, se = experiments.paired_difference(a, b)
+    assert diff == pytest.approx(-0.5) and se == pytest.approx(0.0)  # a constant shift: no noise
+    c = _zo_run([3.0, 2.0], per_example=([1.0, 3.0, 3.0, 3.0], [1, 1, 1, 1]))
+    diff, se = experiments.paired_difference(c, a)  # differences 0, 1, 0, -1: mean 0, sd sqrt(2/3)
+    assert diff == pytest.approx(0.0) and se == pytest.approx(math.sqrt(2 / 3) / 2)
+    weighted = _zo_run([3.0, 2.0], per_example=([1.0, 3.0], [3, 1]))
+    flat = _zo_run([3.0, 2.0], per_example=([1.0, 1.0], [3, 1]))
+    assert experiments.paired_difference(weighted, flat)[0] == pytest.approx(0.5)  # token-weighted
+    assert math.isnan(experiments.paired_difference(a, _zo_run([3.0, 2.0]))[1])
+
+
+def _est(
+    mezo: list[float], fzoo: list[float], fedavg: list[float], shared: float, own: float
+) -> dict[str, Any]:
+    noise = ([0.0, 0.1, -0.1, 0.0], [1, 1, 1, 1])
+
+    def pe(final: float) -> tuple[list[float], list[int]]:
+        return [final + x for x in noise[0]], noise[1]
+
+    main = {
+        "mezo": _zo_run(mezo, per_example=pe(mezo[-1])),
+        "fzoo": _zo_run(fzoo, per_example=pe(fzoo[-1])),
+        "fedavg-adamw": _zo_run(fedavg, per_example=pe(fedavg[-1]), method="fedavg"),
+    }
+    runs = {
+        "shared": _zo_run([3.0, shared], per_example=([shared, shared + 0.2, shared, shared], noise[1])),
+        "per-client": _zo_run([3.0, own], per_example=([own, own, own + 0.2, own], noise[1])),
+    }
+    return {"main": main, "seed_schemes": {"estimator": "fzoo", "lr": 3e-3, "clients": 10, "runs": runs}}
+
+
+def test_estimator_checks_follow_the_numbers() -> None:
+    # FZOO reaches MeZO's final 2.4 after 36 of MeZO's 216 forwards (1/6) and ends lower; at equal time
+    # MeZO 2.4, FZOO 1.75, FedAvg 1.2: over half the gap; shared and per-client differ by 0.
+    good = _est([3, 2.9, 2.8, 2.7, 2.6, 2.5, 2.4], [3, 2.3, 2.1, 2.0, 1.9, 1.85, 1.75],
+                [3, 2.0, 1.6, 1.4, 1.3, 1.25, 1.2], shared=2.0, own=2.0)  # fmt: skip
+    checks = {c["check"][:3]: c for c in experiments.estimator_checks(good)}
+    assert {k: c["verdict"] for k, c in checks.items()} == {"(a)": "met", "(b)": "met", "(c)": "met"}
+    assert "≤ 36 of MeZO's 216" in checks["(a)"]["evidence"] and "ideal" in checks["(a)"]["evidence"]
+    assert "closes 0.54 of the 1.200 gap" in checks["(b)"]["evidence"]
+    assert "|" not in "".join(c["evidence"] for c in checks.values())  # table cells
+    bad = _est([3, 2.5, 2.0], [3, 2.8, 2.1], [3, 2.6, 2.5], shared=2.5, own=2.0)
+    checks = {c["check"][:3]: c for c in experiments.estimator_checks(bad)}
+    assert {k: c["verdict"] for k, c in checks.items()} == {"(a)": "not met", "(b)": "n/a", "(c)": "not met"}
+    assert "does not reach" in checks["(a)"]["evidence"]
+    assert "higher beyond noise" in checks["(c)"]["evidence"]
