@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from fedmezo.fl import errors
+from fedmezo.fl.bounds import Scales
 from fedmezo.fl.evaluation import Evaluator
 from fedmezo.fl.records import (
     ClientRecord,
@@ -94,6 +95,7 @@ class Coordinator:
         self.run_id = ""
         self.versions = Versions()
         self._history: History = {}
+        self._scales = Scales()
         self._closing: int | None = None
         self._tick_lock = asyncio.Lock()
         self._replica_lock = asyncio.Lock()  # held while the replica changes or is evaluated
@@ -117,7 +119,7 @@ class Coordinator:
     def start(self) -> None:
         """Create or resume the run in the store: check identity, restore the replica, load caches."""
         started = start_run(self.config, self.store, self.replica, self.checkpoint_dir, self.clock())
-        self.run_id, self._history = started.run_id, started.history
+        self.run_id, self._history, self._scales = started.run_id, started.history, started.scales
         self.versions = Versions(started.fingerprints)
         self.replica.warm_up()
 
@@ -408,7 +410,7 @@ class Coordinator:
         try:
             updates = [] if aborted else self.store.list_updates(r)
             tasks = {t.client_id: t for t in self.store.list_tasks(r)}
-            closed = close_round(self.config, r, updates, tasks)
+            closed = close_round(self.config, r, updates, tasks, self._scales)
             async with self._replica_lock:  # an evaluation in progress finishes first
                 close, apply_s = await commit_close(
                     self.replica, self.store, r, closed.aggregate, closed.mean_loss,
@@ -420,6 +422,8 @@ class Coordinator:
                 self.signals.notify_round()
                 published_s = time.perf_counter() - started
                 history_of_round(self.store, r, self._history)
+                if not aborted:
+                    self._scales.add(closed.scale)
                 self.traffic.flush()
                 logger.info(
                     "round %d %s: %d updates, delta published in %.3f s (%d seeds applied in %.3f s), "

@@ -52,6 +52,14 @@ async def commit_close(
             for o in agg.outcomes
             if not o.accepted
         ]
+        events += [
+            event("update_bounded", f"norm bound: scalars scaled by {factor:.3g}", r, client)
+            for client, factor in sorted(agg.bounded.scaled.items())
+        ]
+        events += [
+            event("update_bounded", f"{hits} scalar(s) at the step ceiling", r, client)
+            for client, hits in sorted(agg.bounded.ceiled.items())
+        ]
         store.close_round(close, events)
     except BaseException:
         replica.params.restore(snapshot)

@@ -12,16 +12,17 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fedmezo.fl.bounds import Scales
 from fedmezo.fl.config import RUN_DEFINING_FIELDS, RunConfig
 from fedmezo.fl.errors import ConfigError, StoreError
 from fedmezo.fl.records import NewEvent, RoundState
 from fedmezo.fl.replica import Replica
-from fedmezo.fl.rounds import History, remember
+from fedmezo.fl.rounds import History, close_round, remember
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.model_state import restore_replica
 from fedmezo.server.store import Store
 
-__all__ = ["RunStart", "history_of_round", "start_run"]
+__all__ = ["RunStart", "history_of_round", "scale_of_round", "start_run"]
 
 
 @dataclass
@@ -29,6 +30,7 @@ class RunStart:
     run_id: str
     fingerprints: dict[int, bytes]  # version → the replica's fingerprint after it (0 = θ_0)
     history: History = field(default_factory=dict)
+    scales: Scales = field(default_factory=Scales)
 
 
 def history_of_round(store: Store, round_id: int, history: History) -> None:
@@ -40,6 +42,14 @@ def history_of_round(store: Store, round_id: int, history: History) -> None:
         if o.accepted and o.client_id in updates
     ]
     remember(history, round_id, stats)
+
+
+def scale_of_round(config: RunConfig, store: Store, round_id: int, scales: Scales) -> None:
+    """Add a closed round's scale to `scales` as its close computed it (the same aggregation over the
+    same stored updates, with the scales of the rounds before it), so a restarted server bounds the
+    next rounds exactly as one that never stopped."""
+    tasks = {t.client_id: t for t in store.list_tasks(round_id)}
+    scales.add(close_round(config, round_id, store.list_updates(round_id), tasks, scales).scale)
 
 
 def start_run(
@@ -76,6 +86,8 @@ def start_run(
         if rec.state != RoundState.OPEN:
             start.fingerprints[rec.round_id] = rec.fingerprint
             history_of_round(store, rec.round_id, start.history)
+            if rec.state == RoundState.CLOSED:
+                scale_of_round(config, store, rec.round_id, start.scales)
     if replica.version != max((r for r in start.fingerprints if r > 0), default=0):
         raise StoreError("replica version differs from the rounds stored")
     return start

@@ -1,8 +1,9 @@
 """Turn a round's accepted updates into its delta (design §1 step 3).
 
 Order of decisions: optional |g| clip → optional outlier rejection (scalar RMS > k × the round's
-median) → weights (by example count or equal; normalised inside `round_delta`) → `round_delta`.
-Non-finite scalars never get here: they are refused at submission.
+median) → the poisoning bounds on the accepted clients (`fedmezo.fl.bounds`: norm bound relative to
+the run's scale, step ceiling) → weights (by example count or equal; normalised inside `round_delta`)
+→ `round_delta`. Non-finite scalars never get here: they are refused at submission.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from fedmezo.fl.bounds import Bounded, Scales, bound_clients, scalar_rms
 from fedmezo.fl.errors import SyncFailed
 from fedmezo.fl.records import TaskRecord, UpdateOutcome, UpdateRecord
 from fedmezo.fl.seeds import SeedPlan
@@ -40,6 +42,7 @@ class Aggregate:
     delta: RoundDelta
     outcomes: tuple[UpdateOutcome, ...]  # one per update, ascending client id
     participants: tuple[tuple[str, int], ...]  # accepted (client id, local steps), ascending id
+    bounded: Bounded  # what the poisoning bounds did (scaled / ceiled clients, the round's scale)
 
 
 def delta_from_participants(
@@ -67,10 +70,6 @@ def clip_grads(grads: Sequence[float], clip: float) -> tuple[float, ...]:
     if clip <= 0:
         return tuple(grads)
     return tuple(max(-clip, min(clip, g)) for g in grads)
-
-
-def scalar_rms(grads: Sequence[float]) -> float:
-    return math.sqrt(math.fsum(g * g for g in grads) / len(grads)) if grads else 0.0
 
 
 def outlier_clients(grads_by_client: Mapping[str, Sequence[float]], k: float) -> set[str]:
@@ -107,19 +106,32 @@ def aggregate(
     rule: str,
     clip: float = 0.0,
     outlier_k: float = 0.0,
+    norm_k: float = 0.0,
+    max_step: float = 0.0,
+    scales: Scales | None = None,
 ) -> Aggregate:
-    """The round delta over the accepted updates, and the fate of every update."""
+    """The round delta over the accepted updates, and the fate of every update.
+
+    `scales` is the run's scale history (read, not changed: the caller adds this round's scale once the
+    close is final); None is a run without history."""
     weight_of = WEIGHT_RULES[rule]
     clipped = {u.client_id: clip_grads(u.projected_grads, clip) for u in updates}
     rejected = outlier_clients(clipped, outlier_k)
     accepted = sorted((u for u in updates if u.client_id not in rejected), key=lambda u: u.client_id)
+    bounded = bound_clients(
+        {u.client_id: clipped[u.client_id] for u in accepted},
+        {u.client_id: tasks[u.client_id].lr for u in accepted},
+        scales if scales is not None else Scales(),
+        norm_k=norm_k,
+        max_step=max_step,
+    )
     contributions = [
         Contribution(
             client_id=u.client_id,
             weight=weight_of(u.num_examples),
             lr=tasks[u.client_id].lr,
             seeds=seeds.client_seeds(round_id, u.client_id, len(u.projected_grads) // seeds.perturbations),
-            projected_grads=clipped[u.client_id],
+            projected_grads=bounded.grads[u.client_id],
         )
         for u in accepted
     ]
@@ -143,4 +155,4 @@ def aggregate(
             )
         )
     participants = tuple((u.client_id, len(u.projected_grads) // seeds.perturbations) for u in accepted)
-    return Aggregate(delta, tuple(outcomes), participants)
+    return Aggregate(delta, tuple(outcomes), participants, bounded)

@@ -111,6 +111,14 @@ class RunConfig:
     outlier_k: float = setting(
         0.0, "reject a client whose scalar RMS > k x the round median (k >= 1); 0 = off"
     )
+    norm_k: float = setting(
+        10.0,
+        "poisoning bound: scale a client's scalars down to RMS <= k x the run's typical RMS (lower "
+        "median of the last rounds; k >= 1); 0 = off",
+    )
+    max_step: float = setting(
+        0.1, "poisoning ceiling: |lr x scalar| (what one seed moves each weight) <= this; 0 = off"
+    )
     run_seed: int = setting(0, "64-bit root of all derived seeds and of client sampling")
     checkpoint_every: int = setting(10, "rounds between safetensors checkpoints; bounds catch-up replay")
     max_length: int = setting(
@@ -175,6 +183,10 @@ class RunConfig:
             problems.append("clip must be >= 0")
         if self.outlier_k != 0.0 and not self.outlier_k >= 1.0:
             problems.append("outlier_k must be 0 (off) or >= 1 (k < 1 would reject the median client)")
+        if self.norm_k != 0.0 and not (math.isfinite(self.norm_k) and self.norm_k >= 1.0):
+            problems.append("norm_k must be 0 (off) or a finite number >= 1 (k < 1 bounds the median client)")
+        if not (math.isfinite(self.max_step) and self.max_step >= 0):
+            problems.append("max_step must be a finite number >= 0 (0 = off)")
         if self.max_extensions < 0:
             problems.append("max_extensions must be >= 0")
         if not 0 <= self.run_seed < 2**64:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedmezo.fl.aggregation import Aggregate, aggregate
+from fedmezo.fl.bounds import LOSS_RANGE, Scales
 from fedmezo.fl.errors import IncompatibleClient, InvalidUpdate
 from fedmezo.fl.lr import LrContext, RoundStat, personalized_lrs
 from fedmezo.fl.records import JoinInfo, Task, TaskRecord, Update, UpdateRecord
@@ -52,8 +53,9 @@ def check_join(info: JoinInfo, manifest_sha256: bytes, config: RunConfig) -> Non
 
 
 def check_update(update: Update, task: TaskRecord, perturbations: int = 1) -> None:
-    """An update answers its task exactly: τ·P scalars, 0 or τ losses, finite scalars, a step time
-    that is a duration (finite, >= 0: it is stored and shown)."""
+    """An update answers its task exactly: τ·P scalars, 0 or τ losses, finite scalars, losses that are
+    cross-entropies (in LOSS_RANGE), a step time that is a duration (finite, >= 0: it is stored and
+    shown)."""
     expected = task.local_steps * perturbations
     if len(update.projected_grads) != expected:
         got = len(update.projected_grads)
@@ -65,6 +67,10 @@ def check_update(update: Update, task: TaskRecord, perturbations: int = 1) -> No
         raise InvalidUpdate("non-finite scalar (NaN or inf) in the update")
     if update.step_time_s < 0:
         raise InvalidUpdate(f"step_time_s must be >= 0, got {update.step_time_s:g}")
+    low, high = LOSS_RANGE
+    bad = [x for x in update.losses if not low <= x <= high]
+    if bad:
+        raise InvalidUpdate(f"loss {bad[0]:g} is outside [{low:g}, {high:g}] (a cross-entropy)")
 
 
 def _fp32(x: float) -> float:
@@ -100,17 +106,30 @@ class ClosedRound:
         return {o.client_id for o in self.aggregate.outcomes if o.accepted}
 
     @property
+    def scale(self) -> float | None:
+        """This round's scale for the run's `Scales` (None: it moved nothing)."""
+        return self.aggregate.bounded.scale
+
+    @property
     def model_diffs(self) -> dict[str, float]:
         return {o.client_id: o.model_diff for o in self.aggregate.outcomes if o.accepted}
 
 
 def close_round(
-    config: RunConfig, round_id: int, updates: Sequence[UpdateRecord], tasks: Mapping[str, TaskRecord]
+    config: RunConfig,
+    round_id: int,
+    updates: Sequence[UpdateRecord],
+    tasks: Mapping[str, TaskRecord],
+    scales: Scales | None = None,
 ) -> ClosedRound:
-    """Aggregate round r's updates under the run's rule, clip and outlier settings."""
+    """Aggregate round r's updates under the run's rule, clip, outlier and poisoning-bound settings.
+
+    `scales`: the run's scale history before round r (the caller adds `ClosedRound.scale` after a final
+    close, in round order, so the server, its restarts and `fedmezo simulate` bound alike)."""
     agg = aggregate(
         round_id, updates, tasks, seeds=config.seeds, rule=config.aggregation,
-        clip=config.clip, outlier_k=config.outlier_k,
+        clip=config.clip, outlier_k=config.outlier_k, norm_k=config.norm_k, max_step=config.max_step,
+        scales=scales,
     )  # fmt: skip
     accepted = {o.client_id for o in agg.outcomes if o.accepted}
     losses = [u.mean_loss for u in updates if u.client_id in accepted and math.isfinite(u.mean_loss)]

@@ -29,6 +29,7 @@ from fedmezo.data import (
     partition,
     read_jsonl,
 )
+from fedmezo.fl.bounds import Scales
 from fedmezo.fl.config import RunConfig
 from fedmezo.fl.errors import ConfigError
 from fedmezo.fl.evaluation import EVAL_LOSS, EXACT_MATCH, Evaluator
@@ -62,6 +63,7 @@ class RoundResult:
     eval_loss: float | None = None
     exact_match: float | None = None
     fingerprint: str = ""
+    bounded: tuple[str, ...] = ()  # clients the poisoning bounds touched (docs/protocol.md §11.2)
 
 
 @dataclass
@@ -147,6 +149,7 @@ class Simulation:
         )
         self.method = METHOD_CLASSES[options.method]()
         self.history: History = {}
+        self.scales = Scales()
 
     def _tasks(self, round_id: int) -> dict[str, TaskRecord]:
         """Round r's selection and personalized learning rates, exactly as the coordinator opens it."""
@@ -202,6 +205,7 @@ class Simulation:
                 eval_loss=loss,
                 exact_match=em,
                 fingerprint=outcome.fingerprint.hex(),
+                bounded=outcome.bounded,
             )
             result.rounds.append(record)
             bar.set_postfix(train_loss=f"{record.train_loss:.4f}", eval_loss=_fmt(loss))

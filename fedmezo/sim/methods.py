@@ -26,6 +26,7 @@ import torch
 from fedmezo.data import ClientDataset
 from fedmezo.fl import wire
 from fedmezo.fl.aggregation import WEIGHT_RULES
+from fedmezo.fl.bounds import Scales
 from fedmezo.fl.config import RunConfig
 from fedmezo.fl.records import DeltaRecord, TaskRecord, UpdateRecord
 from fedmezo.fl.replica import Replica
@@ -67,6 +68,7 @@ class RoundOutcome:
     server_seconds: float  # aggregation + update of the canonical model
     stats: tuple[tuple[str, float, float], ...]  # (client, mean loss, model diff): what lr strategies read
     fingerprint: bytes  # of θ_{r+1}: replicas of every method can be compared bit for bit
+    bounded: tuple[str, ...] = ()  # clients the poisoning bounds scaled or ceiled (honest runs: none)
 
 
 class World(Protocol):
@@ -77,6 +79,7 @@ class World(Protocol):
     replica: Replica
     datasets: Mapping[str, ClientDataset]
     backend: Backend | None
+    scales: Scales  # the run's scalar scales: close_round's poisoning bounds read them
 
 
 def _submit(
@@ -134,7 +137,8 @@ class SeedScalarFedMeZO:
     def run_round(self, world: World, round_id: int, tasks: Mapping[str, TaskRecord]) -> RoundOutcome:
         updates, requests, seconds = _train_mezo(world, tasks)
         start = time.perf_counter()
-        closed = close_round(world.config, round_id, updates, tasks)
+        closed = close_round(world.config, round_id, updates, tasks, world.scales)
+        world.scales.add(closed.scale)
         agg = closed.aggregate
         world.replica.apply(agg.delta)
         fingerprint = world.replica.fingerprint()  # the server reports it with every delta
@@ -151,7 +155,13 @@ class SeedScalarFedMeZO:
                     tasks[u.client_id].lr, u.forward_passes,
                 )
             )  # fmt: skip
-        return RoundOutcome(tuple(clients), server_seconds, _history_stats(closed, updates), fingerprint)
+        stats = _history_stats(closed, updates)
+        return RoundOutcome(tuple(clients), server_seconds, stats, fingerprint, _bounded(closed))
+
+
+def _bounded(closed: ClosedRound) -> tuple[str, ...]:
+    bounded = closed.aggregate.bounded
+    return tuple(sorted(set(bounded.scaled) | set(bounded.ceiled)))
 
 
 def _history_stats(closed: ClosedRound, updates: list[UpdateRecord]) -> tuple[tuple[str, float, float], ...]:
@@ -208,13 +218,14 @@ class FullStateFedMeZO:
         world.replica.version += 1
         server_seconds = time.perf_counter() - start
         # the personalized-lr signals come from the same scalars the seed-scalar server would see
-        closed = close_round(world.config, round_id, updates, tasks)
+        closed = close_round(world.config, round_id, updates, tasks, world.scales)
+        world.scales.add(closed.scale)
         losses = {u.client_id: finite_mean(u.losses) for u in updates}
         peaks = {u.client_id: u.peak_memory_bytes for u in updates}
         forwards = {u.client_id: u.forward_passes for u in updates}
         clients = _full_state_clients(world, tasks, seconds, losses, peaks, forwards)
         stats = _history_stats(closed, updates)
-        return RoundOutcome(clients, server_seconds, stats, world.replica.fingerprint())
+        return RoundOutcome(clients, server_seconds, stats, world.replica.fingerprint(), _bounded(closed))
 
 
 class FedAvgBackprop:
