@@ -91,6 +91,7 @@ class Plan:
     est_seed_clients: int
     est_mezo_lrs: tuple[float, ...]  # as many candidates for each method
     est_fzoo_lrs: tuple[float, ...]
+    est_adamezo_lrs: tuple[float, ...]
     est_fedavg_lrs: tuple[float, ...]
 
 
@@ -102,7 +103,8 @@ FULL = Plan(
     personal_lr_factors=(1.0, 0.3), memory_batch=8,
     est_clients=3, est_eval_limit=120, est_forwards_per_round=36, est_rounds=28, est_eval_every=2,
     est_pilot_rounds=10, est_perturbations=8, est_seed_clients=10, est_mezo_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
-    est_fzoo_lrs=(3e-4, 1e-3, 3e-3, 1e-2), est_fedavg_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
+    est_fzoo_lrs=(3e-4, 1e-3, 3e-3, 1e-2), est_adamezo_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
+    est_fedavg_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
 )  # fmt: skip
 QUICK = Plan(
     name="quick", model="smollm2-135m", max_length=48, batch_size=2, eval_limit=8,
@@ -113,7 +115,7 @@ QUICK = Plan(
     # 1e-2 is a MeZO rate meant to diverge: it exercises the search's divergence rule at toy size
     est_clients=2, est_eval_limit=8, est_forwards_per_round=6, est_rounds=1, est_eval_every=1,
     est_pilot_rounds=1, est_perturbations=2, est_seed_clients=4, est_mezo_lrs=(1e-5, 1e-2),
-    est_fzoo_lrs=(1e-3, 3e-3), est_fedavg_lrs=(1e-5, 3e-5),
+    est_fzoo_lrs=(1e-3, 3e-3), est_adamezo_lrs=(1e-3, 3e-3), est_fedavg_lrs=(1e-5, 3e-5),
 )  # fmt: skip
 
 
@@ -123,7 +125,10 @@ QUICK = Plan(
 class Runner:
     """Runs named simulations once; a cached run is reused only when its config is identical."""
 
-    def __init__(self, out: Path, plan: Plan, *, fresh: bool, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, out: Path, plan: Plan, *, fresh: bool, log: Callable[[str], None], device: str = "cpu"
+    ) -> None:
+        self.device = device  # part of every run's key off the CPU: runs on other devices never mix
         self.runs_dir = out / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.plan = plan
@@ -150,6 +155,8 @@ class Runner:
             "run_seed": 0,
             "method": "fedmezo",
         }
+        if self.device != "cpu":  # the CPU runs cached before this option keep their keys
+            flags["device"] = self.device
         flags.update(overrides)
         return flags
 
@@ -452,7 +459,8 @@ def trajectory_gap(seed_scalar: Mapping[str, Any], full_state: Mapping[str, Any]
 # --------------------------------------------------------------------------------------------------
 # Estimators and seed schemes (issue #13): budgets in forward passes per client
 # --------------------------------------------------------------------------------------------------
-EST_METHODS = ("mezo", "fzoo", "fedavg-adamw")
+EST_METHODS = ("mezo", "fzoo", "adamezo", "fedavg-adamw")
+ZO_METHODS = ("mezo", "fzoo", "adamezo")
 CANDIDATE = "fzoo"  # the estimator proposed as the new default
 SEED_SCHEMES = ("per-client", "shared")
 DIVERGENCE_MARGIN = 0.25  # nats a run may end above its best evaluated held-out loss before it diverged
@@ -462,7 +470,7 @@ FORWARDS_GOAL, FORWARDS_IDEAL, GAP_GOAL = 1 / 3, 1 / 5, 1 / 2  # the issue's "do
 
 def forwards_per_step(method: str, perturbations: int) -> int:
     """Forward passes of one local step (docs/estimators.md, Accounting)."""
-    return {"mezo": 2, "fzoo": perturbations + 1, "fedavg-adamw": 3}[method]
+    return {"mezo": 2, "fzoo": perturbations + 1, "adamezo": 2, "fedavg-adamw": 3}[method]
 
 
 def stratified_order(examples: Sequence[Any], seed: int = 0) -> list[Any]:
@@ -517,7 +525,7 @@ def est_flags(
     }  # fmt: skip
     if method == "fedavg-adamw":
         return runner.base(**shape, method="fedavg", optimizer="adamw", fedavg_lr=lr)
-    perturbations = 1 if method == "mezo" else p.est_perturbations
+    perturbations = p.est_perturbations if method == "fzoo" else 1
     return runner.base(**shape, estimator=method, perturbations=perturbations, seed_scheme=seed_scheme, lr=lr)
 
 
@@ -526,13 +534,18 @@ def check_budget(plan: Plan) -> None:
         per_step = forwards_per_step(method, plan.est_perturbations)
         if plan.est_forwards_per_round % per_step:
             raise ValueError(f"{plan.est_forwards_per_round} forwards per round is no whole τ of {method}")
-    counts = {len(lrs) for lrs in (plan.est_mezo_lrs, plan.est_fzoo_lrs, plan.est_fedavg_lrs)}
+    counts = {len(est_lrs(plan, method)) for method in EST_METHODS}
     if len(counts) != 1:
         raise ValueError("every method needs as many learning-rate candidates")
 
 
 def est_lrs(plan: Plan, method: str) -> tuple[float, ...]:
-    return {"mezo": plan.est_mezo_lrs, "fzoo": plan.est_fzoo_lrs, "fedavg-adamw": plan.est_fedavg_lrs}[method]
+    return {
+        "mezo": plan.est_mezo_lrs,
+        "fzoo": plan.est_fzoo_lrs,
+        "adamezo": plan.est_adamezo_lrs,
+        "fedavg-adamw": plan.est_fedavg_lrs,
+    }[method]
 
 
 def diverged(run: Mapping[str, Any], margin: float = DIVERGENCE_MARGIN) -> bool:
@@ -688,7 +701,7 @@ def estimators(runner: Runner) -> dict[str, Any]:
         search[method]["accepted"] = lr
         main[method] = tried[lr]
         rejected[method] = [(other, run) for other, run in tried.items() if other != lr]
-    zo = min(("mezo", "fzoo"), key=lambda m: final_loss(main[m]))
+    zo = min(ZO_METHODS, key=lambda m: final_loss(main[m]))
     lr = float(search[zo]["accepted"])
     clients = p.est_seed_clients
     schemes = {
@@ -856,7 +869,9 @@ def make_plots(results: Mapping[str, Any], out: Path) -> dict[str, str]:
     return files
 
 
-EST_STYLES = {"mezo": "C0", "fzoo": "C1", "fedavg-adamw": "C3", "per-client": "C0", "shared": "C2"}
+EST_STYLES = {
+    "mezo": "C0", "fzoo": "C1", "adamezo": "C4", "fedavg-adamw": "C3", "per-client": "C0", "shared": "C2",
+}  # fmt: skip
 
 
 def _estimator_plots(est: Mapping[str, Any], plt: Any, save: Callable[[Any, str], None]) -> None:
@@ -1367,7 +1382,8 @@ def _estimator_markdown(results: Mapping[str, Any], img: Callable[[str], str]) -
         f"{est['clients']} clients, non-IID, batch {plan['batch_size']}, max length {plan['max_length']}; "
         f"every method gets {per_round} forward passes per client per round for {plan['est_rounds']} rounds, "
         f"{est['budget']:,} per client in all (`mezo` P=1: τ={taus['mezo']}, 2 forwards per step; "
-        f"`fzoo` P={pert}, ε=1e-3: τ={taus['fzoo']}, {pert + 1} per step; FedAvg-AdamW: "
+        f"`fzoo` P={pert}, ε=1e-3: τ={taus['fzoo']}, {pert + 1} per step; `adamezo` P=1: "
+        f"τ={taus['adamezo']}, 2 per step; FedAvg-AdamW: "
         f"τ={taus['fedavg-adamw']} backprop steps, a backward counted as two forwards). Held-out loss and "
         f"exact match on `{est['held_out']['test']}`: {plan['est_eval_limit']} examples of the demo held-out "
         "set, every category in proportion (the first 24 of its list, used above, are all arithmetic), "
@@ -1514,16 +1530,20 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     python = platform.python_version()
-    return f"{platform.machine()} ({cpu}), {os.cpu_count()} cores, torch {torch.__version__}, Python {python}"
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (
+        f"{platform.machine()} ({cpu}), {os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
+        f"Python {python}"
+    )
 
 
-def run_all(plan: Plan, out: Path, results_md: Path, *, fresh: bool) -> dict[str, Any]:
+def run_all(plan: Plan, out: Path, results_md: Path, *, fresh: bool, device: str = "cpu") -> dict[str, Any]:
     start = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:7.0f} s] {message}", file=sys.stderr, flush=True)
 
-    runner = Runner(out, plan, fresh=fresh, log=log)
+    runner = Runner(out, plan, fresh=fresh, log=log, device=device)
     log(f"{plan.name} mode → {out}")
     log("learning-rate search")
     search = search_lrs(runner)
@@ -1617,6 +1637,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--fresh", action="store_true", help="ignore cached runs")
     parser.add_argument("--model", help="override the plan's model (e.g. tiny-random for a smoke run)")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device of every simulation (cuda: the sweep on a GPU)"
+    )
     parser.add_argument("--probe", choices=PROBES, help=argparse.SUPPRESS)  # internal: one memory probe
     parser.add_argument("--probe-model", default="smollm2-135m", help=argparse.SUPPRESS)
     parser.add_argument("--probe-batch", type=int, default=8, help=argparse.SUPPRESS)
@@ -1632,7 +1655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ROOT / "artifacts" / "experiments-quick" if args.quick else ROOT / "benchmarks" / "experiments"
     )
     results_md = args.results_md or (out / "RESULTS.md" if args.quick else RESULTS_MD)
-    run_all(plan, out, results_md, fresh=args.fresh)
+    run_all(plan, out, results_md, fresh=args.fresh, device=args.device)
     return 0
 
 

@@ -44,7 +44,9 @@ class RunConfigInfo(BaseModel):
     lr_spread: float = Field(description="delta of the personalized learning rates")
     lr_strategy: str
     eps: float
-    estimator: str = Field("mezo", description="zeroth-order estimator of a local step: mezo | fzoo")
+    estimator: str = Field(
+        "mezo", description="zeroth-order estimator of a local step: mezo | fzoo | adamezo"
+    )
     perturbations: int = Field(1, description="P: seeded perturbations (and scalars) per local step")
     seed_scheme: str = Field("per-client", description="per-client | shared (one seed set per round)")
     batch_size: int

@@ -97,7 +97,8 @@ class RunConfig:
     estimator: str = setting(
         "mezo",
         "zeroth-order estimator of a local step (docs/estimators.md): mezo (2P forwards) | "
-        "fzoo (P + 1 forwards, normalised by the loss spread; its lr is on another scale)",
+        "fzoo (P + 1 forwards, normalised by the loss spread; its lr is on another scale) | "
+        "adamezo (2P forwards, momentum over the last 8 steps' seeds, normalised step like fzoo's)",
     )
     perturbations: int = setting(1, "P: seeded perturbations (and uploaded scalars) per local step")
     seed_scheme: str = setting(
@@ -109,7 +110,8 @@ class RunConfig:
     aggregation: str = setting("examples", "client weights: examples (by local example count) | equal")
     clip: float = setting(0.0, "clip |projected grad| to this value on clients and at aggregation; 0 = off")
     outlier_k: float = setting(
-        0.0, "reject a client whose scalar RMS > k x the round median (k >= 1); 0 = off"
+        10.0,
+        "reject a client whose scalar RMS > k x the round median (k >= 1; needs >= 3 clients); 0 = off",
     )
     norm_k: float = setting(
         10.0,

@@ -23,7 +23,7 @@ from fedmezo.fl.records import Task, Update
 from fedmezo.fl.seeds import SeedPlan
 from fedmezo.memory import PeakMemory
 from fedmezo.zo import Backend, Batch, TrainableParams, make_loss_fn
-from fedmezo.zo.estimators import InPlace, Perturbation, estimate_step
+from fedmezo.zo.estimators import InPlace, Perturbation, task_estimator
 from fedmezo.zo.mixed import ComputeCopy, CopyShift
 
 __all__ = [
@@ -103,7 +103,7 @@ def train_task(
     move: Perturbation = (
         CopyShift(params.compute) if isinstance(params.compute, ComputeCopy) else InPlace(params, backend)
     )  # a compute copy: bf16 forwards, θ never perturbed
-    grads: list[float] = []
+    estimator = task_estimator(task.estimator)  # fresh per task: no state crosses a round
     forwards = 0
     losses: list[float] = []
     skipped = 0
@@ -123,11 +123,9 @@ def train_task(
             if stop is not None and stop.is_set():
                 raise Stopped(f"abandoned round {task.round_id} at step {t}")
             batch = dataset.batch_for_step(seeds[0], task.batch_size).to(device)
-            result = estimate_step(
-                task.estimator, move, make_loss_fn(model, batch),
-                seeds=seeds, eps=task.eps, lr=task.lr, clip=task.clip,
-            )  # fmt: skip
-            grads.extend(result.scalars)
+            result = estimator.step(
+                move, make_loss_fn(model, batch), seeds=seeds, eps=task.eps, lr=task.lr, clip=task.clip
+            )
             forwards += result.forwards
             losses.append(float(np.float32(result.loss)))  # fp32, as it travels and is stored
             skipped += result.skipped
@@ -142,7 +140,7 @@ def train_task(
     return TrainResult(
         round_id=task.round_id,
         seeds=tuple(s for seeds in step_seeds for s in seeds),
-        projected_grads=tuple(grads),
+        projected_grads=estimator.upload(),
         losses=tuple(losses),
         step_time_s=float(np.float32(elapsed / max(task.local_steps, 1))),
         peak_memory_bytes=peak.peak_bytes(),

@@ -86,7 +86,11 @@ _TASK_STATUS = {
     TaskStatus.NO_TASK: federation_pb2.TASK_STATUS_NO_TASK,
     TaskStatus.RUN_FINISHED: federation_pb2.TASK_STATUS_RUN_FINISHED,
 }
-_ESTIMATORS = {"mezo": common_pb2.ESTIMATOR_MEZO, "fzoo": common_pb2.ESTIMATOR_FZOO}
+_ESTIMATORS = {
+    "mezo": common_pb2.ESTIMATOR_MEZO,
+    "fzoo": common_pb2.ESTIMATOR_FZOO,
+    "adamezo": common_pb2.ESTIMATOR_ADAMEZO,
+}
 _SEED_SCHEMES = {PER_CLIENT: common_pb2.SEED_SCHEME_DERIVED, SHARED: common_pb2.SEED_SCHEME_SHARED}
 _ACTIVITIES = {
     Activity.IDLE: federation_pb2.CLIENT_ACTIVITY_IDLE,

@@ -64,6 +64,7 @@ class RoundResult:
     exact_match: float | None = None
     fingerprint: str = ""
     bounded: tuple[str, ...] = ()  # clients the poisoning bounds touched (docs/protocol.md §11.2)
+    rejected: tuple[str, ...] = ()  # clients whose update the outlier rule rejected
 
 
 @dataclass
@@ -206,6 +207,7 @@ class Simulation:
                 exact_match=em,
                 fingerprint=outcome.fingerprint.hex(),
                 bounded=outcome.bounded,
+                rejected=outcome.rejected,
             )
             result.rounds.append(record)
             bar.set_postfix(train_loss=f"{record.train_loss:.4f}", eval_loss=_fmt(loss))

@@ -69,6 +69,7 @@ class RoundOutcome:
     stats: tuple[tuple[str, float, float], ...]  # (client, mean loss, model diff): what lr strategies read
     fingerprint: bytes  # of θ_{r+1}: replicas of every method can be compared bit for bit
     bounded: tuple[str, ...] = ()  # clients the poisoning bounds scaled or ceiled (honest runs: none)
+    rejected: tuple[str, ...] = ()  # clients the outlier rule rejected
 
 
 class World(Protocol):
@@ -156,7 +157,8 @@ class SeedScalarFedMeZO:
                 )
             )  # fmt: skip
         stats = _history_stats(closed, updates)
-        return RoundOutcome(tuple(clients), server_seconds, stats, fingerprint, _bounded(closed))
+        rejected = tuple(sorted(c for c in tasks if c not in closed.accepted))
+        return RoundOutcome(tuple(clients), server_seconds, stats, fingerprint, _bounded(closed), rejected)
 
 
 def _bounded(closed: ClosedRound) -> tuple[str, ...]:

@@ -14,12 +14,24 @@ whatever the estimator. The scalars a_p are rounded to fp32 here, as they travel
   rate is on another scale than MeZO's. σ = 0 (all perturbed losses equal) carries no direction:
   the step is skipped, as is any step with a non-finite loss.
 
+- `adamezo` (AdaMeZO, Cai et al., 2026: Adam-style moments rebuilt from the last h (seed, scalar)
+  pairs instead of stored): the step's estimate is MeZO's (a_p as above), then θ moves by
+      −η · m̂_t / sqrt(v̂_t),  m̂_t = Σ_k w_k Σ_p a_{t−k,p} z(s_{t−k,p}),  v̂_t = Σ_k u_k Σ_p a²_{t−k,p}
+  over the task's last h non-skipped steps (k = 0 newest), with w_k ∝ β1^k and u_k ∝ β2^k normalised
+  to sum 1 (the bias-corrected truncated EMAs). With ±1 directions z² = 1, so Adam's second moment is
+  one scalar for all coordinates (the per-coordinate curvature AdaMeZO gets from Gaussian z does not
+  exist here): this is momentum over seeded directions with a normalised step, still linear in z. The
+  task's upload is each seed's summed coefficient a_eff(s) = Σ_t w·a/sqrt(v̂_t) over the steps that
+  moved along it, so the round delta is the clients' local models averaged, as for every estimator.
+  2P forwards per step, plus up to h·P regenerate-and-add passes.
+
 A skipped step uploads zeros (its directions do not move θ) and its forwards still count.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,13 +42,21 @@ from fedmezo.zo.params import TrainableParams
 from fedmezo.zo.values import to_fp32
 
 __all__ = [
+    "ADAMEZO_BETAS",
+    "ADAMEZO_HORIZON",
     "ESTIMATORS",
+    "AdaMeZO",
     "InPlace",
     "Perturbation",
     "StepEstimate",
+    "TaskEstimator",
     "estimate_step",
     "forwards_per_step",
+    "task_estimator",
 ]
+
+ADAMEZO_HORIZON = 8  # h: steps whose directions a step moves along again (β1^8 ≈ 0.43 of the weight)
+ADAMEZO_BETAS = (0.9, 0.99)  # Adam's defaults
 
 
 class Perturbation(Protocol):
@@ -152,13 +172,26 @@ _Rule = Callable[
     [Perturbation, Callable[[], float], Sequence[int], float, "float | None"],
     "tuple[list[float] | None, float, bool]",
 ]
-ESTIMATORS: dict[str, _Rule] = {"mezo": _mezo, "fzoo": _fzoo}
-_FORWARDS: dict[str, Callable[[int], int]] = {"mezo": lambda p: 2 * p, "fzoo": lambda p: p + 1}
+ESTIMATORS: dict[str, _Rule] = {"mezo": _mezo, "fzoo": _fzoo, "adamezo": _mezo}  # adamezo: + AdaMeZO
+_FORWARDS: dict[str, Callable[[int], int]] = {
+    "mezo": lambda p: 2 * p,
+    "fzoo": lambda p: p + 1,
+    "adamezo": lambda p: 2 * p,
+}
 
 
 def forwards_per_step(estimator: str, perturbations: int) -> int:
     """Forward passes one step of `estimator` with P perturbations costs (the budget unit)."""
     return _FORWARDS[estimator](perturbations)
+
+
+def _check_step(seeds: Sequence[int], eps: float, lr: float) -> None:
+    if not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be positive and finite, got {eps}")
+    if not math.isfinite(lr):
+        raise ValueError(f"lr must be finite, got {lr}")
+    if not seeds:
+        raise ValueError("a step needs at least one perturbation seed")
 
 
 def estimate_step(
@@ -172,12 +205,7 @@ def estimate_step(
     clip: float | None = None,
 ) -> StepEstimate:
     """One local step: estimate along `seeds` (one per perturbation), then θ ← θ − η·Σ a_p·z(s_p)."""
-    if not (eps > 0 and math.isfinite(eps)):
-        raise ValueError(f"eps must be positive and finite, got {eps}")
-    if not math.isfinite(lr):
-        raise ValueError(f"lr must be finite, got {lr}")
-    if not seeds:
-        raise ValueError("a step needs at least one perturbation seed")
+    _check_step(seeds, eps, lr)
     scalars, loss, clipped = ESTIMATORS[estimator](move, loss_fn, seeds, eps, clip)
     forwards = forwards_per_step(estimator, len(seeds))
     if scalars is None:
@@ -185,3 +213,112 @@ def estimate_step(
         return StepEstimate(tuple(seeds), (0.0,) * len(seeds), loss, forwards, True, False)
     move.update(list(seeds), [-lr * a for a in scalars])
     return StepEstimate(tuple(seeds), tuple(scalars), loss, forwards, False, clipped)
+
+
+class TaskEstimator(Protocol):
+    """One task's local steps and what it uploads (τ·P scalars, step-major)."""
+
+    def step(
+        self,
+        move: Perturbation,
+        loss_fn: Callable[[], float],
+        *,
+        seeds: Sequence[int],
+        eps: float,
+        lr: float,
+        clip: float | None = None,
+    ) -> StepEstimate: ...
+
+    def upload(self) -> tuple[float, ...]: ...
+
+
+class _Stateless:
+    """mezo and fzoo: each step's scalars are its upload."""
+
+    def __init__(self, estimator: str) -> None:
+        self.estimator = estimator
+        self._scalars: list[float] = []
+
+    def step(
+        self,
+        move: Perturbation,
+        loss_fn: Callable[[], float],
+        *,
+        seeds: Sequence[int],
+        eps: float,
+        lr: float,
+        clip: float | None = None,
+    ) -> StepEstimate:
+        result = estimate_step(self.estimator, move, loss_fn, seeds=seeds, eps=eps, lr=lr, clip=clip)
+        self._scalars.extend(result.scalars)
+        return result
+
+    def upload(self) -> tuple[float, ...]:
+        return tuple(self._scalars)
+
+
+class AdaMeZO:
+    """`adamezo`: MeZO estimates, moved along the last h steps' directions with a normalised step.
+
+    The window holds (slots, scalars, Σ_p a²) of the last h steps that were not skipped; `_coef[slot]`
+    sums, in float64, the coefficient each step gave that slot's direction (in units of a: the step
+    moved θ by −η·coef·z), which is what the slot uploads (rounded to fp32 once, at the end).
+    """
+
+    def __init__(self, horizon: int = ADAMEZO_HORIZON, betas: tuple[float, float] = ADAMEZO_BETAS) -> None:
+        self.beta1, self.beta2 = betas
+        self._window: deque[tuple[tuple[int, ...], tuple[float, ...], float]] = deque(maxlen=horizon)
+        self._seeds: list[int] = []
+        self._coef: list[float] = []
+
+    def step(
+        self,
+        move: Perturbation,
+        loss_fn: Callable[[], float],
+        *,
+        seeds: Sequence[int],
+        eps: float,
+        lr: float,
+        clip: float | None = None,
+    ) -> StepEstimate:
+        _check_step(seeds, eps, lr)
+        scalars, loss, clipped = _mezo(move, loss_fn, seeds, eps, clip)
+        forwards = forwards_per_step("adamezo", len(seeds))
+        first = len(self._seeds)
+        self._seeds.extend(seeds)
+        self._coef.extend([0.0] * len(seeds))
+        if scalars is None:
+            move.update([], [])
+            return StepEstimate(tuple(seeds), (0.0,) * len(seeds), loss, forwards, True, False)
+        slots = tuple(range(first, first + len(seeds)))
+        self._window.append((slots, tuple(scalars), math.fsum(a * a for a in scalars)))
+        entries = list(self._window)  # oldest first; k = len − 1 − index
+        n = len(entries)
+        w = [self.beta1 ** (n - 1 - i) for i in range(n)]
+        u = [self.beta2 ** (n - 1 - i) for i in range(n)]
+        v_hat = math.fsum(ui * sq for ui, (_, _, sq) in zip(u, entries, strict=True)) / math.fsum(u)
+        if not v_hat > 0.0:  # every estimate in the window is 0: no direction to move along
+            move.update([], [])
+            return StepEstimate(tuple(seeds), tuple(scalars), loss, forwards, False, clipped)
+        scale = 1.0 / (math.fsum(w) * math.sqrt(v_hat))
+        move_seeds, values = [], []
+        for wi, (entry_slots, entry_scalars, _) in zip(w, entries, strict=True):
+            for slot, a in zip(entry_slots, entry_scalars, strict=True):
+                coef = wi * scale * a
+                self._coef[slot] += coef
+                move_seeds.append(self._seeds[slot])
+                values.append(-lr * coef)
+        move.update(move_seeds, values)
+        return StepEstimate(tuple(seeds), tuple(scalars), loss, forwards, False, clipped)
+
+    def upload(self) -> tuple[float, ...]:
+        return tuple(to_fp32(c) for c in self._coef)
+
+
+def task_estimator(estimator: str) -> TaskEstimator:
+    """The estimator of one task (fresh state: momentum never crosses a round)."""
+    if estimator == "adamezo":
+        return AdaMeZO()
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}")
+    return _Stateless(estimator)

@@ -20,10 +20,11 @@ CLIENTS = ("c1", "c2", "c3")
 
 
 # round-wise: round 2's learning rates come from round 1's losses, which the server reads as fp32;
-# fzoo with shared seeds: another estimator (P scalars per step) and deltas without participants
+# fzoo with shared seeds: another estimator (P scalars per step) and deltas without participants;
+# adamezo: uploads that are sums over several steps' moves (momentum over seeded directions)
 @pytest.mark.parametrize(
     ("strategy", "spread", "estimator"),
-    [("frozen", 0.0, ("mezo", 1, "per-client")), ("round-wise", 5e-5, ("mezo", 1, "per-client")),
+    [("frozen", 0.0, ("mezo", 1, "per-client")), ("round-wise", 5e-5, ("adamezo", 2, "per-client")),
      ("model-diff", 5e-5, ("fzoo", 3, "shared"))],
 )  # fmt: skip
 def test_simulation_ends_every_round_on_the_federations_fingerprint(

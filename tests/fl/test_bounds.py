@@ -91,9 +91,17 @@ def test_with_the_defaults_one_client_moves_each_weight_at_most_the_documented_b
     assert math.fsum(abs(c) for c in unbounded.delta.coefficients) > 1e30  # what the defaults prevent
 
 
+def test_with_the_defaults_and_three_clients_the_blatant_attacker_is_rejected() -> None:
+    tasks = {c: TaskRecord(1, c, 1e-3, 4) for c in ("a", "b", "m")}
+    closed = close_round(DEFAULTS, 1, _updates({"a": HONEST, "b": HONEST, "m": ATTACK}), tasks, Scales())
+    outcomes = {o.client_id: o for o in closed.aggregate.outcomes}
+    assert not outcomes["m"].accepted and outcomes["m"].rejected_reason == "outlier"
+    assert outcomes["a"].accepted and outcomes["b"].accepted and not closed.aggregate.bounded.scaled
+
+
 @pytest.mark.parametrize("scheme", ["per-client", "shared"])
 def test_close_round_reports_the_bounded_scale(scheme: str) -> None:
-    config = RunConfig(seed_scheme=scheme, local_steps=4)
+    config = RunConfig(seed_scheme=scheme, local_steps=4, outlier_k=0.0)
     tasks = {c: TaskRecord(1, c, 1e-3, 4) for c in ("a", "b", "c")}
     updates = _updates({"a": HONEST, "b": HONEST, "c": ATTACK})
     closed = close_round(config, 1, updates, tasks, Scales())

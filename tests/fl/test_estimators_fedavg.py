@@ -17,6 +17,7 @@ from fedmezo.fl.replica import Replica
 from fedmezo.fl.rounds import close_round, task_for
 from fedmezo.fl.train import train_task
 from fedmezo.fl.wire import delta_from_pb, delta_to_pb
+from fedmezo.zo.estimators import forwards_per_step
 
 ROUND = 2
 STEPS = 3
@@ -39,6 +40,8 @@ CASES = [
     ("mezo", 2, "shared"),
     ("fzoo", 4, "per-client"),
     ("fzoo", 4, "shared"),
+    ("adamezo", 1, "per-client"),
+    ("adamezo", 2, "shared"),
 ]
 
 
@@ -66,9 +69,7 @@ def test_round_equals_fedavg_and_replicas_agree(
         )  # fmt: skip
         assert torch.equal(replica.params.flat, theta_r)  # back to θ_r bit for bit
         assert len(result.projected_grads) == STEPS * perturbations
-        assert result.forward_passes == STEPS * (
-            2 * perturbations if estimator == "mezo" else perturbations + 1
-        )
+        assert result.forward_passes == STEPS * forwards_per_step(estimator, perturbations)
         assert result.skipped_steps == 0
         updates.append(
             result.to_update(datasets[client_id].num_examples).to_record(client_id, received_at=0.0)

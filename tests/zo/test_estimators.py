@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from fedmezo.zo import TrainableParams, mezo_step, rademacher
-from fedmezo.zo.estimators import InPlace, estimate_step, forwards_per_step
+from fedmezo.zo.estimators import (
+    ADAMEZO_BETAS,
+    AdaMeZO,
+    InPlace,
+    estimate_step,
+    forwards_per_step,
+    task_estimator,
+)
 
 N = 257  # a few Philox blocks plus a ragged tail
 
@@ -126,3 +133,70 @@ def test_bad_settings_are_refused_before_theta_moves() -> None:
         with pytest.raises(ValueError):
             estimate_step("mezo", InPlace(params), Quadratic(params), **kwargs)  # type: ignore[arg-type]
     assert torch.equal(params.flat, before)
+
+
+def _expected_adamezo_upload(
+    steps: list[tuple[float, ...]], horizon: int, betas: tuple[float, float]
+) -> list[float]:
+    """docs/estimators.md's adamezo formula, written out independently: each step t moves along the
+    last `horizon` steps' directions with coefficient w_k·a / (Σw · sqrt(v̂_t)); a slot uploads the sum."""
+    b1, b2 = betas
+    coef = [0.0] * sum(len(s) for s in steps)
+    starts = [sum(len(s) for s in steps[:t]) for t in range(len(steps))]
+    for t in range(len(steps)):
+        window = list(range(max(0, t - horizon + 1), t + 1))  # oldest first
+        w = [b1 ** (t - j) for j in window]
+        u = [b2 ** (t - j) for j in window]
+        v = sum(ui * sum(a * a for a in steps[j]) for ui, j in zip(u, window)) / sum(u)
+        for wi, j in zip(w, window):
+            for p, a in enumerate(steps[j]):
+                coef[starts[j] + p] += wi / sum(w) * a / math.sqrt(v)
+    return coef
+
+
+@pytest.mark.parametrize("perturbations", [1, 3])
+def test_adamezo_moves_along_the_last_h_directions_and_uploads_their_sums(perturbations: int) -> None:
+    params = _params(8)
+    theta = params.flat.double().clone()
+    loss = Quadratic(params)
+    estimator = AdaMeZO(horizon=4)
+    steps, seeds, lr = [], [], 0.05
+    for t in range(7):
+        step_seeds = [7000 + perturbations * t + p for p in range(perturbations)]
+        est = estimator.step(InPlace(params), loss, seeds=step_seeds, eps=1e-3, lr=lr)
+        assert est.forwards == forwards_per_step("adamezo", perturbations) == 2 * perturbations
+        steps.append(est.scalars)
+        seeds += step_seeds
+    upload = estimator.upload()
+    expected = _expected_adamezo_upload(steps, 4, ADAMEZO_BETAS)
+    assert upload == pytest.approx(expected, rel=1e-6)
+    # the local model is θ − η·Σ a_eff·z: what the server's round delta rebuilds from the upload
+    rebuilt = theta - lr * sum(a * _z(s) for s, a in zip(seeds, upload))
+    assert torch.allclose(params.flat.double(), rebuilt, atol=1e-5)
+    assert loss() < float(0.5 * ((theta - loss.target) ** 2).sum())
+
+
+def test_adamezo_first_step_is_a_sign_step() -> None:
+    params = _params(9)
+    estimator = AdaMeZO()
+    est = estimator.step(InPlace(params), Quadratic(params), seeds=[42], eps=1e-3, lr=0.1)
+    assert estimator.upload() == (math.copysign(1.0, est.scalars[0]),)
+
+
+def test_adamezo_skips_a_non_finite_step_without_moving_or_remembering_it() -> None:
+    params = _params(10)
+    estimator = AdaMeZO()
+    estimator.step(InPlace(params), Quadratic(params), seeds=[1], eps=1e-3, lr=0.1)
+    before = params.flat.clone()
+    calls = iter([1.0, float("nan")])
+    est = estimator.step(InPlace(params), lambda: next(calls), seeds=[2], eps=1e-3, lr=0.1)
+    assert est.skipped and est.forwards == 2
+    assert torch.allclose(params.flat, before, atol=1e-6)
+    assert estimator.upload()[1] == 0.0 and abs(estimator.upload()[0]) == 1.0  # step 2 added nothing
+
+
+def test_task_estimator_knows_every_estimator_and_refuses_others() -> None:
+    for name in ("mezo", "fzoo", "adamezo"):
+        assert task_estimator(name).upload() == ()
+    with pytest.raises(ValueError, match="unknown estimator"):
+        task_estimator("adam")
