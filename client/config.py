@@ -42,6 +42,12 @@ class ClientConfig:
         "fp32 | bf16 | auto: dtype of the forwards; bf16 reads a compute copy derived from the fp32 "
         "weights (GPU speed, canonical weights unchanged); auto = bf16 on CUDA, fp32 on CPU",
     )
+    compile: str = setting(
+        "auto",
+        "auto | on | off: replay the forwards as CUDA graphs (torch.compile, backend cudagraphs) on "
+        "batches padded to at most 8 bucket lengths; the same bits as eager, several times faster for "
+        "small models; auto = on with CUDA, off on CPU (on needs CUDA)",
+    )
     model: str | None = setting(None, "model name; default and normally: what the server says")
     state_dir: str = setting(
         "", "where the client keeps its replica between restarts (default ~/.fedmezo/client/ID)"
@@ -75,6 +81,10 @@ class ClientConfig:
             raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.compute_dtype not in ("fp32", "bf16", "auto"):
             raise ConfigError(f"--compute-dtype must be fp32, bf16 or auto, got {self.compute_dtype!r}")
+        if self.compile not in ("auto", "on", "off"):
+            raise ConfigError(f"--compile must be auto, on or off, got {self.compile!r}")
+        if self.compile == "on" and self.device == "cpu":
+            raise ConfigError("--compile on needs CUDA (CUDA graphs); use --compile off or auto on CPU")
         if self.max_length < 8:
             raise ConfigError(f"--max-length must be at least 8 tokens, got {self.max_length}")
         if self.rpc_deadline_s <= 0 or self.long_poll_s <= 0:

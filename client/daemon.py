@@ -293,6 +293,7 @@ class Daemon:
             stop=self.stop,
             on_step=lambda step: setattr(self._progress, "step", step),
             progress=self.progress_bar,
+            loss_of=workload.loss_of,
         )
         return result.to_update()
 

@@ -9,6 +9,7 @@ the inference baseline operators compare MeZO's training peak with (reported at 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +19,9 @@ from fedmezo.client.errors import ConfigError
 from fedmezo.fl.records import RunSettings
 from fedmezo.fl.train import StepDataset, device_label
 from fedmezo.memory import PeakMemory
-from fedmezo.zo import Backend, TrainableParams, causal_lm_loss, get_backend, warm_up
+from fedmezo.zo import Backend, Batch, TrainableParams, causal_lm_loss, get_backend, warm_up
 
-__all__ = ["Workload", "build_workload", "measure_inference_peak", "resolve_device"]
+__all__ = ["Workload", "build_workload", "measure_inference_peak", "resolve_device", "training_loss"]
 
 logger = logging.getLogger("fedmezo.client")
 
@@ -36,6 +37,7 @@ class Workload:
     device: str  # label for the operator, e.g. "cuda:0 (NVIDIA H100)"
     backend: Backend | None = None
     inference_peak_memory_bytes: int = 0  # one plain forward on a training batch; 0 = not measured
+    loss_of: Callable[[Batch], float] | None = None  # None: eager causal_lm_loss on unpadded batches
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -56,6 +58,7 @@ def build_workload(
     model_name: str | None,
     max_length: int,
     compute_dtype: str = "fp32",
+    compile: str = "off",
 ) -> Workload:
     """Load the model the run uses, make its trainable part one flat fp32 buffer, encode the data."""
     from fedmezo.data import ClientDataset, DataError, read_jsonl
@@ -98,6 +101,7 @@ def build_workload(
         dataset.num_examples,
         length,
     )
+    loss_of = training_loss(model, target, length, compile)
     backend = get_backend(target)
     warm_up(target, backend)  # the kernel loads now, not in the first round's first step
     inference_peak = measure_inference_peak(model, dataset, settings.batch_size, target)
@@ -112,7 +116,24 @@ def build_workload(
         device=device_label(target),
         backend=backend,
         inference_peak_memory_bytes=inference_peak,
+        loss_of=loss_of,
     )
+
+
+def training_loss(
+    model: torch.nn.Module, device: torch.device, max_length: int, compile: str
+) -> Callable[[Batch], float] | None:
+    """The loss the steps evaluate: on CUDA, bucket-padded batches replayed as CUDA graphs unless
+    `compile` is off (then the same padded batches, eager: the same bits); on CPU the plain eager loss."""
+    if compile == "on" and device.type != "cuda":
+        raise ConfigError("--compile on needs CUDA (CUDA graphs); use --compile off or auto on CPU")
+    if device.type != "cuda":
+        return None
+    from fedmezo.zo.graphs import BucketedLoss
+
+    compiled = compile in ("on", "auto")
+    logger.info("forwards %s on batches padded to bucket lengths", "as CUDA graphs" if compiled else "eager")
+    return BucketedLoss(model, max_length, compiled=compiled)
 
 
 def measure_inference_peak(

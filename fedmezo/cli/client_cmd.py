@@ -136,6 +136,7 @@ def _serve(config: Any, channel: Any) -> int:
             data=config.data,
             device=config.device,
             compute_dtype=config.compute_dtype,
+            compile=config.compile,
             model_name=config.model,
             max_length=config.max_length,
         )

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -22,7 +23,7 @@ from fedmezo.fl.errors import Stopped
 from fedmezo.fl.records import Task, Update
 from fedmezo.fl.seeds import SeedPlan
 from fedmezo.memory import PeakMemory
-from fedmezo.zo import Backend, Batch, TrainableParams, make_loss_fn
+from fedmezo.zo import Backend, Batch, TrainableParams, causal_lm_loss
 from fedmezo.zo.estimators import InPlace, Perturbation, task_estimator
 from fedmezo.zo.mixed import ComputeCopy, CopyShift
 
@@ -86,6 +87,7 @@ def train_task(
     on_step: Callable[[int], None] | None = None,
     on_trained: Callable[[TrainableParams], None] | None = None,
     progress: bool = True,
+    loss_of: Callable[[Batch], float] | None = None,
 ) -> TrainResult:
     """Run the task's τ local steps from θ_r and return to θ_r exactly, whatever happens.
 
@@ -95,8 +97,11 @@ def train_task(
     A stop request abandons the task between steps (raises `Stopped`) after restoring θ_r.
     `on_trained` sees the local model after the τ steps, before the restore: the full-state FedMeZO
     baseline of `fedmezo simulate` averages those local models (daemons never need it).
+    `loss_of` evaluates a batch (default: the eager `causal_lm_loss` of `model`); a GPU client passes
+    its CUDA-graph loss (fedmezo.zo.graphs.BucketedLoss).
     """
     device = params.device
+    evaluate = loss_of if loss_of is not None else (lambda b: causal_lm_loss(model, b))
     snapshot = params.snapshot()  # θ_r, host fp32 copy
     plan = SeedPlan(task.run_seed, task.seed_scheme, task.perturbations)
     step_seeds = [plan.step_seeds(task.round_id, client_id, t) for t in range(task.local_steps)]
@@ -124,7 +129,7 @@ def train_task(
                 raise Stopped(f"abandoned round {task.round_id} at step {t}")
             batch = dataset.batch_for_step(seeds[0], task.batch_size).to(device)
             result = estimator.step(
-                move, make_loss_fn(model, batch), seeds=seeds, eps=task.eps, lr=task.lr, clip=task.clip
+                move, partial(evaluate, batch), seeds=seeds, eps=task.eps, lr=task.lr, clip=task.clip
             )
             forwards += result.forwards
             losses.append(float(np.float32(result.loss)))  # fp32, as it travels and is stored

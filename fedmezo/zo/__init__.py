@@ -9,7 +9,8 @@ Modules, bottom-up (each imports only modules listed before it):
 - fingerprint_numba, cpu_kernel; _triton_kernels, _triton_fingerprint, triton_kernel: the kernels
 - backend: the registry (get_backend), the dispatching fingerprint and the kernel warm-up
 - params: TrainableParams (a model's trainable weights as a flat buffer) and the Manifest
-- objective, step, delta, mixed: the loss, the MeZO step, round deltas, bf16 compute copies
+- objective, step, delta, mixed, graphs: the loss, the MeZO step, round deltas, bf16 compute copies,
+  CUDA-graph forwards on bucket-padded batches
 """
 
 from fedmezo.zo.backend import (

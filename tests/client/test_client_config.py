@@ -43,6 +43,8 @@ def test_config_file_from_env_and_top_level_keys(tmp_path: Path) -> None:
         ({"tls_cert": "c.pem"}, "mTLS"),
         ({"device": "tpu"}, "--device"),
         ({"max_length": 2}, "max-length"),
+        ({"compile": "yes"}, "--compile"),
+        ({"compile": "on", "device": "cpu"}, "needs CUDA"),
     ],
 )
 def test_invalid_combinations_are_rejected_at_load(changes: dict[str, object], message: str) -> None:

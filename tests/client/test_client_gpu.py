@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.client_fakes import ToyDataset, make_fake_server, toy_model
+from helpers.client_fakes import SEQ_LEN, ToyDataset, make_fake_server, toy_model
 
 from fedmezo.client.daemon import Daemon, Outcome
 from fedmezo.client.retry import RetryPolicy
-from fedmezo.client.workload import Workload, resolve_device
+from fedmezo.client.workload import Workload, resolve_device, training_loss
 from fedmezo.fl.train import device_label
 from fedmezo.zo import TrainableParams, get_backend
 
@@ -22,16 +22,20 @@ def test_auto_device_picks_cuda() -> None:
     assert resolve_device("auto").type == "cuda"
 
 
-def test_cuda_client_matches_cpu_server_every_round() -> None:
+@pytest.mark.parametrize("compile_", ["off", "auto"])
+def test_cuda_client_matches_cpu_server_every_round(compile_: str) -> None:
     server = make_fake_server(rounds=3)  # CPU replica, numba backend
     device = torch.device("cuda")
+    torch._dynamo.reset()
 
     def cuda_workload(_settings: object) -> Workload:
         model = toy_model().to(device)
         params = TrainableParams.from_model(model)
+        loss_of = training_loss(model, device, SEQ_LEN, compile_)  # auto: CUDA-graph forwards
         return Workload(
-            model, params, ToyDataset(), ToyDataset.num_examples, device_label(device), get_backend(device)
-        )
+            model, params, ToyDataset(), ToyDataset.num_examples, device_label(device), get_backend(device),
+            loss_of=loss_of,
+        )  # fmt: skip
 
     daemon = Daemon(server, "me", cuda_workload, RetryPolicy(sleep=lambda _s: False), progress_bar=False)
     assert daemon.run() is Outcome.FINISHED

@@ -62,3 +62,15 @@ def test_cpu_peak_resets_to_the_current_rss() -> None:
     if not peak.resettable:
         pytest.skip("/proc/self/clear_refs is not writable here: the peak is the lifetime peak")
     assert high - peak.peak_bytes() >= 32 * MIB
+
+
+def test_cpu_training_keeps_the_plain_eager_loss(data_file: Path) -> None:
+    from fedmezo.client.errors import ConfigError
+    from fedmezo.client.workload import training_loss
+
+    work = build_workload(
+        _settings(24), data=str(data_file), device="cpu", model_name=None, max_length=24, compile="auto"
+    )
+    assert work.loss_of is None  # auto means off on CPU: the CPU path is unchanged
+    with pytest.raises(ConfigError, match="needs CUDA"):
+        training_loss(work.model, torch.device("cpu"), 24, "on")
