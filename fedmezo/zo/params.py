@@ -109,7 +109,16 @@ class TrainableParams(FlatBuffer):
             yield name, self.flat[seg.offset : seg.offset + seg.numel].view(shape)
 
     def snapshot(self) -> torch.Tensor:
-        """A host-memory fp32 copy of θ: taken at round start so local drift never reaches θ_r."""
+        """A host-memory fp32 copy of θ: taken at round start so local drift never reaches θ_r.
+
+        From a GPU it lands in page-locked memory (torch's pinned allocator caches the block from one
+        round to the next): a pageable copy of SmolLM2-135M took 350 ms on an H200, more than its τ=20
+        compiled steps.
+        """
+        if self.flat.device.type == "cuda":
+            host = torch.empty(self.flat.shape, dtype=self.flat.dtype, pin_memory=True)
+            host.copy_(self.flat.detach())  # synchronous: the copy is complete when this returns
+            return host
         return self.flat.detach().to("cpu", copy=True)
 
     def restore(self, snapshot: torch.Tensor) -> None:

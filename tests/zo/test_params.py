@@ -61,6 +61,20 @@ def test_snapshot_restore_is_exact_and_fingerprint_sees_one_bit():
     assert snap.data_ptr() != params.flat.data_ptr()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_snapshot_is_pinned_host_memory_and_restores_exactly():
+    params = TrainableParams.from_model(Tied().cuda())
+    fingerprint = params.fingerprint()
+    snap = params.snapshot()
+    assert snap.device.type == "cpu" and snap.is_pinned()
+    params.flat.add_(1.0)
+    again = params.snapshot()  # a second snapshot is a separate buffer: the first stays valid
+    assert again.data_ptr() != snap.data_ptr() and not torch.equal(again, snap)
+    params.restore(snap)
+    assert params.fingerprint() == fingerprint
+
+
 def test_rejects_non_fp32_and_empty():
     with pytest.raises(ValueError, match="fp32"):
         TrainableParams.from_model(Tied().to(torch.float16))
