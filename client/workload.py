@@ -69,8 +69,16 @@ def build_workload(
     name = model_name or settings.model
     if model_name and model_name != settings.model:
         logger.warning("--model %s overrides the server's model %s", model_name, settings.model)
+    from fedmezo.trainable import BASE_DTYPES
+
+    if settings.base_dtype not in BASE_DTYPES:
+        raise ConfigError(
+            f"the server's run uses base dtype {settings.base_dtype!r}, which this client does not know "
+            f"({', '.join(BASE_DTYPES)}); upgrade fedmezo"
+        )
+    base = settings.base_dtype if settings.mode == "lora" else "fp32"
     try:
-        loaded = load_model(name, device=target)
+        loaded = load_model(name, device=target, dtype=BASE_DTYPES[base])
         examples = read_jsonl(Path(data))
     except (ModelNotFoundError, DataError, OSError) as exc:
         raise ConfigError(str(exc)) from exc
@@ -80,6 +88,7 @@ def build_workload(
         lora_rank=settings.lora_rank,
         lora_alpha=settings.lora_alpha,
         run_seed=settings.lora_seed,
+        base_dtype=base,
     )
     if compute_dtype == "bf16" or (compute_dtype == "auto" and target.type == "cuda"):
         from fedmezo.zo.mixed import ComputeCopy

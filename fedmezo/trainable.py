@@ -16,9 +16,12 @@ import torch
 from fedmezo.zo.params import TrainableParams
 from fedmezo.zo.rng import DOMAIN_INIT, rademacher
 
-__all__ = ["DEFAULT_LORA_TARGETS", "TrainMode", "add_lora", "prepare_trainable"]
+__all__ = ["BASE_DTYPES", "DEFAULT_LORA_TARGETS", "TrainMode", "add_lora", "prepare_trainable"]
 
 TrainMode = Literal["full", "lora"]
+# The frozen base of a LoRA run may sit in low precision: its weights never change, so only its
+# forwards differ (and the manifest says which base every replica runs). Adapters stay fp32.
+BASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")  # FedMeZO's and PEFT's usual choice for Llama-style models
 
 
@@ -69,14 +72,28 @@ def prepare_trainable(
     lora_rank: int = 8,
     lora_alpha: float = 16.0,
     run_seed: int = 0,
+    base_dtype: str = "fp32",
 ) -> tuple[torch.nn.Module, TrainableParams]:
-    """Mark what trains and gather it into one flat fp32 buffer; returns the (maybe wrapped) model."""
+    """Mark what trains and gather it into one flat fp32 buffer; returns the (maybe wrapped) model.
+
+    `base_dtype` (LoRA only) casts the frozen base to bf16 or fp16 before the fp32 adapters are added;
+    load the model in that dtype already (fedmezo.models.load_model(dtype=...)) to never hold it in fp32.
+    """
+    if base_dtype not in BASE_DTYPES:
+        raise ValueError(f"unknown base dtype {base_dtype!r}; choose one of {', '.join(BASE_DTYPES)}")
     if mode == "full":
+        if base_dtype != "fp32":
+            raise ValueError(
+                "a low-precision base needs mode 'lora': full-parameter mode trains the fp32 weights"
+            )
         for param in model.parameters():
             param.requires_grad_(True)
     elif mode == "lora":
+        model.to(dtype=BASE_DTYPES[base_dtype])
         model = add_lora(model, rank=lora_rank, alpha=lora_alpha, run_seed=run_seed)
     else:
         raise ValueError(f"unknown training mode {mode!r}; choose 'full' or 'lora'")
     model.eval()
-    return model, TrainableParams.from_model(model)
+    params = TrainableParams.from_model(model)
+    params.base = "" if base_dtype == "fp32" else base_dtype
+    return model, params

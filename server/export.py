@@ -46,6 +46,7 @@ def export_model(state_dir: str | Path, out_dir: str | Path, *, device: str = "c
             rank=config["lora_rank"],
             alpha=config["lora_alpha"],
             seed=config["run_seed"],
+            base_dtype=config.get("base_dtype", "fp32"),  # runs from before base dtypes: fp32
         )
         initial = store.get_meta("initial_fingerprint")
         if initial and replica.version == 0 and replica.fingerprint().hex() != initial:

@@ -60,3 +60,31 @@ def test_lora_step_changes_only_adapters():
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="unknown training mode"):
         prepare_trainable(load_model("tiny-random").model, "qlora")  # type: ignore[arg-type]
+
+
+def test_lora_on_a_bf16_base_keeps_fp32_adapters_and_names_the_base_in_the_manifest():
+    fp32_model, fp32_params = prepare_trainable(load_model("tiny-random").model, "lora", run_seed=3)
+    loaded = load_model("tiny-random", dtype=torch.bfloat16)
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+    model, params = prepare_trainable(loaded.model, "lora", run_seed=3, base_dtype="bf16")
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert params.fingerprint() == fp32_params.fingerprint()  # the same adapters, portably initialised
+    assert '"base":"bf16"' in params.manifest().to_json()
+    assert '"base":' not in fp32_params.manifest().to_json()  # an fp32 base keeps every earlier hash
+    assert params.manifest().sha256() != fp32_params.manifest().sha256()  # refused at Join if mixed
+    b = batch(model.config.vocab_size)
+    bf16_loss, fp32_loss = make_loss_fn(model, b)(), make_loss_fn(fp32_model, b)()
+    assert bf16_loss == pytest.approx(fp32_loss, rel=2e-2) and bf16_loss != fp32_loss
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    result = mezo_step(params, make_loss_fn(model, b), seed=3, eps=1e-2, lr=1e-2, backend=get_backend("cpu"))
+    assert result.projected_grad != 0.0
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    ("mode", "base", "message"), [("full", "bf16", "needs mode 'lora'"), ("lora", "int4", "unknown base")]
+)
+def test_bad_base_dtypes_are_rejected(mode: str, base: str, message: str):
+    with pytest.raises(ValueError, match=message):
+        prepare_trainable(load_model("tiny-random").model, mode, base_dtype=base)  # type: ignore[arg-type]

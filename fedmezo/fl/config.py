@@ -45,7 +45,10 @@ MAX_MAX_LENGTH = 1 << 20
 ESTIMATOR_NAMES = tuple(ESTIMATORS)
 # Changing these would make the stored deltas meaningless (their seeds are derived from them), so a
 # restart must keep them.
-RUN_DEFINING_FIELDS = ("model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations")
+RUN_DEFINING_FIELDS = (
+    "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations", "base_dtype",
+)  # fmt: skip
+BASE_DTYPE_NAMES = ("fp32", "bf16", "fp16")  # fedmezo.trainable.BASE_DTYPES, without importing torch
 # Sent to clients as fp32 and used there as-is: rounded once here, so the server and a simulation
 # compute with exactly the value a client trains with.
 FP32_FIELDS = ("eps", "clip")
@@ -80,6 +83,11 @@ class RunConfig:
     mode: str = setting("full", "full: train every weight; lora: train LoRA adapters only")
     lora_rank: int = setting(8, "LoRA rank (mode=lora)")
     lora_alpha: float = setting(16.0, "LoRA alpha (mode=lora); 2x rank is the usual scale")
+    base_dtype: str = setting(
+        "fp32",
+        "fp32 | bf16 | fp16: dtype of the frozen base weights (mode=lora; the adapters stay fp32): bf16 "
+        "halves the model's memory; part of the manifest, so every replica runs the same base",
+    )
     rounds: int = setting(10, "total federated rounds")
     local_steps: int = setting(20, "MeZO steps per client per round (tau); 20 keeps a round < 1 KiB/client")
     clients_per_round: int = setting(0, "clients sampled per round; 0 = use --fraction")
@@ -152,6 +160,10 @@ class RunConfig:
         problems: list[str] = []
         if self.mode not in MODES:
             problems.append(f"mode must be one of {MODES}")
+        if self.base_dtype not in BASE_DTYPE_NAMES:
+            problems.append(f"base_dtype must be one of {BASE_DTYPE_NAMES}")
+        elif self.base_dtype != "fp32" and self.mode != "lora":
+            problems.append("base_dtype bf16/fp16 needs mode lora (full-parameter mode trains fp32 weights)")
         if self.lr_strategy not in LR_STRATEGIES:
             problems.append(f"lr_strategy must be one of {LR_STRATEGIES}")
         if self.estimator not in ESTIMATOR_NAMES:

@@ -79,6 +79,7 @@ class RunSettings:
     estimator: str = "mezo"
     perturbations: int = 1
     seed_scheme: str = "per-client"
+    base_dtype: str = "fp32"  # LoRA: the frozen base's dtype (the adapters are fp32)
 
 
 @dataclass(frozen=True)

@@ -61,15 +61,19 @@ class Replica:
     def load(cls, model_name: str, *, mode: str = "full", device: str = "cpu", **lora: Any) -> Replica:
         """Load θ_0 of a model exactly as every participant does."""
         from fedmezo.models import load_model  # transformers: only when a model is really loaded
-        from fedmezo.trainable import prepare_trainable
+        from fedmezo.trainable import BASE_DTYPES, prepare_trainable
 
-        loaded = load_model(model_name, device=device)
+        base = str(lora.get("base_dtype", "fp32"))
+        if base not in BASE_DTYPES:
+            raise ValueError(f"unknown base dtype {base!r}; choose one of {', '.join(BASE_DTYPES)}")
+        loaded = load_model(model_name, device=device, dtype=BASE_DTYPES[base if mode == "lora" else "fp32"])
         model, params = prepare_trainable(
             loaded.model,
             "lora" if mode == "lora" else "full",
             lora_rank=lora.get("rank", 8),
             lora_alpha=lora.get("alpha", 16.0),
             run_seed=lora.get("seed", 0),
+            base_dtype=base,
         )
         return cls(params, model=model, tokenizer=loaded.tokenizer)
 
@@ -83,6 +87,7 @@ class Replica:
             rank=config.lora_rank,
             alpha=config.lora_alpha,
             seed=config.run_seed,
+            base_dtype=getattr(config, "base_dtype", "fp32"),
         )
 
     def loaded_model(self) -> torch.nn.Module:

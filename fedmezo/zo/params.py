@@ -37,16 +37,17 @@ class Manifest:
     shapes: tuple[tuple[int, ...], ...]
     rng_spec: str = RNG_SPEC
     fingerprint_spec: str = FINGERPRINT_SPEC
+    base: str = ""  # the frozen base's dtype when it is not fp32 ("bf16", "fp16"): its forwards differ
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "rng_spec": self.rng_spec,
-                "fingerprint_spec": self.fingerprint_spec,
-                "tensors": [[n, list(s)] for n, s in zip(self.names, self.shapes)],
-            },
-            separators=(",", ":"),
-        )
+        doc: dict[str, object] = {
+            "rng_spec": self.rng_spec,
+            "fingerprint_spec": self.fingerprint_spec,
+            "tensors": [[n, list(s)] for n, s in zip(self.names, self.shapes)],
+        }
+        if self.base:  # absent for an fp32 base: every manifest from before base dtypes keeps its hash
+            doc["base"] = self.base
+        return json.dumps(doc, separators=(",", ":"))
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
@@ -72,6 +73,7 @@ class TrainableParams(FlatBuffer):
         super().__init__(flat, segments_of([int(np.prod(s, dtype=np.int64)) for s in shapes]))
         self.names = names
         self.shapes = shapes
+        self.base = ""  # set by fedmezo.trainable for a LoRA run on a bf16/fp16 base (see Manifest.base)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module) -> TrainableParams:
@@ -101,7 +103,7 @@ class TrainableParams(FlatBuffer):
         return cls(flat, tuple(n for n, _ in named), tuple(tuple(p.shape) for _, p in named))
 
     def manifest(self) -> Manifest:
-        return Manifest(self.names, self.shapes)
+        return Manifest(self.names, self.shapes, base=self.base)
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, view) pairs in manifest order, shaped like the model's parameters."""

@@ -173,3 +173,28 @@ def test_tokens_identify_clients_and_sigterm_exits_cleanly(federation: Federatio
     assert fed.clients["c1"].wait(timeout=30) == 0, fed.logs()
     assert time.monotonic() - started < SHUTDOWN_LIMIT_S  # the long-poll was interrupted, not awaited
     assert "tok-one" not in fed.client_log("c1")  # secrets never reach the log
+
+
+def test_lora_on_a_bf16_base_stays_in_sync_and_exports_a_bf16_model(federation: Federation) -> None:
+    """Issue #14 item 1: the frozen base in bf16, fp32 adapters; the manifest names the base."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    fed = federation
+    fed.start_server("--rounds=2", "--local-steps=8", "--min-clients=2", "--mode=lora", "--base-dtype=bf16")
+    for client_id in ("c1", "c2"):
+        fed.start_client(client_id)
+    fed.wait_clients()
+    doc = fed.status()
+    assert doc["run_state"] == "finished" and doc["rounds_completed"] == 2
+    assert doc["config"]["base_dtype"] == "bf16"
+    fed.assert_in_sync_every_version(doc, ["c1", "c2"])
+    out = fed.tmp / "export"
+    subprocess.run(
+        [*FEDMEZO, "export", f"--state-dir={fed.state_dir}", f"--out={out}"],
+        env=fed.env, timeout=120, check=True, capture_output=True,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(out, dtype="auto").eval()
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # adapters merged into the base
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()

@@ -64,7 +64,7 @@ def test_run_defining_fields_are_fields() -> None:
     assert set(RUN_DEFINING_FIELDS) <= names
     # the seed scheme and P name every stored delta's seeds: a restart must keep them too
     assert RUN_DEFINING_FIELDS == (
-        "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations",
+        "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations", "base_dtype",
     )  # fmt: skip
 
 
@@ -72,6 +72,8 @@ def test_run_defining_fields_are_fields() -> None:
     ("bad", "message"),
     [
         ({"mode": "half"}, "mode must be one of"),
+        ({"mode": "lora", "base_dtype": "int3"}, "base_dtype must be one of"),
+        ({"base_dtype": "bf16"}, "needs mode lora"),
         ({"lr_strategy": "nope"}, "lr_strategy must be one of"),
         ({"aggregation": "median"}, "aggregation must be one of"),
         ({"local_steps": 0}, "local_steps must be >= 1"),
