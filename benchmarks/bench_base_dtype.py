@@ -1,0 +1,118 @@
+"""LoRA on a low-precision frozen base: peak memory of a MeZO step ÷ inference of the same stored model.
+
+For each base dtype (fp32, bf16, fp16) a fresh process builds the model with random weights in that
+dtype (speed and memory do not depend on the values), measures the peak of one plain forward (the
+inference baseline, `PeakMemory`: RSS high-water mark on CPU, allocator peak on CUDA), then adds fp32
+LoRA adapters and measures the peak of one MeZO step on the same batch. Issue #14's goal: a bf16 base
+trains at ≤ 1.05× bf16 inference.
+
+    python benchmarks/bench_base_dtype.py --model llama-1b --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+SCRIPT = Path(__file__).resolve()
+BASES = ("fp32", "bf16", "fp16")
+
+
+def probe(model_name: str, base: str, batch_size: int, seq_len: int, device: str) -> dict[str, Any]:
+    """Run in a fresh process: the peaks of one forward and of one LoRA MeZO step."""
+    import peft  # noqa: F401  (imported before the baseline: its code is not training memory)
+    import torch
+
+    from fedmezo import models
+    from fedmezo.memory import PeakMemory
+    from fedmezo.trainable import BASE_DTYPES, prepare_trainable
+    from fedmezo.zo import Batch, get_backend, make_loss_fn, mezo_step
+
+    configs = {"llama-1b": models.llama_1b_config, "smollm2-135m": models.smollm2_135m_config,
+               "tiny-random": models.tiny_random_config}  # fmt: skip
+    dtype = BASE_DTYPES[base]
+    model = models.build_random_model(configs[model_name]()).to(dtype=dtype)
+    model = model.to(device).eval()
+    stored = sum(p.numel() * p.element_size() for p in model.parameters())
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=gen).to(device)
+    batch = Batch(ids, torch.ones_like(ids), ids.clone())
+    peak = PeakMemory(device)
+    peak.reset()
+    make_loss_fn(model, batch)()
+    inference = peak.peak_bytes()
+    model, params = prepare_trainable(model, "lora", lora_rank=8, lora_alpha=16.0, base_dtype=base)
+    loss_fn = make_loss_fn(model, batch)
+    mezo_step(params, loss_fn, seed=1, eps=1e-3, lr=1e-6, backend=get_backend(params.device))  # warm
+    peak.reset()
+    result = mezo_step(params, loss_fn, seed=2, eps=1e-3, lr=1e-6, backend=get_backend(params.device))
+    step = peak.peak_bytes()
+    return {
+        "base": base,
+        "stored_weight_bytes": stored,
+        "adapter_params": params.numel,
+        "inference_peak_bytes": inference,
+        "step_peak_bytes": step,
+        "ratio": step / inference,
+        "loss": (result.loss_plus + result.loss_minus) / 2,
+        "resettable": peak.resettable,
+    }
+
+
+def run(model: str, bases: list[str], batch_size: int, seq_len: int, device: str) -> dict[str, Any]:
+    rows = {}
+    for base in bases:
+        out = subprocess.run(
+            [sys.executable, str(SCRIPT), "--probe", base, "--model", model, "--batch-size", str(batch_size),
+             "--seq-len", str(seq_len), "--device", device],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        rows[base] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{base}: step/inference {rows[base]['ratio']:.3f}", file=sys.stderr)
+    return {
+        "model": model,
+        "device": device,
+        "machine": platform.processor() or platform.machine(),
+        "batch": f"{batch_size}x{seq_len}",
+        "bases": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="llama-1b", help="llama-1b, smollm2-135m or tiny-random")
+    parser.add_argument("--bases", nargs="+", default=list(BASES), choices=BASES)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--probe", choices=BASES, help=argparse.SUPPRESS)  # internal: one fresh process
+    args = parser.parse_args(argv)
+    if args.probe:
+        print(json.dumps(probe(args.model, args.probe, args.batch_size, args.seq_len, args.device)))
+        return 0
+    report = run(args.model, args.bases, args.batch_size, args.seq_len, args.device)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for base, row in report["bases"].items():
+            mib = {
+                k: row[k] / 2**20 for k in ("stored_weight_bytes", "inference_peak_bytes", "step_peak_bytes")
+            }
+            print(
+                f"{base}: weights {mib['stored_weight_bytes']:.0f} MiB, inference peak "
+                f"{mib['inference_peak_bytes']:.0f} MiB, LoRA step peak {mib['step_peak_bytes']:.0f} MiB, "
+                f"ratio {row['ratio']:.3f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
