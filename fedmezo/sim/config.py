@@ -96,6 +96,11 @@ class SimOptions:
         1e-5, "learning rate of method=fedavg's optimizer (backprop needs its own scale)"
     )
     device: str = setting("cpu", "torch device the clients and the server's replica share")
+    compile: str = setting(
+        "auto",
+        "auto | on | off: the ZO clients' forwards as CUDA graphs on bucket-padded batches, as the "
+        "client daemon's --compile (same bits as off); auto = on with CUDA; on needs CUDA",
+    )
     output: str = setting("", "write one JSON object per evaluated round to this JSONL file (empty = none)")
 
     def validate(self) -> SimOptions:
@@ -108,6 +113,10 @@ class SimOptions:
             problems.append(f"partition must be one of {get_args(Scheme)}")
         if self.num_clients < 1:
             problems.append("num_clients must be >= 1")
+        if self.compile not in ("auto", "on", "off"):
+            problems.append("compile must be auto, on or off")
+        elif self.compile == "on" and not self.device.startswith("cuda"):
+            problems.append("compile on needs a cuda device (CUDA graphs)")
         if not (math.isfinite(self.fedavg_lr) and self.fedavg_lr > 0):
             problems.append("fedavg_lr must be a finite number > 0")
         if not (math.isfinite(self.dirichlet_alpha) and self.dirichlet_alpha > 0):

@@ -38,7 +38,7 @@ from fedmezo.fl.replica import Replica
 from fedmezo.fl.rounds import History, plan_round, remember
 from fedmezo.sim.config import DEMO_DATA, SimOptions
 from fedmezo.sim.methods import METHOD_CLASSES, finite_mean
-from fedmezo.zo import Backend, get_backend
+from fedmezo.zo import Backend, Batch, get_backend
 
 __all__ = ["RoundResult", "SimResult", "Simulation", "client_data", "write_jsonl_rounds"]
 
@@ -133,6 +133,12 @@ class Simulation:
         self.options = options
         self.replica = Replica.for_run(config, options.device)
         self.backend: Backend | None = get_backend(self.replica.params.device)
+        self.loss_of: Callable[[Batch], float] | None = None  # CPU: the eager loss on unpadded batches
+        if self.replica.params.device.type == "cuda":  # as a GPU client's daemon: bucketed, graphs unless off
+            from fedmezo.zo.graphs import BucketedLoss
+
+            model, compiled = self.replica.loaded_model(), options.compile != "off"
+            self.loss_of = BucketedLoss(model, config.max_length, compiled=compiled)
         examples, held_out = client_data(options, config)
         self.datasets: Mapping[str, ClientDataset] = {
             c: ClientDataset.from_examples(self.replica.tokenizer, ex, config.max_length)

@@ -36,7 +36,7 @@ from fedmezo.memory import PeakMemory
 from fedmezo.sim.config import SimOptions
 from fedmezo.sim.wire import full_state_round_bytes, seed_scalar_round_bytes
 from fedmezo.v1 import federation_pb2 as fpb
-from fedmezo.zo import Backend, TrainableParams, derive_seed
+from fedmezo.zo import Backend, Batch, TrainableParams, derive_seed
 from fedmezo.zo.objective import response_cross_entropy
 
 __all__ = [
@@ -81,6 +81,7 @@ class World(Protocol):
     datasets: Mapping[str, ClientDataset]
     backend: Backend | None
     scales: Scales  # the run's scalar scales: close_round's poisoning bounds read them
+    loss_of: Callable[[Batch], float] | None  # on CUDA: the clients' CUDA-graph loss (fedmezo.zo.graphs)
 
 
 def _submit(
@@ -123,6 +124,7 @@ def _train_mezo(
             backend=world.backend,
             on_trained=hook,
             progress=False,
+            loss_of=world.loss_of,
         )
         seconds[client_id] = time.perf_counter() - start
         stored, requests[client_id] = _submit(client_id, result, dataset.num_examples)

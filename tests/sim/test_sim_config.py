@@ -61,6 +61,8 @@ def test_server_toml_is_accepted_and_process_keys_ignored(tmp_path: Path) -> Non
         ({"data": "/no/such.jsonl"}, "does not exist"),
         ({"local_steps": "many"}, "local_steps: cannot read"),
         ({"partition": "random"}, "partition must be one of"),
+        ({"compile": "maybe"}, "compile must be auto, on or off"),
+        ({"compile": "on"}, "compile on needs a cuda device"),
     ],
 )
 def test_bad_config_is_refused_with_a_clear_message(flags: dict[str, str], message: str) -> None:

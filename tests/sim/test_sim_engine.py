@@ -121,3 +121,18 @@ def test_exact_match_is_optional() -> None:
     assert all(r.exact_match is None for r in without.rounds)
     assert [r.eval_loss for r in with_em.rounds] == [r.eval_loss for r in without.rounds]
     assert all(r.eval_loss is not None and math.isfinite(r.eval_loss) for r in without.rounds)
+
+
+def test_cpu_simulation_keeps_the_plain_eager_loss() -> None:
+    config, options = load_sim_config({**BASE, "compile": "auto"}, env={})
+    assert Simulation(config, options).loss_of is None  # the CPU path is unchanged
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_clients_end_every_round_on_the_eager_fingerprints() -> None:
+    torch._dynamo.reset()
+    shape = {"rounds": 2, "local_steps": 3, "device": "cuda", "estimator": "fzoo", "perturbations": 2}
+    _, graphed = simulate(compile="auto", **shape)
+    _, eager = simulate(compile="off", **shape)
+    assert [r.fingerprint for r in graphed.rounds] == [r.fingerprint for r in eager.rounds]
