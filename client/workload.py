@@ -69,16 +69,17 @@ def build_workload(
     name = model_name or settings.model
     if model_name and model_name != settings.model:
         logger.warning("--model %s overrides the server's model %s", model_name, settings.model)
-    from fedmezo.trainable import BASE_DTYPES
+    from fedmezo.trainable import BASES, base_load_options
 
-    if settings.base_dtype not in BASE_DTYPES:
+    if settings.base_dtype not in BASES:
         raise ConfigError(
             f"the server's run uses base dtype {settings.base_dtype!r}, which this client does not know "
-            f"({', '.join(BASE_DTYPES)}); upgrade fedmezo"
+            f"({', '.join(BASES)}); upgrade fedmezo"
         )
     base = settings.base_dtype if settings.mode == "lora" else "fp32"
+    dtype, quantize = base_load_options(base, settings.mode)
     try:
-        loaded = load_model(name, device=target, dtype=BASE_DTYPES[base])
+        loaded = load_model(name, device=target, dtype=dtype, quantize=quantize)
         examples = read_jsonl(Path(data))
     except (ModelNotFoundError, DataError, OSError) as exc:
         raise ConfigError(str(exc)) from exc

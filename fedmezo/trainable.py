@@ -16,12 +16,38 @@ import torch
 from fedmezo.zo.params import TrainableParams
 from fedmezo.zo.rng import DOMAIN_INIT, rademacher
 
-__all__ = ["BASE_DTYPES", "DEFAULT_LORA_TARGETS", "TrainMode", "add_lora", "prepare_trainable"]
+__all__ = [
+    "BASES",
+    "BASE_DTYPES",
+    "DEFAULT_LORA_TARGETS",
+    "QUANTIZED_BASES",
+    "TrainMode",
+    "add_lora",
+    "base_load_options",
+    "prepare_trainable",
+]
 
 TrainMode = Literal["full", "lora"]
 # The frozen base of a LoRA run may sit in low precision: its weights never change, so only its
 # forwards differ (and the manifest says which base every replica runs). Adapters stay fp32.
 BASE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# bitsandbytes-quantized bases (linear layers in 8 or 4 bits, the rest bf16): loaded quantized, see
+# fedmezo.models.load_model(quantize=...).
+QUANTIZED_BASES = ("int8", "nf4")
+BASES = (*BASE_DTYPES, *QUANTIZED_BASES)
+
+
+def base_load_options(base: str, mode: str) -> tuple[torch.dtype, str | None]:
+    """(dtype, quantize) for load_model: what the run's base means for loading (fp32 in full mode)."""
+    if base not in BASES:
+        raise ValueError(f"unknown base dtype {base!r}; choose one of {', '.join(BASES)}")
+    if mode != "lora" or base == "fp32":
+        return torch.float32, None
+    if base in QUANTIZED_BASES:
+        return torch.bfloat16, base
+    return BASE_DTYPES[base], None
+
+
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj")  # FedMeZO's and PEFT's usual choice for Llama-style models
 
 
@@ -79,8 +105,8 @@ def prepare_trainable(
     `base_dtype` (LoRA only) casts the frozen base to bf16 or fp16 before the fp32 adapters are added;
     load the model in that dtype already (fedmezo.models.load_model(dtype=...)) to never hold it in fp32.
     """
-    if base_dtype not in BASE_DTYPES:
-        raise ValueError(f"unknown base dtype {base_dtype!r}; choose one of {', '.join(BASE_DTYPES)}")
+    if base_dtype not in BASES:
+        raise ValueError(f"unknown base dtype {base_dtype!r}; choose one of {', '.join(BASES)}")
     if mode == "full":
         if base_dtype != "fp32":
             raise ValueError(
@@ -89,7 +115,11 @@ def prepare_trainable(
         for param in model.parameters():
             param.requires_grad_(True)
     elif mode == "lora":
-        model.to(dtype=BASE_DTYPES[base_dtype])
+        if base_dtype in QUANTIZED_BASES:
+            if not getattr(model, "is_quantized", False):
+                raise ValueError(f"base {base_dtype}: load the model quantized (load_model(quantize=...))")
+        else:
+            model.to(dtype=BASE_DTYPES[base_dtype])
         model = add_lora(model, rank=lora_rank, alpha=lora_alpha, run_seed=run_seed)
     else:
         raise ValueError(f"unknown training mode {mode!r}; choose 'full' or 'lora'")

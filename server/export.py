@@ -17,6 +17,7 @@ from fedmezo.fl.errors import StoreError
 from fedmezo.fl.replica import Replica
 from fedmezo.server.model_state import CHECKPOINTS_DIR, restore_replica
 from fedmezo.server.sqlite_store import SqliteStore
+from fedmezo.trainable import QUANTIZED_BASES
 
 __all__ = ["ExportResult", "export_model"]
 
@@ -30,6 +31,22 @@ class ExportResult:
     out_dir: Path
     version: int
     fingerprint: bytes
+
+
+def _on_bf16_base(replica: Replica, config: dict[str, Any]) -> Any:
+    """The trained adapters on the unquantized (bf16) base: what users merge and load anywhere.
+
+    Merging into an 8- or 4-bit base would round the adapters' small deltas away; QLoRA users merge into
+    the original weights the same way. The adapters are θ, copied bit for bit (same names and order).
+    """
+    twin = Replica.load(
+        config["model"], mode="lora", device=str(replica.params.device), rank=config["lora_rank"],
+        alpha=config["lora_alpha"], seed=config["run_seed"], base_dtype="bf16",
+    )  # fmt: skip
+    if twin.params.names != replica.params.names:
+        raise StoreError("the bf16 base's adapters do not match the quantized run's")
+    twin.params.flat.copy_(replica.params.flat)
+    return twin.loaded_model()
 
 
 def export_model(state_dir: str | Path, out_dir: str | Path, *, device: str = "cpu") -> ExportResult:
@@ -57,15 +74,16 @@ def export_model(state_dir: str | Path, out_dir: str | Path, *, device: str = "c
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model: Any = replica.loaded_model()
+    base = config.get("base_dtype", "fp32")
+    if config["mode"] == "lora" and base in QUANTIZED_BASES:
+        model = _on_bf16_base(replica, config)
     if config["mode"] == "lora" and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.save_pretrained(out)
     if replica.tokenizer is not None:
         replica.tokenizer.save_pretrained(out)
     fingerprint = replica.fingerprint()
-    (out / "fedmezo.json").write_text(
-        json.dumps({"version": replica.version, "fingerprint": fingerprint.hex(), "model": config["model"]})
-        + "\n"
-    )
+    about = {"version": replica.version, "fingerprint": fingerprint.hex(), "model": config["model"]}
+    (out / "fedmezo.json").write_text(json.dumps(about | {"trained_on_base": base}) + "\n")
     logger.info("exported version %d (fingerprint %s) to %s", replica.version, fingerprint.hex()[:16], out)
     return ExportResult(out, replica.version, fingerprint)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -88,3 +90,29 @@ def test_lora_on_a_bf16_base_keeps_fp32_adapters_and_names_the_base_in_the_manif
 def test_bad_base_dtypes_are_rejected(mode: str, base: str, message: str):
     with pytest.raises(ValueError, match=message):
         prepare_trainable(load_model("tiny-random").model, mode, base_dtype=base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("base", "layer"), [("nf4", "Linear4bit"), ("int8", "Linear8bitLt")])
+def test_lora_on_a_quantized_base_trains_fp32_adapters_only(base: str, layer: str):
+    from fedmezo.trainable import base_load_options
+
+    reference = prepare_trainable(load_model("tiny-random").model, "lora", run_seed=3)[1]
+    dtype, quantize = base_load_options(base, "lora")
+    loaded = load_model("tiny-random", dtype=dtype, quantize=quantize)
+    model, params = prepare_trainable(loaded.model, "lora", run_seed=3, base_dtype=base)
+    q_proj = model.get_submodule("base_model.model.model.layers.0.self_attn.q_proj")
+    assert type(q_proj.base_layer).__name__ == layer  # 8 or 4 bits per base weight (bitsandbytes)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert params.names == reference.names and params.fingerprint() == reference.fingerprint()
+    assert f'"base":"{base}"' in params.manifest().to_json()
+    b = batch(model.config.vocab_size)
+    make_loss_fn(model, b)()  # bitsandbytes may repack its weights at the first forward on this device
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    result = mezo_step(params, make_loss_fn(model, b), seed=3, eps=1e-2, lr=1e-2, backend=get_backend("cpu"))
+    assert math.isfinite(result.loss_plus) and result.projected_grad != 0.0
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_a_quantized_base_must_be_loaded_quantized():
+    with pytest.raises(ValueError, match="load the model quantized"):
+        prepare_trainable(load_model("tiny-random").model, "lora", base_dtype="nf4")

@@ -48,7 +48,7 @@ ESTIMATOR_NAMES = tuple(ESTIMATORS)
 RUN_DEFINING_FIELDS = (
     "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations", "base_dtype",
 )  # fmt: skip
-BASE_DTYPE_NAMES = ("fp32", "bf16", "fp16")  # fedmezo.trainable.BASE_DTYPES, without importing torch
+BASE_DTYPE_NAMES = ("fp32", "bf16", "fp16", "int8", "nf4")  # fedmezo.trainable.BASES, without torch
 # Sent to clients as fp32 and used there as-is: rounded once here, so the server and a simulation
 # compute with exactly the value a client trains with.
 FP32_FIELDS = ("eps", "clip")
@@ -85,8 +85,9 @@ class RunConfig:
     lora_alpha: float = setting(16.0, "LoRA alpha (mode=lora); 2x rank is the usual scale")
     base_dtype: str = setting(
         "fp32",
-        "fp32 | bf16 | fp16: dtype of the frozen base weights (mode=lora; the adapters stay fp32): bf16 "
-        "halves the model's memory; part of the manifest, so every replica runs the same base",
+        "fp32 | bf16 | fp16 | int8 | nf4: the frozen base weights (mode=lora; the adapters stay fp32): bf16 "
+        "halves the model's memory, int8 and nf4 (bitsandbytes) quantize its linear layers to 8 and 4 bits; "
+        "part of the manifest, so every replica runs the same base",
     )
     rounds: int = setting(10, "total federated rounds")
     local_steps: int = setting(20, "MeZO steps per client per round (tau); 20 keeps a round < 1 KiB/client")
@@ -163,7 +164,9 @@ class RunConfig:
         if self.base_dtype not in BASE_DTYPE_NAMES:
             problems.append(f"base_dtype must be one of {BASE_DTYPE_NAMES}")
         elif self.base_dtype != "fp32" and self.mode != "lora":
-            problems.append("base_dtype bf16/fp16 needs mode lora (full-parameter mode trains fp32 weights)")
+            problems.append(
+                "a base_dtype other than fp32 needs mode lora (full-parameter mode trains fp32 weights)"
+            )
         if self.lr_strategy not in LR_STRATEGIES:
             problems.append(f"lr_strategy must be one of {LR_STRATEGIES}")
         if self.estimator not in ESTIMATOR_NAMES:

@@ -61,12 +61,11 @@ class Replica:
     def load(cls, model_name: str, *, mode: str = "full", device: str = "cpu", **lora: Any) -> Replica:
         """Load θ_0 of a model exactly as every participant does."""
         from fedmezo.models import load_model  # transformers: only when a model is really loaded
-        from fedmezo.trainable import BASE_DTYPES, prepare_trainable
+        from fedmezo.trainable import base_load_options, prepare_trainable
 
         base = str(lora.get("base_dtype", "fp32"))
-        if base not in BASE_DTYPES:
-            raise ValueError(f"unknown base dtype {base!r}; choose one of {', '.join(BASE_DTYPES)}")
-        loaded = load_model(model_name, device=device, dtype=BASE_DTYPES[base if mode == "lora" else "fp32"])
+        dtype, quantize = base_load_options(base, mode)
+        loaded = load_model(model_name, device=device, dtype=dtype, quantize=quantize)
         model, params = prepare_trainable(
             loaded.model,
             "lora" if mode == "lora" else "full",

@@ -175,19 +175,25 @@ def test_tokens_identify_clients_and_sigterm_exits_cleanly(federation: Federatio
     assert "tok-one" not in fed.client_log("c1")  # secrets never reach the log
 
 
-def test_lora_on_a_bf16_base_stays_in_sync_and_exports_a_bf16_model(federation: Federation) -> None:
-    """Issue #14 item 1: the frozen base in bf16, fp32 adapters; the manifest names the base."""
+@pytest.mark.parametrize("base", ["bf16", "nf4"])
+def test_lora_on_a_low_precision_base_stays_in_sync_and_exports_a_bf16_model(
+    federation: Federation, base: str
+) -> None:
+    """Issue #14 item 1: the frozen base in bf16 or 4-bit NF4, fp32 adapters; the manifest names the
+    base; the export merges the adapters into the bf16 base (also after an NF4 run)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     fed = federation
-    fed.start_server("--rounds=2", "--local-steps=8", "--min-clients=2", "--mode=lora", "--base-dtype=bf16")
+    fed.start_server(
+        "--rounds=2", "--local-steps=8", "--min-clients=2", "--mode=lora", f"--base-dtype={base}"
+    )
     for client_id in ("c1", "c2"):
         fed.start_client(client_id)
     fed.wait_clients()
     doc = fed.status()
     assert doc["run_state"] == "finished" and doc["rounds_completed"] == 2
-    assert doc["config"]["base_dtype"] == "bf16"
+    assert doc["config"]["base_dtype"] == base
     fed.assert_in_sync_every_version(doc, ["c1", "c2"])
     out = fed.tmp / "export"
     subprocess.run(
