@@ -1,10 +1,12 @@
 """LoRA on a low-precision frozen base: peak memory of a MeZO step ÷ inference of the same stored model.
 
-For each base dtype (fp32, bf16, fp16) a fresh process builds the model with random weights in that
-dtype (speed and memory do not depend on the values), measures the peak of one plain forward (the
-inference baseline, `PeakMemory`: RSS high-water mark on CPU, allocator peak on CUDA), then adds fp32
-LoRA adapters and measures the peak of one MeZO step on the same batch. Issue #14's goal: a bf16 base
-trains at ≤ 1.05× bf16 inference.
+For each base (fp32, bf16, fp16; int8 and nf4 through bitsandbytes) a fresh process builds the model
+with random weights in that dtype (speed and memory do not depend on the values; a quantized base is
+loaded quantized from a bf16 copy another process saved, so the probe never held it unquantized),
+measures the peak of a plain forward after a warm-up forward (the inference baseline, `PeakMemory`: RSS
+high-water mark on CPU, allocator peak on CUDA), then adds fp32 LoRA adapters and measures the peak of
+a MeZO step after a warm-up step, on the same batch. Issue #14's goal: a bf16 base trains at ≤ 1.05×
+bf16 inference.
 
     python benchmarks/bench_base_dtype.py --model llama-1b --json
 """
@@ -20,29 +22,59 @@ from pathlib import Path
 from typing import Any
 
 SCRIPT = Path(__file__).resolve()
-BASES = ("fp32", "bf16", "fp16")
+BASES = ("fp32", "bf16", "fp16", "int8", "nf4")
 
 
-def probe(model_name: str, base: str, batch_size: int, seq_len: int, device: str) -> dict[str, Any]:
-    """Run in a fresh process: the peaks of one forward and of one LoRA MeZO step."""
+def save_bf16(model_name: str, folder: str) -> None:
+    """Run in a fresh process: the random model saved in bf16, for the quantized probes to load."""
+    from fedmezo import models
+
+    configs = {"llama-1b": models.llama_1b_config, "smollm2-135m": models.smollm2_135m_config,
+               "tiny-random": models.tiny_random_config}  # fmt: skip
+    models.build_random_model(configs[model_name]()).to(dtype=torch_bf16()).save_pretrained(folder)
+
+
+def torch_bf16() -> Any:
+    import torch
+
+    return torch.bfloat16
+
+
+def probe(
+    model_name: str, base: str, batch_size: int, seq_len: int, device: str, folder: str | None = None
+) -> dict[str, Any]:
+    """Run in a fresh process: the peaks of one forward and of one LoRA MeZO step. A quantized base is
+    loaded from `folder` (saved by another process), so this process never held the unquantized model."""
     import peft  # noqa: F401  (imported before the baseline: its code is not training memory)
     import torch
 
     from fedmezo import models
     from fedmezo.memory import PeakMemory
-    from fedmezo.trainable import BASE_DTYPES, prepare_trainable
+    from fedmezo.trainable import base_load_options, prepare_trainable
     from fedmezo.zo import Batch, get_backend, make_loss_fn, mezo_step
 
     configs = {"llama-1b": models.llama_1b_config, "smollm2-135m": models.smollm2_135m_config,
                "tiny-random": models.tiny_random_config}  # fmt: skip
-    dtype = BASE_DTYPES[base]
-    model = models.build_random_model(configs[model_name]()).to(dtype=dtype)
-    model = model.to(device).eval()
+    dtype, quantize = base_load_options(base, "lora")
+    if quantize is not None:  # bitsandbytes quantizes as transformers loads
+        from transformers import AutoModelForCausalLM
+
+        from fedmezo.models.loader import _bnb_config
+
+        if folder is None:
+            raise ValueError("a quantized base is loaded from a saved folder (--folder)")
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, quantization_config=_bnb_config(quantize), device_map={"": device}
+        ).eval()
+    else:
+        model = models.build_random_model(configs[model_name]()).to(dtype=dtype).to(device).eval()
     stored = sum(p.numel() * p.element_size() for p in model.parameters())
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=gen).to(device)
     batch = Batch(ids, torch.ones_like(ids), ids.clone())
     peak = PeakMemory(device)
+    peak.reset()
+    make_loss_fn(model, batch)()  # bitsandbytes repacks its weights at the first forward on a device
     peak.reset()
     make_loss_fn(model, batch)()
     inference = peak.peak_bytes()
@@ -65,15 +97,15 @@ def probe(model_name: str, base: str, batch_size: int, seq_len: int, device: str
 
 
 def run(model: str, bases: list[str], batch_size: int, seq_len: int, device: str) -> dict[str, Any]:
+    import tempfile
+
     rows = {}
-    for base in bases:
-        out = subprocess.run(
-            [sys.executable, str(SCRIPT), "--probe", base, "--model", model, "--batch-size", str(batch_size),
-             "--seq-len", str(seq_len), "--device", device],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        rows[base] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{base}: step/inference {rows[base]['ratio']:.3f}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench-base-") as folder:
+        if any(b in ("int8", "nf4") for b in bases):
+            subprocess.run([sys.executable, str(SCRIPT), "--save", folder, "--model", model], check=True)
+        for base in bases:
+            rows[base] = _probe_process(model, base, batch_size, seq_len, device, folder)
+            print(f"{base}: step/inference {rows[base]['ratio']:.3f}", file=sys.stderr)
     return {
         "model": model,
         "device": device,
@@ -81,6 +113,15 @@ def run(model: str, bases: list[str], batch_size: int, seq_len: int, device: str
         "batch": f"{batch_size}x{seq_len}",
         "bases": rows,
     }
+
+
+def _probe_process(model: str, base: str, batch_size: int, seq_len: int, device: str, folder: str) -> Any:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--probe", base, "--model", model, "--batch-size", str(batch_size),
+         "--seq-len", str(seq_len), "--device", device, "--folder", folder],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,9 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--probe", choices=BASES, help=argparse.SUPPRESS)  # internal: one fresh process
+    parser.add_argument("--folder", help=argparse.SUPPRESS)  # internal: the saved model quantized probes load
+    parser.add_argument("--save", help=argparse.SUPPRESS)  # internal: save the random model there in bf16
     args = parser.parse_args(argv)
+    if args.save:
+        save_bf16(args.model, args.save)
+        return 0
     if args.probe:
-        print(json.dumps(probe(args.model, args.probe, args.batch_size, args.seq_len, args.device)))
+        row = probe(args.model, args.probe, args.batch_size, args.seq_len, args.device, args.folder)
+        print(json.dumps(row))
         return 0
     report = run(args.model, args.bases, args.batch_size, args.seq_len, args.device)
     if args.json:
