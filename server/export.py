@@ -49,13 +49,20 @@ def _on_bf16_base(replica: Replica, config: dict[str, Any]) -> Any:
     return twin.loaded_model()
 
 
-def export_model(state_dir: str | Path, out_dir: str | Path, *, device: str = "cpu") -> ExportResult:
+def export_model(
+    state_dir: str | Path, out_dir: str | Path, *, device: str = "cpu", adapter_only: bool = False
+) -> ExportResult:
+    """The canonical model at the last closed round: merged into a plain model (LoRA adapters into the
+    base, a quantized base's into its bf16 twin), or with `adapter_only` the PEFT adapter folder alone
+    (a few MB; users apply it to their own copy of the base with `PeftModel.from_pretrained`)."""
     store = SqliteStore(Path(state_dir) / STATE_DB, read_only=True)
     try:
         raw = store.get_meta("config")
         if raw is None:
             raise StoreError(f"{state_dir} holds no run")
         config = json.loads(raw)
+        if adapter_only and config["mode"] != "lora":
+            raise StoreError(f"--adapter-only needs a LoRA run; this one trains the {config['mode']} model")
         replica = Replica.load(
             config["model"],
             mode=config["mode"],
@@ -75,15 +82,19 @@ def export_model(state_dir: str | Path, out_dir: str | Path, *, device: str = "c
     out.mkdir(parents=True, exist_ok=True)
     model: Any = replica.loaded_model()
     base = config.get("base_dtype", "fp32")
-    if config["mode"] == "lora" and base in QUANTIZED_BASES:
-        model = _on_bf16_base(replica, config)
-    if config["mode"] == "lora" and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model.save_pretrained(out)
+    if adapter_only:
+        model.save_pretrained(out)  # a PeftModel saves its adapters only: adapter_config + safetensors
+    else:
+        if config["mode"] == "lora" and base in QUANTIZED_BASES:
+            model = _on_bf16_base(replica, config)
+        if config["mode"] == "lora" and hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        model.save_pretrained(out)
     if replica.tokenizer is not None:
         replica.tokenizer.save_pretrained(out)
     fingerprint = replica.fingerprint()
     about = {"version": replica.version, "fingerprint": fingerprint.hex(), "model": config["model"]}
-    (out / "fedmezo.json").write_text(json.dumps(about | {"trained_on_base": base}) + "\n")
+    about |= {"trained_on_base": base, "contents": "adapter" if adapter_only else "model"}
+    (out / "fedmezo.json").write_text(json.dumps(about) + "\n")
     logger.info("exported version %d (fingerprint %s) to %s", replica.version, fingerprint.hex()[:16], out)
     return ExportResult(out, replica.version, fingerprint)

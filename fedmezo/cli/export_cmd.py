@@ -22,6 +22,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--state-dir", dest="state_dir", required=True, help="the server's --state-dir")
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--device", default="cpu", help="device used while rebuilding (default cpu)")
+    parser.add_argument(
+        "--adapter-only",
+        dest="adapter_only",
+        action="store_true",
+        help="LoRA runs: write only the trained adapters (a PEFT folder of a few MB, to apply to your own "
+        "copy of the base) instead of the adapters merged into the base",
+    )
     parser.set_defaults(func=run)
 
 
@@ -30,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from fedmezo.server.export import export_model
 
     try:
-        result = export_model(args.state_dir, args.out, device=args.device)
+        result = export_model(args.state_dir, args.out, device=args.device, adapter_only=args.adapter_only)
     except (FedmezoError, OSError) as exc:
         logger.error("export failed: %s", exc)
         return EXIT_STATE

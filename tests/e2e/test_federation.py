@@ -7,6 +7,7 @@ minutes on a 2-core machine. Every process is killed in a `finally`, whatever ha
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -204,3 +205,21 @@ def test_lora_on_a_low_precision_base_stays_in_sync_and_exports_a_bf16_model(
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # adapters merged into the base
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+    # --adapter-only: the PEFT folder alone; applied to the user's own bf16 base it merges into exactly
+    # the model the merged export wrote
+    from peft import PeftModel
+
+    from fedmezo.models import load_model
+
+    adapter = fed.tmp / "adapter"
+    subprocess.run(
+        [*FEDMEZO, "export", f"--state-dir={fed.state_dir}", f"--out={adapter}", "--adapter-only"],
+        env=fed.env, timeout=120, check=True, capture_output=True,
+    )  # fmt: skip
+    assert (adapter / "adapter_config.json").exists() and not (adapter / "model.safetensors").exists()
+    assert json.loads((adapter / "fedmezo.json").read_text())["contents"] == "adapter"
+    own_base = load_model("tiny-random", dtype=torch.bfloat16).model
+    merged = PeftModel.from_pretrained(own_base, adapter).merge_and_unload()
+    exported = dict(model.named_parameters())
+    for name, tensor in merged.named_parameters():
+        assert torch.equal(tensor, exported[name]), name

@@ -44,6 +44,13 @@ def test_export_after_rounds_loads_and_generates(tmp_path: Path, replica: Replic
     generated = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert generated.shape[1] == ids.shape[1] + 5
     assert isinstance(tokenizer.decode(generated[0]), str)
+    # a full-parameter run has no adapters to write alone: a clear refusal, nothing written
+    adapter = tmp_path / "adapter"
+    assert (
+        cli_main(["export", "--state-dir", str(tmp_path / "state"), "--out", str(adapter), "--adapter-only"])
+        == 3
+    )
+    assert not adapter.exists()
 
 
 def test_export_of_missing_state_dir_fails_cleanly(tmp_path: Path) -> None:
