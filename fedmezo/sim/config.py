@@ -102,6 +102,23 @@ class SimOptions:
         "client daemon's --compile (same bits as off); auto = on with CUDA; on needs CUDA",
     )
     output: str = setting("", "write one JSON object per evaluated round to this JSONL file (empty = none)")
+    ray: str = setting(
+        "",
+        "train the clients on Ray actors (method fedmezo): local = start a Ray instance here, auto = the "
+        "cluster of `ray start`, or its address (HOST:PORT, ray://HOST:10001); empty = in this process",
+    )
+    ray_workers: int = setting(
+        0,
+        "Ray actors, each one model replica training the clients dealt to it; 0 = as many as the "
+        "cluster's CPUs allow at ray-cpus-per-worker, at most the clients per round",
+    )
+    ray_cpus_per_worker: float = setting(1.0, "CPUs each Ray actor reserves (and its torch threads)")
+    ray_gpus_per_worker: float = setting(
+        0.0, "GPU share each Ray actor reserves (0.25: four actors per GPU); needs device cuda"
+    )
+    ray_object_store_mb: int = setting(
+        256, "object store of a local Ray instance, MiB (only seeds, scalars and the data travel)"
+    )
 
     def validate(self) -> SimOptions:
         problems: list[str] = []
@@ -121,6 +138,14 @@ class SimOptions:
             problems.append("fedavg_lr must be a finite number > 0")
         if not (math.isfinite(self.dirichlet_alpha) and self.dirichlet_alpha > 0):
             problems.append("dirichlet_alpha must be a finite number > 0")
+        if self.ray and self.method != "fedmezo":
+            problems.append("ray runs method fedmezo only (the baselines move full tensors)")
+        if self.ray_workers < 0 or not (self.ray_cpus_per_worker > 0) or not (self.ray_gpus_per_worker >= 0):
+            problems.append("ray_workers must be >= 0, ray_cpus_per_worker > 0, ray_gpus_per_worker >= 0")
+        elif self.ray_gpus_per_worker > 0 and not self.device.startswith("cuda"):
+            problems.append("ray_gpus_per_worker needs device cuda")
+        if self.ray_object_store_mb < 0:
+            problems.append("ray_object_store_mb must be >= 0")
         if self.data != DEMO_DATA and not Path(self.data).exists():
             problems.append(f"data {self.data!r} does not exist (JSONL file, directory of them, or 'demo')")
         if problems:

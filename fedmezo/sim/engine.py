@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from tqdm.auto import tqdm
 
@@ -39,6 +39,9 @@ from fedmezo.fl.rounds import History, plan_round, remember
 from fedmezo.sim.config import DEMO_DATA, SimOptions
 from fedmezo.sim.methods import METHOD_CLASSES, finite_mean
 from fedmezo.zo import Backend, Batch, get_backend
+
+if TYPE_CHECKING:
+    from fedmezo.sim.ray_pool import RayClientPool
 
 __all__ = ["RoundResult", "SimResult", "Simulation", "client_data", "write_jsonl_rounds"]
 
@@ -140,6 +143,8 @@ class Simulation:
             model, compiled = self.replica.loaded_model(), options.compile != "off"
             self.loss_of = BucketedLoss(model, config.max_length, compiled=compiled)
         examples, held_out = client_data(options, config)
+        self.pool: RayClientPool | None = None  # set by run() when options.ray: the clients on Ray actors
+        self._examples = examples
         self.datasets: Mapping[str, ClientDataset] = {
             c: ClientDataset.from_examples(self.replica.tokenizer, ex, config.max_length)
             for c, ex in examples.items()
@@ -173,6 +178,20 @@ class Simulation:
         self, *, progress: bool = True, on_round: Callable[[RoundResult], None] | None = None
     ) -> SimResult:
         start = time.perf_counter()
+        if self.options.ray and self.pool is None:
+            from fedmezo.sim.ray_pool import RayClientPool
+
+            self.pool = RayClientPool(self.config, self.options, self._examples, self.replica.fingerprint())
+        try:
+            return self._run(start, progress=progress, on_round=on_round)
+        finally:
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
+
+    def _run(
+        self, start: float, *, progress: bool, on_round: Callable[[RoundResult], None] | None
+    ) -> SimResult:
         result = SimResult(
             method=self.options.method,
             config=asdict(self.config),

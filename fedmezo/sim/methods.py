@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -38,6 +38,9 @@ from fedmezo.sim.wire import full_state_round_bytes, seed_scalar_round_bytes
 from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.zo import Backend, Batch, TrainableParams, derive_seed
 from fedmezo.zo.objective import response_cross_entropy
+
+if TYPE_CHECKING:
+    from fedmezo.sim.ray_pool import TrainedClient
 
 __all__ = [
     "METHOD_CLASSES",
@@ -132,13 +135,30 @@ def _train_mezo(
     return updates, requests, seconds
 
 
+def _collect(
+    world: World, trained: Iterable[TrainedClient]
+) -> tuple[list[UpdateRecord], dict[str, fpb.SubmitUpdateRequest], dict[str, float]]:
+    """What `_train_mezo` returns, from results trained on Ray actors."""
+    updates, requests, seconds = [], {}, {}
+    for t in trained:
+        examples = world.datasets[t.client_id].num_examples
+        stored, requests[t.client_id] = _submit(t.client_id, t.result, examples)
+        updates.append(stored)
+        seconds[t.client_id] = t.seconds
+    return updates, requests, seconds
+
+
 class SeedScalarFedMeZO:
     """fedmezo itself: τ scalars up, participants + coefficients down, the fused seed-scalar apply."""
 
     name = "fedmezo"
 
     def run_round(self, world: World, round_id: int, tasks: Mapping[str, TaskRecord]) -> RoundOutcome:
-        updates, requests, seconds = _train_mezo(world, tasks)
+        pool = getattr(world, "pool", None)
+        if pool is not None:  # the clients on Ray actors: the same results, trained elsewhere
+            updates, requests, seconds = _collect(world, pool.train(round_id, tasks))
+        else:
+            updates, requests, seconds = _train_mezo(world, tasks)
         start = time.perf_counter()
         closed = close_round(world.config, round_id, updates, tasks, world.scales)
         world.scales.add(closed.scale)
@@ -146,6 +166,8 @@ class SeedScalarFedMeZO:
         world.replica.apply(agg.delta)
         fingerprint = world.replica.fingerprint()  # the server reports it with every delta
         server_seconds = time.perf_counter() - start
+        if pool is not None:
+            pool.apply(round_id, agg.delta, fingerprint)
         delta = DeltaRecord(round_id, agg.participants, agg.delta.coefficients, b"", fingerprint)
         clients = []
         for u in updates:
