@@ -103,7 +103,7 @@ FULL = Plan(
     personal_lr_factors=(1.0, 0.3), memory_batch=8,
     est_clients=3, est_eval_limit=120, est_forwards_per_round=36, est_rounds=28, est_eval_every=2,
     est_pilot_rounds=10, est_perturbations=8, est_seed_clients=10, est_mezo_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
-    est_fzoo_lrs=(3e-4, 1e-3, 3e-3, 1e-2), est_adamezo_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
+    est_fzoo_lrs=(1e-3, 3e-3, 1e-2, 3e-2), est_adamezo_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
     est_fedavg_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
 )  # fmt: skip
 QUICK = Plan(
