@@ -2,6 +2,7 @@
 
     python benchmarks/experiments.py            # full: writes benchmarks/experiments/ and RESULTS.md
     python benchmarks/experiments.py --quick    # CI-sized: writes artifacts/experiments-quick/
+    python benchmarks/experiments.py --only estimators --device cuda --jobs 8   # issue #13's part on a GPU
 
 Every number comes from `fedmezo.sim.Simulation` (the daemons' engine, in one process) on
 `smollm2-135m` and the built-in demo dataset split by category (non-IID), plus memory probes that run
@@ -48,6 +49,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
+# The estimator part alone, run on another device (`--only estimators --device cuda`): its own section
+EST_BEGIN, EST_END = "<!-- estimators-{device}:begin -->", "<!-- estimators-{device}:end -->"
 TRAJECTORY_TOLERANCE = 1e-4  # relative held-out loss difference, seed-scalar vs full-state FedMeZO
 # Each client's link when transfers are counted in the wall-clock: a typical edge uplink. The server's
 # link is assumed never to be the bottleneck, which favours the full-state methods.
@@ -92,6 +95,7 @@ class Plan:
     est_mezo_lrs: tuple[float, ...]  # as many candidates for each method
     est_fzoo_lrs: tuple[float, ...]
     est_adamezo_lrs: tuple[float, ...]
+    est_fzoo_lora_lrs: tuple[float, ...]  # FZOO on LoRA adapters: ZO variance grows with the dimension
     est_fedavg_lrs: tuple[float, ...]
 
 
@@ -104,7 +108,7 @@ FULL = Plan(
     est_clients=3, est_eval_limit=120, est_forwards_per_round=36, est_rounds=28, est_eval_every=2,
     est_pilot_rounds=10, est_perturbations=8, est_seed_clients=10, est_mezo_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
     est_fzoo_lrs=(1e-3, 3e-3, 1e-2, 3e-2), est_adamezo_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
-    est_fedavg_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
+    est_fzoo_lora_lrs=(3e-3, 1e-2, 3e-2, 1e-1), est_fedavg_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
 )  # fmt: skip
 QUICK = Plan(
     name="quick", model="smollm2-135m", max_length=48, batch_size=2, eval_limit=8,
@@ -115,7 +119,8 @@ QUICK = Plan(
     # 1e-2 is a MeZO rate meant to diverge: it exercises the search's divergence rule at toy size
     est_clients=2, est_eval_limit=8, est_forwards_per_round=6, est_rounds=1, est_eval_every=1,
     est_pilot_rounds=1, est_perturbations=2, est_seed_clients=4, est_mezo_lrs=(1e-5, 1e-2),
-    est_fzoo_lrs=(1e-3, 3e-3), est_adamezo_lrs=(1e-3, 3e-3), est_fedavg_lrs=(1e-5, 3e-5),
+    est_fzoo_lrs=(1e-3, 3e-3), est_adamezo_lrs=(1e-3, 3e-3), est_fzoo_lora_lrs=(1e-2, 3e-2),
+    est_fedavg_lrs=(1e-5, 3e-5),
 )  # fmt: skip
 
 
@@ -126,9 +131,11 @@ class Runner:
     """Runs named simulations once; a cached run is reused only when its config is identical."""
 
     def __init__(
-        self, out: Path, plan: Plan, *, fresh: bool, log: Callable[[str], None], device: str = "cpu"
-    ) -> None:
+        self, out: Path, plan: Plan, *, fresh: bool, log: Callable[[str], None], device: str = "cpu",
+        jobs: int = 1,
+    ) -> None:  # fmt: skip
         self.device = device  # part of every run's key off the CPU: runs on other devices never mix
+        self.jobs = jobs  # runs side by side in `prefetch`
         self.runs_dir = out / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.plan = plan
@@ -160,6 +167,47 @@ class Runner:
         flags.update(overrides)
         return flags
 
+    def _key(self, flags: Mapping[str, Any], exact_match: bool, per_example: bool) -> dict[str, Any]:
+        key: dict[str, Any] = {"flags": _key_flags(flags), "exact_match": exact_match}
+        if per_example:  # only then: the keys of the runs cached before it existed stay valid
+            key["per_example"] = True
+        return key
+
+    def is_cached(self, name: str, flags: Mapping[str, Any], exact_match: bool, per_example: bool) -> bool:
+        path = self.runs_dir / f"{name}.json"
+        if not path.exists() or (self.fresh and name not in self._done):
+            return False
+        cached_key = json.loads(path.read_text()).get("key")
+        return bool(cached_key == json.loads(json.dumps(self._key(flags, exact_match, per_example))))
+
+    def prefetch(self, specs: Sequence[RunSpec]) -> None:
+        """Run the specs not cached yet side by side in `jobs` processes, so that the sequential logic that
+        follows finds them cached. On a GPU the processes share the device; their wall-clocks then include
+        each other's load, which the report says. A run that fails here is retried (and fails loudly) later.
+        """
+        todo = [s for s in specs if not self.is_cached(s.name, s.flags, s.exact_match, s.per_example)]
+        if self.jobs <= 1 or len(todo) <= 1:
+            return
+        import concurrent.futures
+        import multiprocessing
+
+        self.log(f"  {len(todo)} runs side by side in {min(self.jobs, len(todo))} processes")
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        with concurrent.futures.ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=context) as pool:
+            futures = {
+                pool.submit(_run_spec, self.runs_dir.parent, self.plan, self.device, self.fresh, spec): spec
+                for spec in todo
+            }
+            for future in concurrent.futures.as_completed(futures):
+                spec = futures[future]
+                try:
+                    seconds = future.result()
+                except Exception as error:  # reported, then retried in order (and fails there)
+                    self.log(f"  {spec.name}: failed in its process ({error!r}); retried in order")
+                    continue
+                self._done.add(spec.name)
+                self.log(f"  {spec.name}: done in its process in {seconds:.0f} s")
+
     def run(
         self, name: str, flags: Mapping[str, Any], *, exact_match: bool = False, per_example: bool = False
     ) -> dict[str, Any]:
@@ -167,9 +215,7 @@ class Runner:
         each held-out example (`per_example_losses`), from which paired noise estimates are made."""
         from fedmezo.sim import Simulation, load_sim_config
 
-        key: dict[str, Any] = {"flags": _key_flags(flags), "exact_match": exact_match}
-        if per_example:  # only then: the keys of the runs cached before it existed stay valid
-            key["per_example"] = True
+        key = self._key(flags, exact_match, per_example)
         path = self.runs_dir / f"{name}.json"
         if path.exists() and (not self.fresh or name in self._done):
             cached = json.loads(path.read_text())
@@ -194,12 +240,38 @@ class Runner:
         data = result.to_json()
         if per_example:
             data["per_example"] = per_example_losses(simulation)
-        path.write_text(json.dumps({"key": key, "result": data}, indent=1))
+        partial = path.with_suffix(".json.part")  # a killed sweep never leaves half a cached run
+        partial.write_text(json.dumps({"key": key, "result": data}, indent=1))
+        partial.replace(path)
         self._done.add(name)
         self.run_seconds[name] = result.wall_seconds
         final = result.rounds[-1].eval_loss
         self.log(f"  {name}: done in {time.perf_counter() - start:.0f} s, final eval loss {final}")
         return dict(data)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One named run, for `Runner.prefetch`."""
+
+    name: str
+    flags: Mapping[str, Any]
+    exact_match: bool = False
+    per_example: bool = False
+
+
+def _run_spec(out: Path, plan: Plan, device: str, fresh: bool, spec: RunSpec) -> float:
+    """A prefetched run in its own process: the same `Runner.run`, writing the same cache file."""
+    prefix = f"[{spec.name}]"
+
+    def log(message: str) -> None:
+        print(f"{prefix} {message.strip()}", file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    Runner(out, plan, fresh=fresh, log=log, device=device).run(
+        spec.name, spec.flags, exact_match=spec.exact_match, per_example=spec.per_example
+    )
+    return time.perf_counter() - start
 
 
 def _key_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
@@ -459,9 +531,16 @@ def trajectory_gap(seed_scalar: Mapping[str, Any], full_state: Mapping[str, Any]
 # --------------------------------------------------------------------------------------------------
 # Estimators and seed schemes (issue #13): budgets in forward passes per client
 # --------------------------------------------------------------------------------------------------
-EST_METHODS = ("mezo", "fzoo", "adamezo", "fedavg-adamw")
-ZO_METHODS = ("mezo", "fzoo", "adamezo")
-CANDIDATE = "fzoo"  # the estimator proposed as the new default
+EST_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fedavg-adamw")
+ZO_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora")
+
+
+def candidate(est: Mapping[str, Any]) -> str:
+    """The method proposed as the new default: the ZO method other than MeZO with the lowest final loss."""
+    others = [m for m in ZO_METHODS if m != "mezo" and m in est["main"]]
+    return min(others, key=lambda m: final_loss(est["main"][m]))
+
+
 SEED_SCHEMES = ("per-client", "shared")
 DIVERGENCE_MARGIN = 0.25  # nats a run may end above its best evaluated held-out loss before it diverged
 NOISE_Z = 2.0  # a difference within NOISE_Z standard errors is within the held-out set's noise
@@ -470,7 +549,8 @@ FORWARDS_GOAL, FORWARDS_IDEAL, GAP_GOAL = 1 / 3, 1 / 5, 1 / 2  # the issue's "do
 
 def forwards_per_step(method: str, perturbations: int) -> int:
     """Forward passes of one local step (docs/estimators.md, Accounting)."""
-    return {"mezo": 2, "fzoo": perturbations + 1, "adamezo": 2, "fedavg-adamw": 3}[method]
+    per_step = {"mezo": 2, "fzoo": perturbations + 1, "adamezo": 2, "fedavg-adamw": 3}
+    return per_step["fzoo" if method == "fzoo-lora" else method]
 
 
 def stratified_order(examples: Sequence[Any], seed: int = 0) -> list[Any]:
@@ -525,8 +605,13 @@ def est_flags(
     }  # fmt: skip
     if method == "fedavg-adamw":
         return runner.base(**shape, method="fedavg", optimizer="adamw", fedavg_lr=lr)
-    perturbations = p.est_perturbations if method == "fzoo" else 1
-    return runner.base(**shape, estimator=method, perturbations=perturbations, seed_scheme=seed_scheme, lr=lr)
+    if method == "fzoo-lora":  # FZOO on the LoRA adapters (rank 8) of the frozen fp32 base
+        shape["mode"] = "lora"
+    estimator = "fzoo" if method == "fzoo-lora" else method
+    perturbations = p.est_perturbations if estimator == "fzoo" else 1
+    return runner.base(
+        **shape, estimator=estimator, perturbations=perturbations, seed_scheme=seed_scheme, lr=lr
+    )
 
 
 def check_budget(plan: Plan) -> None:
@@ -544,6 +629,7 @@ def est_lrs(plan: Plan, method: str) -> tuple[float, ...]:
         "mezo": plan.est_mezo_lrs,
         "fzoo": plan.est_fzoo_lrs,
         "adamezo": plan.est_adamezo_lrs,
+        "fzoo-lora": plan.est_fzoo_lora_lrs,
         "fedavg-adamw": plan.est_fedavg_lrs,
     }[method]
 
@@ -657,9 +743,9 @@ def choose_with_fallback(
     return float(best["lr"]), attempts
 
 
-def estimators(runner: Runner) -> dict[str, Any]:
+def estimators(runner: Runner, *, seed_schemes: bool = True) -> dict[str, Any]:
     """Pilots (equal candidates per method), the 3-client comparison on one forward budget with the
-    divergence fallback, then shared vs per-client seeds at est_seed_clients clients."""
+    divergence fallback, then (with `seed_schemes`) shared vs per-client seeds at est_seed_clients clients."""
     p = runner.plan
     check_budget(p)
     test, validation = held_out_splits(runner.runs_dir.parent, p.est_eval_limit)
@@ -669,30 +755,40 @@ def estimators(runner: Runner) -> dict[str, Any]:
         f"estimators: {count}+ runs; pilots {p.est_pilot_rounds * p.est_forwards_per_round} and main runs "
         f"{budget} forward passes per client; held-out {test.name}, pilots rank on {validation.name}"
     )
+
+    def pilot(method: str, lr: float) -> RunSpec:
+        flags = est_flags(
+            runner, method, lr, clients=p.est_clients, rounds=p.est_pilot_rounds,
+            eval_every=max(1, p.est_pilot_rounds // 2), eval_data=validation,
+        )  # fmt: skip
+        return RunSpec(f"est-pilot-{method}-lr{lr:g}", flags)
+
+    def main_spec(method: str, lr: float) -> RunSpec:
+        flags = est_flags(
+            runner, method, lr, clients=p.est_clients, rounds=p.est_rounds, eval_every=p.est_eval_every,
+            eval_data=test,
+        )  # fmt: skip
+        return RunSpec(f"est-c{p.est_clients}-{method}-lr{lr:g}", flags, exact_match=True, per_example=True)
+
+    runner.prefetch([pilot(m, lr) for m in EST_METHODS for lr in est_lrs(p, m)])
     search: dict[str, Any] = {}
     for method in EST_METHODS:
         candidates: dict[float, dict[str, Any]] = {}
         for lr in est_lrs(p, method):
-            flags = est_flags(
-                runner, method, lr, clients=p.est_clients, rounds=p.est_pilot_rounds,
-                eval_every=max(1, p.est_pilot_rounds // 2), eval_data=validation,
-            )  # fmt: skip
-            run = runner.run(f"est-pilot-{method}-lr{lr:g}", flags)
+            spec = pilot(method, lr)
+            run = runner.run(spec.name, spec.flags)
             candidates[lr] = {"final": final_loss(run), "diverged": diverged(run), "curve": eval_curve(run)}
         search[method] = {"candidates": candidates, "ranking": rank_candidates(candidates)}
 
+    runner.prefetch([main_spec(m, search[m]["ranking"][0]) for m in EST_METHODS])
     main: dict[str, Any] = {}
     rejected: dict[str, list[tuple[float, dict[str, Any]]]] = {}
     for method in EST_METHODS:
         tried: dict[float, dict[str, Any]] = {}
 
         def main_run(lr: float, method: str = method, tried: dict[float, dict[str, Any]] = tried) -> Any:
-            flags = est_flags(
-                runner, method, lr, clients=p.est_clients, rounds=p.est_rounds, eval_every=p.est_eval_every,
-                eval_data=test,
-            )  # fmt: skip
-            name = f"est-c{p.est_clients}-{method}-lr{lr:g}"
-            run = runner.run(name, flags, exact_match=True, per_example=True)
+            spec = main_spec(method, lr)
+            run = runner.run(spec.name, spec.flags, exact_match=True, per_example=True)
             tried[lr] = run
             return run
 
@@ -701,11 +797,22 @@ def estimators(runner: Runner) -> dict[str, Any]:
         search[method]["accepted"] = lr
         main[method] = tried[lr]
         rejected[method] = [(other, run) for other, run in tried.items() if other != lr]
+    result = {
+        "search": search,
+        "main": main,
+        "rejected": rejected,
+        "seed_schemes": None,
+        "held_out": {"test": test.name, "validation": validation.name},
+        "budget": budget,
+        "clients": p.est_clients,
+    }
+    if not seed_schemes:
+        return result
     zo = min(ZO_METHODS, key=lambda m: final_loss(main[m]))
     lr = float(search[zo]["accepted"])
     clients = p.est_seed_clients
-    schemes = {
-        scheme: runner.run(
+    specs = {
+        scheme: RunSpec(
             f"est-c{clients}-{zo}-{scheme}-lr{lr:g}",
             est_flags(
                 runner, zo, lr, clients=clients, rounds=p.est_rounds, eval_every=p.est_eval_every,
@@ -716,15 +823,13 @@ def estimators(runner: Runner) -> dict[str, Any]:
         )
         for scheme in SEED_SCHEMES
     }  # fmt: skip
-    return {
-        "search": search,
-        "main": main,
-        "rejected": rejected,
-        "seed_schemes": {"estimator": zo, "lr": lr, "clients": clients, "runs": schemes},
-        "held_out": {"test": test.name, "validation": validation.name},
-        "budget": budget,
-        "clients": p.est_clients,
+    runner.prefetch(list(specs.values()))
+    schemes = {
+        scheme: runner.run(spec.name, spec.flags, exact_match=True, per_example=True)
+        for scheme, spec in specs.items()
     }
+    result["seed_schemes"] = {"estimator": zo, "lr": lr, "clients": clients, "runs": schemes}
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -870,7 +975,8 @@ def make_plots(results: Mapping[str, Any], out: Path) -> dict[str, str]:
 
 
 EST_STYLES = {
-    "mezo": "C0", "fzoo": "C1", "adamezo": "C4", "fedavg-adamw": "C3", "per-client": "C0", "shared": "C2",
+    "mezo": "C0", "fzoo": "C1", "adamezo": "C4", "fzoo-lora": "C5", "fedavg-adamw": "C3", "per-client": "C0",
+    "shared": "C2",
 }  # fmt: skip
 
 
@@ -921,6 +1027,8 @@ def _estimator_plots(est: Mapping[str, Any], plt: Any, save: Callable[[Any, str]
     save(fig, "estimators_lr_search.png")
 
     info = est["seed_schemes"]
+    if info is None:
+        return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for scheme, run in info["runs"].items():
         for ax, xkind in zip(axes, curves):
@@ -1074,7 +1182,8 @@ def eval_interval(run: Mapping[str, Any]) -> float:
 
 def check_forward_passes(est: Mapping[str, Any]) -> dict[str, str]:
     """(a) Forward passes the candidate needs to reach MeZO's final held-out loss, ÷ MeZO's budget."""
-    mezo, cand = est["main"]["mezo"], est["main"][CANDIDATE]
+    name = candidate(est)
+    mezo, cand = est["main"]["mezo"], est["main"][name]
     target, total = final_loss(mezo), total_forwards(mezo)
     need = forwards_to(cand, target)
     fraction = need / total if total else math.nan
@@ -1087,10 +1196,10 @@ def check_forward_passes(est: Mapping[str, Any]) -> dict[str, str]:
     )
     ideal = " (ideal ≤ 1/5 met too)" if fraction <= FORWARDS_IDEAL else ""
     return _check(
-        f"(a) {CANDIDATE} reaches MeZO's final loss on a fraction of its forward passes",
+        f"(a) {name} reaches MeZO's final loss on a fraction of its forward passes",
         "≤ 1/3 (ideally 1/5), and a lower final loss",
         "met" if fraction <= FORWARDS_GOAL else "not met",
-        f"{CANDIDATE} {reached}{ideal}; its final loss {final_loss(cand):.3f} vs MeZO {target:.3f}: "
+        f"{name} {reached}{ideal}; its final loss {final_loss(cand):.3f} vs MeZO {target:.3f}: "
         f"{_pm(diff, se)} (SE), {_against_noise(diff, se)}",
         "estimators_forward_passes.png",
     )
@@ -1099,23 +1208,24 @@ def check_forward_passes(est: Mapping[str, Any]) -> dict[str, str]:
 def check_wallclock_gap(est: Mapping[str, Any]) -> dict[str, str]:
     """(b) At equal compute wall-clock, the share of the MeZO → FedAvg-AdamW loss gap the candidate closes."""
     main = est["main"]
-    curves = {m: wall_curve(main[m]) for m in ("mezo", CANDIDATE, "fedavg-adamw")}
+    name = candidate(est)
+    curves = {m: wall_curve(main[m]) for m in ("mezo", name, "fedavg-adamw")}
     t = min(c[-1][0] for c in curves.values())
-    lm, lc, lf = (loss_at(curves[m], t) for m in ("mezo", CANDIDATE, "fedavg-adamw"))
+    lm, lc, lf = (loss_at(curves[m], t) for m in ("mezo", name, "fedavg-adamw"))
     gap = lm - lf
     share = (lm - lc) / gap if gap > 0 else math.nan
     _, se = paired_difference(main["mezo"], main["fedavg-adamw"])
     evidence = (
         f"at {_fmt_s(t)} s of federated compute wall-clock (where the shortest run ends): MeZO {lm:.3f}, "
-        f"{CANDIDATE} {lc:.3f}, FedAvg-AdamW {lf:.3f}; "
+        f"{name} {lc:.3f}, FedAvg-AdamW {lf:.3f}; "
     )
     if gap > 0:
-        evidence += f"{CANDIDATE} closes {share:.2f} of the {gap:.3f} gap"
+        evidence += f"{name} closes {share:.2f} of the {gap:.3f} gap"
     else:
         evidence += "FedAvg-AdamW is not below MeZO there: no gap to close"
     evidence += f" (SE of a final-loss difference, MeZO vs FedAvg: {se:.3f})"
     return _check(
-        f"(b) {CANDIDATE} closes the MeZO → FedAvg-AdamW gap at equal compute wall-clock",
+        f"(b) {name} closes the MeZO → FedAvg-AdamW gap at equal compute wall-clock",
         "≥ 1/2 of the gap",
         "n/a" if not gap > 0 else "met" if share >= GAP_GOAL else "not met",
         evidence,
@@ -1126,6 +1236,11 @@ def check_wallclock_gap(est: Mapping[str, Any]) -> dict[str, str]:
 def check_seed_schemes(est: Mapping[str, Any]) -> dict[str, str]:
     """(c) Shared vs per-client seeds: the final-loss difference against the held-out set's noise."""
     info = est["seed_schemes"]
+    if info is None:
+        return _check(
+            "(c) shared seeds lose nothing against per-client seeds", f"shared − per-client ≤ {NOISE_Z:g} SE",
+            "not run", "this sweep was run without the seed-scheme pair (--skip-seed-schemes)", "—",
+        )  # fmt: skip
     shared, own = info["runs"]["shared"], info["runs"]["per-client"]
     diff, se = paired_difference(shared, own)
     down = {s: _bytes_down_per_client(info["runs"][s]) for s in SEED_SCHEMES}
@@ -1383,7 +1498,8 @@ def _estimator_markdown(results: Mapping[str, Any], img: Callable[[str], str]) -
         f"every method gets {per_round} forward passes per client per round for {plan['est_rounds']} rounds, "
         f"{est['budget']:,} per client in all (`mezo` P=1: τ={taus['mezo']}, 2 forwards per step; "
         f"`fzoo` P={pert}, ε=1e-3: τ={taus['fzoo']}, {pert + 1} per step; `adamezo` P=1: "
-        f"τ={taus['adamezo']}, 2 per step; FedAvg-AdamW: "
+        f"τ={taus['adamezo']}, 2 per step; `fzoo-lora`: FZOO on rank-8 LoRA adapters of the frozen base, "
+        f"τ={taus['fzoo-lora']}; FedAvg-AdamW: "
         f"τ={taus['fedavg-adamw']} backprop steps, a backward counted as two forwards). Held-out loss and "
         f"exact match on `{est['held_out']['test']}`: {plan['est_eval_limit']} examples of the demo held-out "
         "set, every category in proportion (the first 24 of its list, used above, are all arithmetic), "
@@ -1394,7 +1510,13 @@ def _estimator_markdown(results: Mapping[str, Any], img: Callable[[str], str]) -
         f"client) and ranked by loss on `{est['held_out']['validation']}` (other held-out examples); a "
         f"rate whose full-budget run diverges (non-finite, or ending > {DIVERGENCE_MARGIN:g} nats above its "
         "best) is replaced by the next-best candidate. Wall-clock is each run's own federated compute time "
-        "(slowest client plus the server per round), measured on this shared machine.",
+        "(slowest client plus the server per round), measured on this shared machine"
+        + (
+            f" with up to {results['est_jobs']} runs side by side on {results['est_device']} (each run's "
+            "wall-clock includes the others' load)."
+            if results.get("est_jobs", 1) > 1
+            else "."
+        ),
         "",
         "#### Done when (issue #13)",
         "",
@@ -1473,6 +1595,27 @@ def _estimator_markdown(results: Mapping[str, Any], img: Callable[[str], str]) -
         img("estimators_wallclock"),
         img("estimators_lr_search"),
         "",
+    ]
+    cand = candidate(est)
+    pairs = [
+        (f"{cand} − mezo", main[cand], main["mezo"]),
+        ("fedavg-adamw − mezo", main["fedavg-adamw"], main["mezo"]),
+        (f"fedavg-adamw − {cand}", main["fedavg-adamw"], main[cand]),
+    ]
+    if info is not None:
+        lines += _seed_scheme_markdown(info, img)
+        pairs.append(("shared − per-client", info["runs"]["shared"], info["runs"]["per-client"]))
+    lines += ["#### Noise of the held-out set", ""]
+    noise_rows = []
+    for label, a, b in pairs:
+        diff, se = paired_difference(a, b)
+        noise_rows.append([label, f"{diff:+.4f}", f"{se:.4f}", _against_noise(diff, se)])
+    lines += _table(["final held-out loss difference", "Δ", "SE (paired)", "reading"], noise_rows)
+    return lines
+
+
+def _seed_scheme_markdown(info: Mapping[str, Any], img: Callable[[str], str]) -> list[str]:
+    lines = [
         f"#### Shared vs per-client seeds ({info['clients']} clients, {info['estimator']} at lr "
         f"{info['lr']:g}, the better ZO estimator of the main comparison)",
         "",
@@ -1491,29 +1634,17 @@ def _estimator_markdown(results: Mapping[str, Any], img: Callable[[str], str]) -
          "exact match: start → end", "federated compute wall-clock (s)", "downlink per client per round"],
         scheme_rows,
     )  # fmt: skip
-    lines += ["", img("seed_schemes"), "", "#### Noise of the held-out set", ""]
-    pairs = [
-        (f"{CANDIDATE} − mezo", main[CANDIDATE], main["mezo"]),
-        ("fedavg-adamw − mezo", main["fedavg-adamw"], main["mezo"]),
-        (f"fedavg-adamw − {CANDIDATE}", main["fedavg-adamw"], main[CANDIDATE]),
-        ("shared − per-client", info["runs"]["shared"], info["runs"]["per-client"]),
-    ]
-    noise_rows = []
-    for label, a, b in pairs:
-        diff, se = paired_difference(a, b)
-        noise_rows.append([label, f"{diff:+.4f}", f"{se:.4f}", _against_noise(diff, se)])
-    lines += _table(["final held-out loss difference", "Δ", "SE (paired)", "reading"], noise_rows)
-    return lines
+    return [*lines, "", img("seed_schemes"), ""]
 
 
-def write_section(path: Path, section: str) -> None:
+def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace the marked section of RESULTS.md (or append it), leaving the rest as it is.
 
     Only markers on a line of their own count: prose that quotes a marker is left alone.
     """
     lines = (path.read_text() if path.exists() else "# Measured results\n").splitlines()
-    starts = [i for i, line in enumerate(lines) if line.strip() == BEGIN]
-    ends = [i for i, line in enumerate(lines) if line.strip() == END]
+    starts = [i for i, line in enumerate(lines) if line.strip() == begin]
+    ends = [i for i, line in enumerate(lines) if line.strip() == end]
     new = section.rstrip("\n").splitlines()
     if starts and ends and ends[-1] > starts[0]:
         lines[starts[0] : ends[-1] + 1] = new
@@ -1598,16 +1729,70 @@ def run_all(plan: Plan, out: Path, results_md: Path, *, fresh: bool, device: str
     return results
 
 
+def run_estimators_only(
+    plan: Plan, out: Path, results_md: Path, *, fresh: bool, device: str, jobs: int, seed_schemes: bool
+) -> dict[str, Any]:
+    """Issue #13's sweep alone (e.g. on a lent GPU, where the rest of the evidence need not be redone):
+    its plots and summary in `out`, its own section of `results_md`, marked by device."""
+    start = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{time.perf_counter() - start:7.0f} s] {message}", file=sys.stderr, flush=True)
+
+    runner = Runner(out, plan, fresh=fresh, log=log, device=device, jobs=jobs)
+    log(f"{plan.name} mode, estimators only, on {device} with {jobs} job(s) → {out}")
+    est = estimators(runner, seed_schemes=seed_schemes)
+    results: dict[str, Any] = {
+        "plan": dataclasses.asdict(plan),
+        "machine": machine(),
+        "estimators": est,
+        "est_jobs": jobs,
+        "est_device": device,
+        "estimator_checks": estimator_checks(est),
+        "estimator_summary": estimator_summary(est),
+        "wall_seconds": time.perf_counter() - start,
+        "finished": time.strftime("%Y-%m-%d %H:%M"),
+    }
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+
+    _estimator_plots(est, plt, save)
+    summary = {k: v for k, v in results.items() if k != "estimators"}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    plots_rel = os.path.relpath(out, results_md.parent)
+    begin, end = (marker.format(device=device.split(":")[0]) for marker in (EST_BEGIN, EST_END))
+    body = _estimator_markdown(results, lambda name: f"![{name}]({plots_rel}/{name}.png)")
+    body[1] = f"## {body[1].lstrip('#').strip()} — on {device}"
+    header = (
+        f"Generated by `benchmarks/experiments.py --only estimators --device {device} --jobs {jobs}` "
+        f"({plan.name} mode) on {results['machine']}; finished {results['finished']}, "
+        f"{results['wall_seconds'] / 60:.1f} min for this invocation."
+    )
+    write_section(results_md, "\n".join([begin, *body[:3], header, "", *body[3:], end]), begin, end)
+    log(f"done: {results_md} and plots in {out}")
+    for c in results["estimator_checks"]:
+        log(f"{c['check']}: {c['verdict']} ({c['evidence']})")
+    return results
+
+
 def estimator_summary(est: Mapping[str, Any]) -> dict[str, Any]:
     """The estimator part without its round-by-round runs, for summary.json."""
     runs = {f"main-{m}": run for m, run in est["main"].items()}
-    runs |= {f"c{est['seed_schemes']['clients']}-{s}": r for s, r in est["seed_schemes"]["runs"].items()}
+    schemes = est["seed_schemes"] or {"clients": 0, "runs": {}}
+    runs |= {f"c{schemes['clients']}-{s}": r for s, r in schemes["runs"].items()}
     return {
         "budget": est["budget"],
         "clients": est["clients"],
         "held_out": est["held_out"],
         "search": est["search"],
-        "seed_schemes": {k: v for k, v in est["seed_schemes"].items() if k != "runs"},
+        "seed_schemes": {k: v for k, v in schemes.items() if k != "runs"},
         "runs": {
             name: {
                 "lr": run["config"]["lr"] if run["method"] != "fedavg" else run["options"]["fedavg_lr"],
@@ -1640,6 +1825,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--device", default="cpu", help="torch device of every simulation (cuda: the sweep on a GPU)"
     )
+    parser.add_argument(
+        "--only", choices=("estimators",), help="run one part: estimators = issue #13's sweep alone"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs side by side in processes (--only estimators; a GPU)"
+    )
+    parser.add_argument(
+        "--skip-seed-schemes", action="store_true", help="--only estimators without the 10-client pair"
+    )
     parser.add_argument("--probe", choices=PROBES, help=argparse.SUPPRESS)  # internal: one memory probe
     parser.add_argument("--probe-model", default="smollm2-135m", help=argparse.SUPPRESS)
     parser.add_argument("--probe-batch", type=int, default=8, help=argparse.SUPPRESS)
@@ -1655,6 +1849,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         ROOT / "artifacts" / "experiments-quick" if args.quick else ROOT / "benchmarks" / "experiments"
     )
     results_md = args.results_md or (out / "RESULTS.md" if args.quick else RESULTS_MD)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    if args.only == "estimators":
+        if args.out is None:
+            out = out.with_name(f"{out.name}-estimators-{args.device.split(':')[0]}")
+        run_estimators_only(
+            plan, out, results_md, fresh=args.fresh, device=args.device, jobs=args.jobs,
+            seed_schemes=not args.skip_seed_schemes,
+        )  # fmt: skip
+        return 0
+    if args.jobs != 1 or args.skip_seed_schemes:
+        parser.error("--jobs and --skip-seed-schemes go with --only estimators")
     run_all(plan, out, results_md, fresh=args.fresh, device=args.device)
     return 0
 

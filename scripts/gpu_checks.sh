@@ -2,21 +2,10 @@
 # Every GPU test and GPU benchmark of the repo in one go, for a CUDA machine that has PyTorch, Triton
 # and transformers but not this project installed (the device machine lent to some sessions).
 #   OUT=/tmp/gpu bash scripts/gpu_checks.sh      # logs and JSON reports land in $OUT
-# Wheels in .whl/ (pip download ... -d .whl protobuf==X grpcio==Y for that machine's Python) are
-# installed first: the generated gRPC stubs need the versions they were generated with.
 set -u
 OUT=${OUT:-/tmp/gpu-checks}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-site=/tmp/fedmezo-site
-pkg=/tmp/fedmezo-pkg
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl || exit 1
-fi
-rm -rf "$pkg" && mkdir -p "$pkg"  # the installed layout: server/, client/, dashboard/ live under fedmezo/
-cp -r fedmezo "$pkg/" && cp -r client "$pkg/fedmezo/client" && cp -r server "$pkg/fedmezo/server" \
-  && cp -r dashboard "$pkg/fedmezo/dashboard" || exit 1
-export PYTHONPATH="$site:$pkg"
+source scripts/gpu_env.sh || exit 1
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc
   python3 -c "import torch, transformers, triton; print(torch.__version__, transformers.__version__, triton.__version__)"
 } > "$OUT/env.txt" 2>&1

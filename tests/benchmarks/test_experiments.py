@@ -93,7 +93,7 @@ def test_make_experiments_quick(tmp_path: Path) -> None:
     assert mezo["candidates"][str(max(plan["est_mezo_lrs"]))]["diverged"]
     assert mezo["ranking"][-1] == max(plan["est_mezo_lrs"])
     main = {k: v for k, v in est["runs"].items() if k.startswith("main-")}
-    assert set(main) == {"main-mezo", "main-fzoo", "main-adamezo", "main-fedavg-adamw"}
+    assert set(main) == {"main-mezo", "main-fzoo", "main-adamezo", "main-fzoo-lora", "main-fedavg-adamw"}
     budget = plan["est_rounds"] * plan["est_forwards_per_round"]
     assert {r["forward_passes_per_client"] for r in main.values()} == {budget} == {est["budget"]}
     clients = plan["est_seed_clients"]
@@ -313,3 +313,44 @@ def test_estimator_checks_follow_the_numbers() -> None:
     assert {k: c["verdict"] for k, c in checks.items()} == {"(a)": "not met", "(b)": "n/a", "(c)": "not met"}
     assert "does not reach" in checks["(a)"]["evidence"]
     assert "higher beyond noise" in checks["(c)"]["evidence"]
+
+
+def test_the_candidate_is_the_other_zo_method_with_the_lowest_final_loss() -> None:
+    est = _est([3, 2.5, 2.0], [3, 2.8, 2.1], [3, 2.6, 2.5], shared=2.5, own=2.0)
+    assert experiments.candidate(est) == "fzoo"  # the only other ZO method in this sweep
+    est["main"]["fzoo-lora"] = _zo_run([3, 2.2, 1.9], per_example=([1.9] * 4, [1, 1, 1, 1]))
+    assert experiments.candidate(est) == "fzoo-lora"
+    est["main"]["mezo"] = _zo_run([3, 1.0, 0.5])  # MeZO itself is never its own challenger
+    assert experiments.candidate(est) == "fzoo-lora"
+    checks = {c["check"][:3]: c for c in experiments.estimator_checks(est)}
+    assert checks["(a)"]["check"].startswith("(a) fzoo-lora")
+
+
+def test_a_sweep_without_the_seed_scheme_pair_says_so() -> None:
+    est = _est([3, 2.5, 2.0], [3, 2.8, 2.1], [3, 2.6, 2.5], shared=2.5, own=2.0)
+    est["seed_schemes"] = None
+    checks = {c["check"][:3]: c for c in experiments.estimator_checks(est)}
+    assert checks["(c)"]["verdict"] == "not run" and "--skip-seed-schemes" in checks["(c)"]["evidence"]
+
+
+def test_prefetched_runs_equal_runs_made_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs made side by side in processes (--jobs) are the same runs: same rounds, same fingerprints."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # spawned processes import the module by name
+    plan = experiments.dataclasses.replace(experiments.QUICK, model="tiny-random")
+    logs: list[str] = []
+    par = experiments.Runner(tmp_path / "par", plan, fresh=False, log=logs.append, jobs=2)
+    seq = experiments.Runner(tmp_path / "seq", plan, fresh=False, log=logs.append)
+    shape = {"num_clients": 2, "rounds": 2, "local_steps": 1, "estimator": "fzoo", "perturbations": 2}
+    specs = [
+        experiments.RunSpec(f"r-{scheme}", par.base(**shape, seed_scheme=scheme, lr=1e-3))
+        for scheme in ("per-client", "shared")
+    ]
+    par.prefetch(specs)
+    assert any("2 runs side by side in 2 processes" in line for line in logs)
+    assert all(par.is_cached(s.name, s.flags, s.exact_match, s.per_example) for s in specs)
+    for spec in specs:
+        cached = par.run(spec.name, spec.flags)  # found in the cache the processes wrote
+        fresh = seq.run(spec.name, spec.flags)
+        assert [r["fingerprint"] for r in cached["rounds"]] == [r["fingerprint"] for r in fresh["rounds"]]
+        assert [r["eval_loss"] for r in cached["rounds"]] == [r["eval_loss"] for r in fresh["rounds"]]
+    assert not list((tmp_path / "par" / "runs").glob("*.part"))  # cache files are written whole
