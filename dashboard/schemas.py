@@ -44,6 +44,9 @@ class RunConfigInfo(BaseModel):
     lr: float = Field(description="eta_0")
     lr_spread: float = Field(description="delta of the personalized learning rates")
     lr_strategy: str
+    lr_schedule: str = Field(
+        "constant", description="constant | cosine (eta_0 decays to 0.1x by the last round)"
+    )
     eps: float
     estimator: str = Field(
         "mezo", description="zeroth-order estimator of a local step: mezo | fzoo | adamezo"

@@ -145,6 +145,7 @@ class GrpcStatusSource:
             lr=_f32(c.lr),
             lr_spread=_f32(c.lr_spread),
             lr_strategy=c.lr_strategy,
+            lr_schedule=c.lr_schedule or "constant",  # empty: a server that predates the field
             eps=_f32(c.eps),
             estimator=_enum_name(common_pb2.Estimator, c.estimator or MEZO, "ESTIMATOR_"),  # 0: older server
             perturbations=c.perturbations or 1,

@@ -19,7 +19,9 @@ source scripts/gpu_env.sh || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; nproc
 python3 -c "import torch, transformers, triton, peft; print(torch.__version__, transformers.__version__, triton.__version__, peft.__version__)"
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache  # compiled graphs shared by the sweep's processes
-runs=benchmarks/experiments-estimators-${DEVICE:-cuda}
+schedule=${LR_SCHEDULE:-constant}  # cosine: the sweep with every method's rate decaying (its own folder)
+tag=${DEVICE:-cuda}$([ "$schedule" = constant ] || echo "-$schedule")
+runs=benchmarks/experiments-estimators-$tag
 if [ "${STAGE:-2}" = 1 ]; then
   timeout -k 5 "${SMOKE_TIMEOUT:-100}" python3 -P benchmarks/experiments.py --quick --model tiny-random \
     --only estimators --device "${DEVICE:-cuda}" --jobs 4 --skip-seed-schemes --out /tmp/smoke \
@@ -38,7 +40,7 @@ start=$(date +%s)
 sweep() {  # $1: seconds; the rest: extra flags
   local limit=$1; shift
   timeout -k 10 "$limit" python3 -P benchmarks/experiments.py --only estimators --device "${DEVICE:-cuda}" \
-    --jobs "${JOBS:-6}" ${SWEEP_ARGS:-} "$@" --out "$runs" --results-md benchmarks/RESULTS.md >> "$OUT/sweep.log" 2>&1
+    --jobs "${JOBS:-6}" --lr-schedule "$schedule" ${SWEEP_ARGS:-} "$@" --out "$runs" --results-md benchmarks/RESULTS.md >> "$OUT/sweep.log" 2>&1
   echo "sweep $* exit $? after $(( $(date +%s) - start )) s"
   pkill -f benchmarks/experiments.py; pkill -f multiprocessing.spawn; sleep 1  # its run processes too
 }

@@ -119,7 +119,8 @@
     $("model").textContent = c.model;
     $("mode").textContent = c.mode === "lora" ? `LoRA (r = ${c.lora_rank})` : c.mode === "full" ? "full-parameter" : c.mode;
     const spread = c.lr_strategy !== "frozen" && c.lr_spread ? ` ± ${fmtLr(c.lr_spread)}` : ""; // frozen: one η for all
-    $("lr").textContent = `${c.lr_strategy} · η₀ ${fmtLr(c.lr)}${spread}`;
+    const schedule = c.lr_schedule && c.lr_schedule !== "constant" ? ` · ${c.lr_schedule} decay` : "";
+    $("lr").textContent = `${c.lr_strategy} · η₀ ${fmtLr(c.lr)}${spread}${schedule}`;
     const seeds = c.seed_scheme === "shared" ? "shared seeds" : "per-client seeds";
     $("estimator").textContent = `${c.estimator} · P = ${c.perturbations} · ${seeds}`;
     $("online").textContent = `${s.clients_online} of ${s.clients_total}`;

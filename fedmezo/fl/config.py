@@ -16,7 +16,7 @@ import numpy as np
 
 from fedmezo.fl.aggregation import WEIGHT_RULES
 from fedmezo.fl.errors import ConfigError
-from fedmezo.fl.lr import STRATEGIES
+from fedmezo.fl.lr import SCHEDULES, STRATEGIES
 from fedmezo.fl.seeds import SEED_SCHEMES, SeedPlan
 from fedmezo.settings import setting
 from fedmezo.trainable import TrainMode
@@ -25,6 +25,7 @@ from fedmezo.zo.estimators import ESTIMATORS
 __all__ = [
     "ESTIMATOR_NAMES",
     "FP32_FIELDS",
+    "LR_SCHEDULES",
     "LR_STRATEGIES",
     "MAX_LENGTH",
     "MAX_MAX_LENGTH",
@@ -38,6 +39,7 @@ __all__ = [
 
 MODES: tuple[str, ...] = get_args(TrainMode)
 LR_STRATEGIES = tuple(STRATEGIES)
+LR_SCHEDULES = SCHEDULES
 WEIGHTINGS = tuple(WEIGHT_RULES)
 MAX_LENGTH = 256
 MIN_MAX_LENGTH = 8  # room for a chat template's few special tokens plus an answer
@@ -102,6 +104,10 @@ class RunConfig:
     lr: float = setting(2e-6, "base learning rate eta_0; design section 6: 1e-6..5e-6 for full-parameter ZO")
     lr_spread: float = setting(1e-6, "personalized-LR spread delta (design section 4); must be < lr")
     lr_strategy: str = setting("frozen", " | ".join(LR_STRATEGIES))
+    lr_schedule: str = setting(
+        "constant",
+        "constant | cosine: eta_0 (and the spread) decay from round 1 to 0.1x at the last round",
+    )
     eps: float = setting(1e-3, "MeZO perturbation scale epsilon; 1e-3 is the MeZO paper's default")
     estimator: str = setting(
         "mezo",
@@ -169,6 +175,8 @@ class RunConfig:
             )
         if self.lr_strategy not in LR_STRATEGIES:
             problems.append(f"lr_strategy must be one of {LR_STRATEGIES}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}")
         if self.estimator not in ESTIMATOR_NAMES:
             problems.append(f"estimator must be one of {ESTIMATOR_NAMES}")
         if self.seed_scheme not in SEED_SCHEMES:

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["STRATEGIES", "LrContext", "RoundStat", "personalize", "personalized_lrs"]
+__all__ = [
+    "COSINE_FLOOR",
+    "SCHEDULES",
+    "STRATEGIES",
+    "LrContext",
+    "RoundStat",
+    "personalize",
+    "personalized_lrs",
+    "schedule_factor",
+]
 
 FIVE_ROUNDS = 5
 _RANDOM_DOMAIN = b"fedmezo/lr/v1"
@@ -102,6 +111,26 @@ STRATEGIES: dict[str, Callable[[LrContext], dict[str, float]]] = {
     "five-round": five_round,
     "model-diff": model_diff,
 }
+
+
+SCHEDULES = ("constant", "cosine")
+COSINE_FLOOR = 0.1  # cosine ends at this fraction of η_0: the last round still learns
+
+
+def schedule_factor(schedule: str, round_id: int, rounds: int) -> float:
+    """η_0's multiplier in round r of R (rounds count from 1).
+
+    constant: 1. cosine: f + (1 − f)·(1 + cos(π·(r − 1)/(R − 1)))/2 with f = COSINE_FLOOR, so round 1
+    trains at η_0 and round R at f·η_0; rounds past R stay at f. A constant rate lets ZO noise undo what a
+    long run learned (RESULTS.md, issue #13); decay keeps it. Only the server evaluates this: clients
+    train with the fp32 η_i their task carries, and replicas apply recorded coefficients.
+    """
+    if schedule == "constant" or rounds <= 1:
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"unknown lr schedule {schedule!r}; one of {SCHEDULES}")
+    t = min(max(round_id - 1, 0), rounds - 1) / (rounds - 1)
+    return COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 def personalized_lrs(strategy: str, ctx: LrContext) -> dict[str, float]:

@@ -15,7 +15,7 @@ import numpy as np
 from fedmezo.fl.aggregation import Aggregate, aggregate
 from fedmezo.fl.bounds import LOSS_RANGE, Scales
 from fedmezo.fl.errors import IncompatibleClient, InvalidUpdate
-from fedmezo.fl.lr import LrContext, RoundStat, personalized_lrs
+from fedmezo.fl.lr import LrContext, RoundStat, personalized_lrs, schedule_factor
 from fedmezo.fl.records import JoinInfo, Task, TaskRecord, Update, UpdateRecord
 from fedmezo.fl.selection import sample_clients, sample_size
 from fedmezo.zo import RNG_SPEC
@@ -31,10 +31,14 @@ History = dict[str, list[RoundStat]]  # client id → its accepted rounds, ascen
 def plan_round(
     config: RunConfig, round_id: int, online: Sequence[str], history: Mapping[str, Sequence[RoundStat]]
 ) -> dict[str, TaskRecord]:
-    """Round r's selected clients (ascending id) and each one's task (its fp32 personalized lr)."""
+    """Round r's selected clients (ascending id) and each one's task (its fp32 personalized lr, η_0 and
+    the spread δ both scaled by the run's lr schedule)."""
     k = sample_size(len(online), config.clients_per_round, config.fraction)
     selected = sample_clients(online, k, config.run_seed, round_id)
-    ctx = LrContext(round_id, config.run_seed, config.lr, config.lr_spread, selected, history)
+    factor = schedule_factor(config.lr_schedule, round_id, config.rounds)
+    ctx = LrContext(
+        round_id, config.run_seed, config.lr * factor, config.lr_spread * factor, selected, history
+    )
     lrs = personalized_lrs(config.lr_strategy, ctx)
     return {c: TaskRecord(round_id, c, lrs[c], config.local_steps) for c in selected}
 

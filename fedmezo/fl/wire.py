@@ -195,6 +195,7 @@ def run_config_to_pb(
         lr=config.lr,
         lr_spread=config.lr_spread,
         lr_strategy=config.lr_strategy,
+        lr_schedule=config.lr_schedule,
         eps=config.eps,
         batch_size=config.batch_size,
         aggregation=config.aggregation,

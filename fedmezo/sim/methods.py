@@ -28,6 +28,7 @@ from fedmezo.fl import wire
 from fedmezo.fl.aggregation import WEIGHT_RULES
 from fedmezo.fl.bounds import Scales
 from fedmezo.fl.config import RunConfig
+from fedmezo.fl.lr import schedule_factor
 from fedmezo.fl.records import DeltaRecord, TaskRecord, UpdateRecord
 from fedmezo.fl.replica import Replica
 from fedmezo.fl.rounds import ClosedRound, close_round, task_for
@@ -259,8 +260,12 @@ class FedAvgBackprop:
 
     name = "fedavg"
 
-    def _optimizer(self, world: World, trainable: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        lr = world.options.fedavg_lr
+    def _optimizer(
+        self, world: World, trainable: list[torch.nn.Parameter], round_id: int
+    ) -> torch.optim.Optimizer:
+        """A fresh optimizer per client and round, at the run's scheduled rate (as the ZO methods get)."""
+        config = world.config
+        lr = world.options.fedavg_lr * schedule_factor(config.lr_schedule, round_id, config.rounds)
         if world.options.optimizer == "sgd":
             return torch.optim.SGD(trainable, lr=lr)
         return torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)  # no decay: MeZO has none either
@@ -269,7 +274,7 @@ class FedAvgBackprop:
         model, config = world.replica.loaded_model(), world.config
         device = world.replica.params.device
         trainable = [p for p in model.parameters() if p.requires_grad]  # tied weights come once
-        optimizer = self._optimizer(world, trainable)
+        optimizer = self._optimizer(world, trainable, task.round_id)
         peak = PeakMemory(device)
         peak.reset()
         losses = []

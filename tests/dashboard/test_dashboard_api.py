@@ -29,6 +29,7 @@ def test_status_has_header_fields(client: TestClient) -> None:
     assert doc["status"]["rounds_completed"] == 2 and doc["status"]["current_round"] == 3
     assert doc["progress"] == pytest.approx(2 / 5)
     assert doc["config"]["model"] == "tiny-random" and doc["config"]["lr_strategy"] == "round-wise"
+    assert doc["config"]["lr_schedule"] == "constant"  # the default, over GetRunConfig
     assert (doc["config"]["estimator"], doc["config"]["perturbations"]) == ("mezo", 1)
     assert doc["deadline_at_unix_ms"] == 1_700_000_000_000 + 30_000 + 60_000  # round 3's, as reported
     assert doc["waiting_for_clients"] == 0

@@ -75,6 +75,7 @@ def test_run_defining_fields_are_fields() -> None:
         ({"mode": "lora", "base_dtype": "int3"}, "base_dtype must be one of"),
         ({"base_dtype": "bf16"}, "needs mode lora"),
         ({"lr_strategy": "nope"}, "lr_strategy must be one of"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of"),
         ({"aggregation": "median"}, "aggregation must be one of"),
         ({"local_steps": 0}, "local_steps must be >= 1"),
         ({"eval_limit": 0}, "eval_limit must be >= 1"),

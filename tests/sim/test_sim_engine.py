@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fedmezo.data import generate_demo_dataset, write_jsonl
-from fedmezo.fl.lr import LrContext, personalized_lrs
+from fedmezo.fl.lr import LrContext, personalized_lrs, schedule_factor
 from fedmezo.fl.selection import sample_clients
 from fedmezo.sim import SimResult, Simulation, load_sim_config
 from fedmezo.sim.wire import full_state_round_bytes
@@ -102,6 +102,23 @@ def test_sampling_and_personalized_lrs_are_the_servers() -> None:
     history = {c: [s for s in stats if s.round_id < 3] for c, stats in sim.history.items()}
     ctx = LrContext(3, 0, 3e-4, 1e-4, result.rounds[3].selected, history)
     assert result.rounds[3].lrs == personalized_lrs("round-wise", ctx)
+
+
+def test_a_cosine_schedule_decays_every_round_lr_like_the_server() -> None:
+    flags = {"num_clients": 2, "rounds": 3, "local_steps": 1, "eval_limit": 2}
+    _sim, result = simulate(lr_schedule="cosine", **flags)
+    for r in result.rounds[1:]:
+        factor = schedule_factor("cosine", r.round_id, 3)
+        assert set(r.lrs.values()) == {float(np.float32(3e-4 * factor))}
+    assert set(result.rounds[3].lrs.values()) == {float(np.float32(3e-4 * 0.1))}
+    constant = simulate(**flags)[1]
+    assert result.rounds[1].fingerprint == constant.rounds[1].fingerprint  # round 1: η_0 either way
+    assert result.rounds[2].fingerprint != constant.rounds[2].fingerprint
+    # FedAvg's optimizer follows the same schedule, so a comparison of methods decays them alike
+    fedavg = {"method": "fedavg", "fedavg_lr": 1e-3, "optimizer": "adamw", **flags}
+    decayed, flat = simulate(lr_schedule="cosine", **fedavg)[1], simulate(**fedavg)[1]
+    assert decayed.rounds[1].fingerprint == flat.rounds[1].fingerprint
+    assert decayed.rounds[2].fingerprint != flat.rounds[2].fingerprint
 
 
 def test_data_directory_gives_client_ids(tmp_path: Path) -> None:
