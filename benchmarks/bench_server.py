@@ -123,6 +123,7 @@ class ServerProcess:
     rounds: int
     local_steps: int
     heartbeat_s: float = 5.0  # the server's heartbeat_interval_s, which clients follow
+    seed_scheme: str = "per-client"  # shared: a round delta of tau coefficients whatever the clients
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -144,6 +145,7 @@ class ServerProcess:
             "--quorum=1.0", f"--deadline-s={ROUND_DEADLINE_S}", f"--max-wait-s={LONG_POLL_S}",
             f"--checkpoint-every={self.rounds}", f"--heartbeat-interval-s={self.heartbeat_s}",
             f"--heartbeat-timeout-s={self.heartbeat_s * HEARTBEAT_TIMEOUT_FACTOR}",
+            f"--seed-scheme={self.seed_scheme}",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMEZO_")}
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -467,6 +469,68 @@ def _progress(counters: list[Any], clients: int, rounds: int, started: float) ->
     return text + (f"  FAILED {failed}" if failed else "")
 
 
+class OperatorPoller:
+    """What a dashboard does to the server, from a thread of the main process: every `every_s` seconds
+    GetStatus, ListRounds (every page) and ListClients, each call timed and its reply's size counted. It
+    measures what an operator's polling costs at this many clients, and what it costs the clients."""
+
+    CALLS = ("GetStatus", "ListRounds", "ListClients")
+
+    def __init__(self, target: str, every_s: float) -> None:
+        import threading
+
+        self.target, self.every_s = target, every_s
+        self.latency_ms: dict[str, list[float]] = defaultdict(list)
+        self.reply_bytes: dict[str, list[int]] = defaultdict(list)
+        self.errors: dict[str, int] = defaultdict(int)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="operator-poller", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _timed(self, name: str, call: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            reply = call()
+        except grpc.RpcError as exc:
+            self.errors[f"operator {name}: {exc.code().name}"] += 1  # type: ignore[attr-defined]
+            return None
+        self.latency_ms[f"operator {name}"].append((time.perf_counter() - start) * 1e3)
+        return reply
+
+    def _run(self) -> None:
+        options = [("grpc.max_receive_message_length", 64 << 20)]
+        with grpc.insecure_channel(self.target, options=options) as channel:
+            stub = status_pb2_grpc.StatusServiceStub(channel)
+            status = status_pb2.GetStatusRequest()
+            while not self._stop.wait(self.every_s):
+                reply = self._timed("GetStatus", lambda: stub.GetStatus(status, timeout=60))
+                if reply is not None:
+                    self.reply_bytes["GetStatus"].append(reply.ByteSize())
+                size, start, after = 0, time.perf_counter(), 0
+                while True:  # every page, as the dashboard reads them
+                    request = status_pb2.ListRoundsRequest(from_round=after)
+                    reply = self._timed("ListRounds page", lambda r=request: stub.ListRounds(r, timeout=60))
+                    if reply is None:
+                        break
+                    size += reply.ByteSize()
+                    if not reply.next_from_round:
+                        break
+                    after = reply.next_from_round
+                self.latency_ms["operator ListRounds (all pages)"].append((time.perf_counter() - start) * 1e3)
+                self.reply_bytes["ListRounds"].append(size)
+                reply = self._timed(
+                    "ListClients", lambda: stub.ListClients(status_pb2.ListClientsRequest(), timeout=60)
+                )
+                if reply is not None:
+                    self.reply_bytes["ListClients"].append(reply.ByteSize())
+
+
 def run_load(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
     """Start the generators, show progress, collect and merge their samples."""
     config = server.run_config()
@@ -494,6 +558,9 @@ def run_load(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
     rss_before, _ = proc_memory_mib(server.process.pid)
     started = time.monotonic()
     go.set()
+    poller = OperatorPoller(server.target, args.status_poll_s) if args.status_poll_s > 0 else None
+    if poller:
+        poller.start()
     parts: list[dict[str, Any]] = []
     next_progress = 0.0
     while len(parts) < len(workers):
@@ -516,12 +583,21 @@ def run_load(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
         if any(w.exitcode not in (None, 0) for w in workers):
             raise RuntimeError("a load generator crashed")
     wall_s = time.monotonic() - started
+    if poller:
+        poller.stop()
     if not args.quiet:
         print(_progress(counters, args.clients, args.rounds, started), file=sys.stderr, flush=True)
     for worker in workers:
         worker.join()
     merged = _merge(parts)
     merged["wall_s"] = wall_s
+    merged["operator_reply_bytes"] = {}
+    if poller:
+        for name, values in poller.latency_ms.items():
+            merged["latency_ms"][name] = values
+        for name, count in poller.errors.items():
+            merged["errors"][name] = merged["errors"].get(name, 0) + count
+        merged["operator_reply_bytes"] = {k: max(v) for k, v in poller.reply_bytes.items() if v}
     merged["server_cpu_s"] = proc_cpu_s(server.process.pid) - cpu_before
     merged["server_rss_before_mib"] = rss_before
     merged["server_rss_mib"], merged["server_peak_rss_mib"] = proc_memory_mib(server.process.pid)
@@ -569,6 +645,7 @@ def summarize(
         "clients": args.clients,
         "rounds": args.rounds,
         "local_steps": args.local_steps,
+        "seed_scheme": args.seed_scheme,
         "procs": args.procs,
         "join_rate": args.join_rate,
         "train_s": list(args.train_s),
@@ -586,6 +663,13 @@ def summarize(
         "failed_clients": len(merged["failed_clients"]),
         "errors": dict(merged["errors"]),
         "wall_s": merged["wall_s"],
+        # what the server counted going down to each client per round (task, delta, acks): with shared
+        # seeds it must not grow with the number of clients
+        "downlink_per_client_per_round_bytes": [
+            r.bytes_down / max(len(r.clients), 1) for r in rounds if r.state == status_pb2.ROUND_STATE_CLOSED
+        ],
+        "status_poll_s": args.status_poll_s,
+        "operator_reply_bytes": merged["operator_reply_bytes"],  # the largest reply of each kind
         "server_cpu_s": merged["server_cpu_s"],
         "server_rss_before_mib": merged["server_rss_before_mib"],
         "server_peak_rss_mib": merged["server_peak_rss_mib"],
@@ -601,6 +685,7 @@ def print_table(report: dict[str, Any]) -> None:
     beats = f"every {report['heartbeat_s']:g} s" if report["heartbeat"] else "off"
     print(
         f"{report['clients']} clients x {report['rounds']} rounds, tau={report['local_steps']}, "
+        f"{report['seed_scheme']} seeds, "
         f"{report['procs']} load-generator process(es), "
         f"training {report['train_s'][0]:g}-{report['train_s'][1]:g} s, "
         f"heartbeats {beats}  ({report['machine']})"
@@ -632,6 +717,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"RSS {report['server_rss_before_mib']:.0f} MiB before the load, "
         f"peak {report['server_peak_rss_mib']:.0f} MiB; load generators CPU {report['loadgen_cpu_s']:.1f} s"
     )
+    down = report["downlink_per_client_per_round_bytes"]
+    print("downlink per client per round (server's count): " + ", ".join(f"{b:,.0f} B" for b in down))
+    if report["operator_reply_bytes"]:
+        sizes = ", ".join(f"{k} {v:,} B" for k, v in report["operator_reply_bytes"].items())
+        print(f"operator polling every {report['status_poll_s']:g} s, largest replies: {sizes}")
 
 
 def raise_fd_limit() -> None:
@@ -667,6 +757,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--procs", type=int, default=1, help="load-generator processes")
     parser.add_argument(
+        "--seed-scheme", choices=("per-client", "shared"), default="per-client",
+        help="the server's seed scheme; shared keeps a round's delta at tau seeds whatever the clients",
+    )  # fmt: skip
+    parser.add_argument(
         "--join-rate", type=float, default=DEFAULT_JOIN_RATE,
         help="clients started per second (a fleet comes online over time); 0 = all at once",
     )  # fmt: skip
@@ -680,6 +774,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the server's heartbeat interval, which every client follows (server default 5 s)",
     )  # fmt: skip
     parser.add_argument("--no-heartbeat", dest="heartbeat", action="store_false", help="send no heartbeats")
+    parser.add_argument(
+        "--status-poll-s", type=float, default=0.0,
+        help="poll GetStatus, ListRounds and ListClients every S seconds like a dashboard (0 = no poller)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seeds the synthetic scalars and timings")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="give up after this long")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -696,7 +794,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="bench_server-"))
-    server = ServerProcess(workdir, args.clients, args.rounds, args.local_steps, args.heartbeat_s)
+    server = ServerProcess(
+        workdir, args.clients, args.rounds, args.local_steps, args.heartbeat_s, args.seed_scheme
+    )
     try:
         if not args.quiet:
             print(f"starting fedmezo server ({MODEL}) in {workdir}", file=sys.stderr)

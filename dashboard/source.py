@@ -25,7 +25,7 @@ from fedmezo.dashboard.schemas import (
     RunConfigInfo,
     ServerStatus,
 )
-from fedmezo.status_pages import list_all_rounds
+from fedmezo.status_pages import list_all_clients, list_all_rounds
 from fedmezo.v1 import common_pb2, status_pb2, status_pb2_grpc
 
 __all__ = [
@@ -214,7 +214,7 @@ class GrpcStatusSource:
         ]
 
     def clients(self) -> list[ClientInfo]:
-        reply = self._call(self._stub.ListClients, status_pb2.ListClientsRequest())
+        pages = list_all_clients(lambda request: self._call(self._stub.ListClients, request))
         return [
             ClientInfo(
                 client_id=c.client_id,
@@ -235,7 +235,7 @@ class GrpcStatusSource:
                 num_examples=c.num_examples,
                 model_version=c.model_version,
             )
-            for c in reply.clients
+            for c in pages
         ]
 
     def events(self, after_cursor: int, limit: int = 0) -> EventPage:

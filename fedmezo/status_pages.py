@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 ListRoundsCall = Callable[[Any], Any]  # ListRoundsRequest -> ListRoundsResponse, however it is sent
+ListClientsCall = Callable[[Any], Any]  # ListClientsRequest -> ListClientsResponse
 
 
 def list_all_rounds(call: ListRoundsCall, from_round: int = 0, limit: int = 0) -> list[Any]:
@@ -29,3 +30,24 @@ def list_all_rounds(call: ListRoundsCall, from_round: int = 0, limit: int = 0) -
             )
         remaining = limit - len(rounds) if limit else 0
         request = status_pb2.ListRoundsRequest(from_round=reply.next_from_round, limit=remaining)
+
+
+def list_all_clients(call: ListClientsCall, after: str = "", limit: int = 0) -> list[Any]:
+    """Every ClientInfo with an id above `after` (at most `limit`, 0 = all), following
+    `next_after_client_id`. A server that predates paging answers in one reply: the whole list."""
+    from fedmezo.v1 import status_pb2
+
+    clients: list[Any] = []
+    request = status_pb2.ListClientsRequest(after_client_id=after, limit=limit)
+    while True:
+        reply = call(request)
+        clients.extend(reply.clients)
+        if not reply.next_after_client_id or (limit and len(clients) >= limit):
+            return clients[:limit] if limit else clients
+        if reply.next_after_client_id <= request.after_client_id:
+            raise RuntimeError(
+                f"ListClients paging did not advance (after {request.after_client_id!r} → "
+                f"next {reply.next_after_client_id!r})"
+            )
+        remaining = limit - len(clients) if limit else 0
+        request = status_pb2.ListClientsRequest(after_client_id=reply.next_after_client_id, limit=remaining)

@@ -42,6 +42,7 @@ EVENTS_PAGE = 1000  # also the most events one ListEvents answers: a reply stays
 # One ListRounds page: rounds decoded per call (bounds its event-loop time) and the bytes they may
 # take (a round lists every selected client, so a long run outgrows the 4 MiB message limit).
 ROUNDS_PAGE = 256
+CLIENTS_PAGE = 1000  # ~200 B per ClientInfo: a page stays far below the 4 MiB message limit
 ROUNDS_PAGE_BYTES = 2 << 20
 
 Resp = TypeVar("Resp")
@@ -334,9 +335,13 @@ class StatusServicer(_Servicer, status_pb2_grpc.StatusServiceServicer):
     @unary
     async def ListClients(self, request: Any, context: Any) -> status_pb2.ListClientsResponse:
         self._check(context, per_client=True)
-        return status_pb2.ListClientsResponse(
-            clients=[convert.client_view_to_pb(v) for v in client_views(self._coord)]
-        )
+        wanted = request.limit
+        page = min(wanted or CLIENTS_PAGE, CLIENTS_PAGE)
+        views = client_views(self._coord, request.after_client_id, page + 1)  # one more: is there a next?
+        reply = status_pb2.ListClientsResponse(clients=[convert.client_view_to_pb(v) for v in views[:page]])
+        if len(views) > page and (not wanted or page < wanted):
+            reply.next_after_client_id = views[page - 1].client_id
+        return reply
 
     @unary
     async def ListEvents(self, request: Any, context: Any) -> status_pb2.ListEventsResponse:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +111,11 @@ class SqliteStore(Store):
         rows = self._db.query("SELECT * FROM clients WHERE client_id=?", (client_id,))
         return ClientRecord(*rows[0]) if rows else None
 
-    def list_clients(self) -> list[ClientRecord]:
-        return [ClientRecord(*row) for row in self._db.query("SELECT * FROM clients ORDER BY client_id")]
+    def list_clients(self, after: str = "", limit: int = 0) -> list[ClientRecord]:
+        rows = self._db.query(
+            "SELECT * FROM clients WHERE client_id > ? ORDER BY client_id LIMIT ?", (after, limit or -1)
+        )  # the primary key's index: a page costs its own rows, not the whole table
+        return [ClientRecord(*row) for row in rows]
 
     def count_clients(self) -> int:
         return int(self._db.query("SELECT COUNT(*) FROM clients")[0][0])
@@ -309,15 +312,21 @@ class SqliteStore(Store):
         rows = self._db.query("SELECT * FROM updates WHERE round_id=? ORDER BY client_id", (round_id,))
         return [self._update(r) for r in rows]
 
-    def client_update_stats(self) -> dict[str, ClientUpdateStats]:
-        """Two aggregate queries instead of decoding every update of every round in Python."""
+    def client_update_stats(self, client_ids: Collection[str] | None = None) -> dict[str, ClientUpdateStats]:
+        """Two aggregate queries instead of decoding every update of every round in Python; for a page of
+        clients, over that page's rows only (`_in`)."""
+        where, params = _in("u.client_id", client_ids)
         totals = self._db.query(
             "SELECT u.client_id, COALESCE(SUM(o.accepted), 0), MAX(u.peak_memory_bytes) FROM updates u "
-            "LEFT JOIN outcomes o ON o.round_id = u.round_id AND o.client_id = u.client_id "
-            "GROUP BY u.client_id"
+            f"LEFT JOIN outcomes o ON o.round_id = u.round_id AND o.client_id = u.client_id {where} "
+            "GROUP BY u.client_id",
+            params,
         )
         # SQLite fills the bare column `losses` from the row holding MAX(round_id): the newest update.
-        rows = self._db.query("SELECT client_id, losses, MAX(round_id) FROM updates GROUP BY client_id")
+        where, params = _in("client_id", client_ids)
+        rows = self._db.query(
+            f"SELECT client_id, losses, MAX(round_id) FROM updates {where} GROUP BY client_id", params
+        )
         newest = {client_id: losses for client_id, losses, _ in rows}
         out = {}
         for client_id, accepted, peak in totals:
@@ -380,8 +389,9 @@ class SqliteStore(Store):
             )
             self._insert_events(db, events)
 
-    def latest_fingerprints(self) -> dict[str, FingerprintRecord]:
-        rows = self._db.query("SELECT * FROM fingerprints")
+    def latest_fingerprints(self, client_ids: Collection[str] | None = None) -> dict[str, FingerprintRecord]:
+        where, params = _in("client_id", client_ids)
+        rows = self._db.query(f"SELECT * FROM fingerprints {where}", params)
         return {r[0]: FingerprintRecord(r[0], r[1], bytes(r[2]), bool(r[3]), r[4]) for r in rows}
 
     # --- traffic ---
@@ -436,3 +446,14 @@ class SqliteStore(Store):
             sql += " LIMIT ?"
             args.append(limit)
         return [EventRecord(*r) for r in self._db.query(sql, args)]
+
+
+def _in(column: str, values: Collection[str] | None) -> tuple[str, tuple[str, ...]]:
+    """A `WHERE column IN (?, …)` clause and its parameters; no clause for None (every row). A page holds
+    at most a few thousand ids, far below SQLite's limit on parameters (32,766)."""
+    if values is None:
+        return "", ()
+    ids = tuple(values)
+    if not ids:
+        return f"WHERE {column} IN (NULL)", ()  # an empty page matches no row
+    return f"WHERE {column} IN ({','.join('?' * len(ids))})", ids

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from fedmezo.fl.errors import StoreError
 from fedmezo.fl.records import (
@@ -48,7 +48,9 @@ class Store(ABC):
     @abstractmethod
     def get_client(self, client_id: str) -> ClientRecord | None: ...
     @abstractmethod
-    def list_clients(self) -> list[ClientRecord]: ...
+    def list_clients(self, after: str = "", limit: int = 0) -> list[ClientRecord]:
+        """Clients in id order, those with an id above `after` ("" = from the first), at most `limit`
+        (0 = all): a page of ListClients, read without touching the other clients."""
 
     # --- rounds and tasks ---
     @abstractmethod
@@ -95,7 +97,8 @@ class Store(ABC):
     @abstractmethod
     def record_fingerprint(self, record: FingerprintRecord, events: Sequence[NewEvent] = ()) -> None: ...
     @abstractmethod
-    def latest_fingerprints(self) -> dict[str, FingerprintRecord]: ...
+    def latest_fingerprints(self, client_ids: Collection[str] | None = None) -> dict[str, FingerprintRecord]:
+        """Each client's last reported fingerprint (only those of `client_ids` when given)."""
 
     # --- traffic ---
     @abstractmethod
@@ -143,12 +146,16 @@ class Store(ABC):
     def count_clients(self) -> int:
         return len(self.list_clients())
 
-    def client_update_stats(self) -> dict[str, ClientUpdateStats]:
-        """Per client over every round (ListClients asks on every call; SqliteStore answers in SQL)."""
+    def client_update_stats(self, client_ids: Collection[str] | None = None) -> dict[str, ClientUpdateStats]:
+        """Per client over every round, only those of `client_ids` when given (a ListClients page asks on
+        every call; SqliteStore answers in SQL)."""
+        wanted = None if client_ids is None else set(client_ids)
         stats: dict[str, ClientUpdateStats] = {}
         for rec in self.list_rounds():
             outcomes = {o.client_id: o for o in self.list_outcomes(rec.round_id)}
             for u in self.list_updates(rec.round_id):
+                if wanted is not None and u.client_id not in wanted:
+                    continue
                 old = stats.get(u.client_id, ClientUpdateStats(0, math.nan, 0))
                 counted = outcomes.get(u.client_id)
                 stats[u.client_id] = ClientUpdateStats(
@@ -209,8 +216,11 @@ class MemoryStore(Store):
     def get_client(self, client_id: str) -> ClientRecord | None:
         return self._clients.get(client_id)
 
-    def list_clients(self) -> list[ClientRecord]:
-        return sorted(self._clients.values(), key=lambda c: c.client_id)
+    def list_clients(self, after: str = "", limit: int = 0) -> list[ClientRecord]:
+        clients = sorted(
+            (c for c in self._clients.values() if c.client_id > after), key=lambda c: c.client_id
+        )
+        return clients[:limit] if limit else clients
 
     def open_round(
         self, round_: RoundRecord, tasks: Sequence[TaskRecord], events: Sequence[NewEvent] = ()
@@ -305,8 +315,10 @@ class MemoryStore(Store):
             self._fingerprints[record.client_id] = record
             self.add_events(events)
 
-    def latest_fingerprints(self) -> dict[str, FingerprintRecord]:
-        return dict(self._fingerprints)
+    def latest_fingerprints(self, client_ids: Collection[str] | None = None) -> dict[str, FingerprintRecord]:
+        if client_ids is None:
+            return dict(self._fingerprints)
+        return {c: self._fingerprints[c] for c in client_ids if c in self._fingerprints}
 
     def add_traffic(self, records: Iterable[TrafficRecord]) -> None:
         with self._lock:

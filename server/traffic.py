@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Iterable
 
 from fedmezo.fl.records import TrafficRecord
 from fedmezo.server.store import Store
@@ -24,20 +25,29 @@ class TrafficMeter:
         self._lock = threading.Lock()
         self._totals: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
         self._pending: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
+        # The same totals indexed the two ways status pages read them, so that a page costs its own
+        # rows and not a pass over every (round, client) cell (10,000 clients x rounds of them)
+        self._rounds: dict[int, dict[str, list[int]]] = defaultdict(dict)
+        self._clients: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._run_up = self._run_down = 0  # whole run, all clients: GetStatus reads them on every call
         for rec in store.list_traffic():
-            self._totals[(rec.round_id, rec.client_id)] = [rec.bytes_up, rec.bytes_down]
-            self._run_up += rec.bytes_up
-            self._run_down += rec.bytes_down
+            self._add(rec.client_id, rec.round_id, rec.bytes_up, rec.bytes_down, pending=False)
 
     def record(self, client_id: str, round_id: int, bytes_up: int, bytes_down: int) -> None:
         with self._lock:
-            for table in (self._totals, self._pending):
-                cell = table[(round_id, client_id)]
-                cell[0] += bytes_up
-                cell[1] += bytes_down
-            self._run_up += bytes_up
-            self._run_down += bytes_down
+            self._add(client_id, round_id, bytes_up, bytes_down, pending=True)
+
+    def _add(self, client_id: str, round_id: int, bytes_up: int, bytes_down: int, *, pending: bool) -> None:
+        cell = self._totals[(round_id, client_id)]
+        self._rounds[round_id][client_id] = cell  # the same list: by_round reads it without a scan
+        targets = [cell, self._clients[client_id]]
+        if pending:
+            targets.append(self._pending[(round_id, client_id)])
+        for target in targets:
+            target[0] += bytes_up
+            target[1] += bytes_down
+        self._run_up += bytes_up
+        self._run_down += bytes_down
 
     def flush(self) -> None:
         with self._lock:
@@ -57,11 +67,10 @@ class TrafficMeter:
 
     def by_round(self, round_id: int) -> dict[str, tuple[int, int]]:
         with self._lock:
-            return {c: (up, down) for (r, c), (up, down) in self._totals.items() if r == round_id}
+            return {c: (up, down) for c, (up, down) in self._rounds.get(round_id, {}).items()}
 
-    def by_client(self) -> dict[str, tuple[int, int]]:
-        out: dict[str, tuple[int, int]] = {}
-        for rec in self.records():
-            up, down = out.get(rec.client_id, (0, 0))
-            out[rec.client_id] = (up + rec.bytes_up, down + rec.bytes_down)
-        return out
+    def by_client(self, client_ids: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+        """Whole-run (up, down) per client: every client, or only those of `client_ids`."""
+        with self._lock:
+            ids = list(self._clients) if client_ids is None else client_ids
+            return {c: (self._clients[c][0], self._clients[c][1]) for c in ids if c in self._clients}

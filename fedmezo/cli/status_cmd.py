@@ -50,7 +50,7 @@ def _nan_to_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def status_json(status: Any, config: Any, rounds: Sequence[Any], clients: Any) -> dict[str, Any]:
+def status_json(status: Any, config: Any, rounds: Sequence[Any], clients: Sequence[Any]) -> dict[str, Any]:
     """The JSON document of `fedmezo status --json` from StatusService's replies (`rounds`: every
     RoundInfo, all pages of ListRounds)."""
     from google.protobuf.json_format import MessageToDict
@@ -85,7 +85,7 @@ def status_json(status: Any, config: Any, rounds: Sequence[Any], clients: Any) -
                 "bytes_down": c.bytes_down,
                 "last_heartbeat_unix_ms": c.last_heartbeat_unix_ms,
             }
-            for c in clients.clients
+            for c in clients
         ],
         "rounds": [
             {
@@ -145,7 +145,7 @@ def token_from_args(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     import grpc
 
-    from fedmezo.status_pages import list_all_rounds
+    from fedmezo.status_pages import list_all_clients, list_all_rounds
     from fedmezo.v1 import status_pb2, status_pb2_grpc
 
     if not args.insecure and not args.tls_ca:
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             status = stub.GetStatus(status_pb2.GetStatusRequest(), **kw)
             config = stub.GetRunConfig(status_pb2.GetRunConfigRequest(), **kw).config
             rounds = list_all_rounds(lambda request: stub.ListRounds(request, **kw))
-            clients = stub.ListClients(status_pb2.ListClientsRequest(), **kw)
+            clients = list_all_clients(lambda request: stub.ListClients(request, **kw))
         except grpc.RpcError as exc:
             print(f"fedmezo status: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
             return EXIT_UNAVAILABLE

@@ -20,12 +20,14 @@ ROUNDS = 2
 LOCAL_STEPS = 2
 
 
-def test_bench_server_json_report_is_complete_and_sane() -> None:
+@pytest.mark.parametrize("scheme", ["per-client", "shared"])
+def test_bench_server_json_report_is_complete_and_sane(scheme: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     done = subprocess.run(
         [
             sys.executable, str(BENCH), f"--clients={CLIENTS}", f"--rounds={ROUNDS}",
             f"--local-steps={LOCAL_STEPS}", "--train-s=0.5", "--procs=2", "--json", "--quiet",
+            f"--seed-scheme={scheme}", *(["--status-poll-s=0.3"] if scheme == "shared" else []),
         ],
         capture_output=True, text=True, timeout=100, env=env,
     )  # fmt: skip
@@ -64,3 +66,17 @@ def test_bench_server_json_report_is_complete_and_sane() -> None:
     assert report["server_peak_rss_mib"] >= report["server_rss_before_mib"]
     assert report["loadgen_cpu_s"] > 0
     assert report["server_exit_code"] == 0
+    assert report["seed_scheme"] == scheme
+    down = report["downlink_per_client_per_round_bytes"]
+    assert len(down) == ROUNDS and all(b > 0 for b in down)
+    # A per-client delta lists every participant's τ seeds (8 bytes each at least): it grows with the
+    # clients. A shared one carries τ coefficients, whatever the clients: here under 10 bytes per client.
+    if scheme == "per-client":
+        assert min(down) > CLIENTS * LOCAL_STEPS * 8
+        assert report["operator_reply_bytes"] == {} and not any(k.startswith("operator") for k in rpc)
+    else:
+        assert max(down) < 10 * CLIENTS
+        # an operator polled like a dashboard the whole run: every call answered, its replies counted
+        for name in ("GetStatus", "ListRounds page", "ListRounds (all pages)", "ListClients"):
+            assert rpc[f"operator {name}"]["n"] >= 2, name
+        assert report["operator_reply_bytes"]["ListClients"] > CLIENTS * 20  # one entry per client

@@ -85,6 +85,29 @@ def test_clients_upsert_and_list(store: Store) -> None:
     assert [e.kind for e in store.list_events()] == ["client_joined"]
 
 
+def test_clients_are_read_a_page_at_a_time(store: Store) -> None:
+    for client_id in ("d", "b", "a", "c", "e"):
+        store.upsert_client(ClientRecord(client_id, 1.0, 5, "cpu"))
+    ids = lambda after="", limit=0: [c.client_id for c in store.list_clients(after, limit)]  # noqa: E731
+    assert ids() == ["a", "b", "c", "d", "e"] == ids("", 0)
+    assert ids("", 2) == ["a", "b"] and ids("b", 2) == ["c", "d"] and ids("d", 2) == ["e"]
+    assert ids("e") == [] and ids("bb", 1) == ["c"]  # after any string, not only an existing id
+
+
+def test_per_client_figures_for_a_page_are_the_whole_tables_rows(store: Store) -> None:
+    _open(store, 1, ("a", "b", "c"))
+    for client_id in ("a", "b", "c"):
+        store.add_update(_update(1, client_id))
+    store.close_round(_close(1, ("a", "c")))
+    store.record_fingerprint(FingerprintRecord("a", 1, b"x" * 32, True, 5.0))
+    store.record_fingerprint(FingerprintRecord("c", 1, b"y" * 32, False, 6.0))
+    every_stat, every_fp = store.client_update_stats(), store.latest_fingerprints()
+    for page in (["a"], ["b", "c"], ["c", "zz"], []):
+        assert store.client_update_stats(page) == {c: every_stat[c] for c in page if c in every_stat}
+        assert store.latest_fingerprints(page) == {c: every_fp[c] for c in page if c in every_fp}
+    assert Store.client_update_stats(store, ["b"]) == store.client_update_stats(["b"])
+
+
 def test_round_lifecycle(store: Store) -> None:
     assert store.rounds_completed() == 0 and store.open_round_record() is None
     _open(store)
