@@ -124,6 +124,7 @@ class ServerProcess:
     local_steps: int
     heartbeat_s: float = 5.0  # the server's heartbeat_interval_s, which clients follow
     seed_scheme: str = "per-client"  # shared: a round delta of tau coefficients whatever the clients
+    extra: tuple[str, ...] = ()  # more `fedmezo server` flags (--server-arg)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -145,7 +146,7 @@ class ServerProcess:
             "--quorum=1.0", f"--deadline-s={ROUND_DEADLINE_S}", f"--max-wait-s={LONG_POLL_S}",
             f"--checkpoint-every={self.rounds}", f"--heartbeat-interval-s={self.heartbeat_s}",
             f"--heartbeat-timeout-s={self.heartbeat_s * HEARTBEAT_TIMEOUT_FACTOR}",
-            f"--seed-scheme={self.seed_scheme}",
+            f"--seed-scheme={self.seed_scheme}", *self.extra,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMEZO_")}
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -241,7 +242,12 @@ class SimClient:
         self.settings = settings
         self.samples = samples
         self.counters = counters
-        self.channel = grpc.aio.insecure_channel(settings.target)
+        # Its own TCP connection, as a daemon in its own process has: gRPC would otherwise share one
+        # subchannel between every channel to the same target, and the server's per-connection stream
+        # limit (max_streams_per_connection, 128) would then refuse the 129th client's long-poll.
+        self.channel = grpc.aio.insecure_channel(
+            settings.target, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
         self.stub = federation_pb2_grpc.FederationServiceStub(self.channel)
         self.rng = random.Random(f"{settings.seed}/{client_id}")
         self.version = 0
@@ -775,6 +781,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--no-heartbeat", dest="heartbeat", action="store_false", help="send no heartbeats")
     parser.add_argument(
+        "--server-arg", action="append", default=[], metavar="FLAG",
+        help="one more `fedmezo server` flag, e.g. --server-arg=--max-streams-per-connection=4 (repeatable)",
+    )  # fmt: skip
+    parser.add_argument(
         "--status-poll-s", type=float, default=0.0,
         help="poll GetStatus, ListRounds and ListClients every S seconds like a dashboard (0 = no poller)",
     )  # fmt: skip
@@ -795,8 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="bench_server-"))
     server = ServerProcess(
-        workdir, args.clients, args.rounds, args.local_steps, args.heartbeat_s, args.seed_scheme
-    )
+        workdir, args.clients, args.rounds, args.local_steps, args.heartbeat_s, args.seed_scheme,
+        tuple(args.server_arg),
+    )  # fmt: skip
     try:
         if not args.quiet:
             print(f"starting fedmezo server ({MODEL}) in {workdir}", file=sys.stderr)

@@ -28,6 +28,9 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str) -> None:
             sys.executable, str(BENCH), f"--clients={CLIENTS}", f"--rounds={ROUNDS}",
             f"--local-steps={LOCAL_STEPS}", "--train-s=0.5", "--procs=2", "--json", "--quiet",
             f"--seed-scheme={scheme}", *(["--status-poll-s=0.3"] if scheme == "shared" else []),
+            # every simulated client holds its own connection, as a daemon does: with a shared one, the
+            # 20 clients' long-polls would overrun this per-connection stream limit and be refused
+            "--server-arg=--max-streams-per-connection=4",
         ],
         capture_output=True, text=True, timeout=100, env=env,
     )  # fmt: skip
