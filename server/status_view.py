@@ -4,6 +4,7 @@ meter. Plain dataclasses: convert.py turns them into protobuf, the CLI into JSON
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -155,14 +156,16 @@ def initial_round_view(coord: RunReader) -> RoundView | None:
     )
 
 
-def round_views(coord: RunReader, from_round: int = 1, limit: int = 0) -> list[RoundView]:
-    """Rounds from `from_round` on (at most `limit`, 0 = all); from_round 0 adds round 0 when evaluated."""
-    views = []
+def round_views(coord: RunReader, from_round: int = 1, limit: int = 0) -> Iterator[RoundView]:
+    """Rounds from `from_round` on (at most `limit`, 0 = all); from_round 0 adds round 0 when evaluated.
+
+    Lazily, one round at a time: a ListRounds page that fills its byte budget after two rounds of a
+    10,000-client run stops there instead of decoding every update of the other rounds it may hold."""
     initial = initial_round_view(coord) if from_round == 0 else None
     if initial is not None:
-        views.append(initial)
+        yield initial
         if limit == 1:
-            return views
+            return
         limit = limit - 1 if limit else 0
     for rec in coord.store.list_rounds(max(1, from_round), limit):
         updates = {u.client_id: u for u in coord.store.list_updates(rec.round_id)}
@@ -194,7 +197,7 @@ def round_views(coord: RunReader, from_round: int = 1, limit: int = 0) -> list[R
                 )
             )
         end = rec.closed_at or coord.clock()
-        views.append(
+        yield (
             RoundView(
                 round_id=rec.round_id,
                 state=rec.state,
@@ -211,7 +214,6 @@ def round_views(coord: RunReader, from_round: int = 1, limit: int = 0) -> list[R
                 deadline_at=rec.deadline_at,
             )
         )
-    return views
 
 
 def client_views(coord: RunReader, after: str = "", limit: int = 0) -> list[ClientView]:
