@@ -16,20 +16,10 @@ def list_all_rounds(call: ListRoundsCall, from_round: int = 0, limit: int = 0) -
     """
     from fedmezo.v1 import status_pb2
 
-    rounds: list[Any] = []
-    request = status_pb2.ListRoundsRequest(from_round=from_round, limit=limit)
-    while True:
-        reply = call(request)
-        rounds.extend(reply.rounds)
-        if not reply.next_from_round or (limit and len(rounds) >= limit):
-            return rounds[:limit] if limit else rounds
-        if reply.next_from_round <= request.from_round:
-            raise RuntimeError(
-                f"ListRounds paging did not advance (from_round {request.from_round} → "
-                f"next_from_round {reply.next_from_round})"
-            )
-        remaining = limit - len(rounds) if limit else 0
-        request = status_pb2.ListRoundsRequest(from_round=reply.next_from_round, limit=remaining)
+    def request(start: int, left: int) -> Any:
+        return status_pb2.ListRoundsRequest(from_round=start, limit=left)
+
+    return _all_pages("ListRounds", call, request, from_round, limit, "rounds", "next_from_round")
 
 
 def list_all_clients(call: ListClientsCall, after: str = "", limit: int = 0) -> list[Any]:
@@ -37,17 +27,25 @@ def list_all_clients(call: ListClientsCall, after: str = "", limit: int = 0) -> 
     `next_after_client_id`. A server that predates paging answers in one reply: the whole list."""
     from fedmezo.v1 import status_pb2
 
-    clients: list[Any] = []
-    request = status_pb2.ListClientsRequest(after_client_id=after, limit=limit)
+    def request(start: str, left: int) -> Any:
+        return status_pb2.ListClientsRequest(after_client_id=start, limit=left)
+
+    return _all_pages("ListClients", call, request, after, limit, "clients", "next_after_client_id")
+
+
+def _all_pages(
+    rpc: str, call: Callable[[Any], Any], request: Callable[[Any, int], Any], start: Any, limit: int,
+    items: str, next_field: str,
+) -> list[Any]:  # fmt: skip
+    """Ask from `start`, then from each reply's `next_field` (empty/0 = the end) until `limit` items (0 =
+    all) are read; a cursor that does not move forward is an error, not an endless loop."""
+    out: list[Any] = []
     while True:
-        reply = call(request)
-        clients.extend(reply.clients)
-        if not reply.next_after_client_id or (limit and len(clients) >= limit):
-            return clients[:limit] if limit else clients
-        if reply.next_after_client_id <= request.after_client_id:
-            raise RuntimeError(
-                f"ListClients paging did not advance (after {request.after_client_id!r} → "
-                f"next {reply.next_after_client_id!r})"
-            )
-        remaining = limit - len(clients) if limit else 0
-        request = status_pb2.ListClientsRequest(after_client_id=reply.next_after_client_id, limit=remaining)
+        reply = call(request(start, limit - len(out) if limit else 0))
+        out.extend(getattr(reply, items))
+        cursor = getattr(reply, next_field)
+        if not cursor or (limit and len(out) >= limit):
+            return out[:limit] if limit else out
+        if cursor <= start:
+            raise RuntimeError(f"{rpc} paging did not advance (from {start!r} → {next_field} {cursor!r})")
+        start = cursor
