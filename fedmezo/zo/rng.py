@@ -17,6 +17,7 @@ __all__ = [
     "DOMAIN_DIRECTION",
     "DOMAIN_FINGERPRINT",
     "DOMAIN_INIT",
+    "DOMAIN_ROUNDING",
     "ELEMENTS_PER_BLOCK",
     "RNG_SPEC",
     "direction_words",
@@ -27,6 +28,7 @@ __all__ = [
 RNG_SPEC = "fedmezo-rng-v1"
 ELEMENTS_PER_BLOCK = 128  # 4 words x 32 bits per Philox call
 DOMAIN_DIRECTION = 0  # counter word c2 for perturbation directions
+DOMAIN_ROUNDING = 1  # counter word c2 for stochastic rounding bits (rounding.py, bf16 weights)
 DOMAIN_INIT = 2  # counter word c2 for portable weight initialisation (tiny-random, LoRA A)
 DOMAIN_FINGERPRINT = 3  # counter word c2 for the chunk keys of fedmezo-fp-v1 (fingerprint.py)
 

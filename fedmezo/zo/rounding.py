@@ -1,0 +1,63 @@
+"""Stochastic rounding fp32 → bf16 with portable random bits: the reference for bf16 canonical weights
+(issue #14 item 2; docs/protocol.md §7.4, not yet a run setting).
+
+Round-to-nearest erases every update smaller than half a bf16 ulp, and a MeZO step (lr · g ~ 1e-6 on
+weights ~ 1e-2, whose ulp is ~ 6e-5) is nearly always that small. Rounding up with probability equal to
+the discarded fraction keeps each update in expectation. The 16 random bits of element e come from
+Philox4x32-10 in domain 1 (DOMAIN_ROUNDING) keyed by the pair's seed: block e div 8, output word
+(e mod 8) div 2, its low half for even e and its high half for odd e. So every backend rounds alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from fedmezo.zo.rng import DOMAIN_ROUNDING, direction_words, rademacher
+
+__all__ = ["ELEMENTS_PER_ROUNDING_BLOCK", "rounding_bits", "sr_apply_bf16", "stochastic_round_bf16"]
+
+ELEMENTS_PER_ROUNDING_BLOCK = 8  # 4 words x 2 halves of 16 bits per Philox call
+_QUIET_NAN = 0x7FC0
+
+
+def rounding_bits(seed: int, tensor_id: int, numel: int) -> torch.Tensor:
+    """The 16-bit rounding draws of a tensor's `numel` elements under `seed`, int32 in [0, 2^16)."""
+    if numel < 0:
+        raise ValueError(f"numel must be non-negative, got {numel}")
+    blocks = -(-numel // ELEMENTS_PER_ROUNDING_BLOCK)
+    words = direction_words(seed, tensor_id, 0, blocks, DOMAIN_ROUNDING)  # (blocks, 4) uint32
+    halves = np.stack([words & np.uint32(0xFFFF), words >> np.uint32(16)], axis=2)  # (blocks, 4, 2)
+    return torch.from_numpy(halves.reshape(-1)[:numel].astype(np.int32))
+
+
+def stochastic_round_bf16(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """bf16(x) rounded away from zero with probability (discarded low 16 bits) / 2^16, toward zero
+    otherwise: add the draw to the fp32 bit pattern and truncate (the sign is not touched, so this is
+    unbiased for either sign). Values already in bf16 are exact whatever the draw; ±inf stay; NaN becomes
+    the quiet NaN of its sign; a finite value can round to ±inf only from within an ulp of fp32's max."""
+    if x.dtype != torch.float32 or bits.shape != x.shape:
+        raise ValueError("x must be fp32 and bits must have its shape")
+    u = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    finite = torch.isfinite(x)
+    rounded = torch.where(finite, (u + bits.to(torch.int64)) >> 16, u >> 16)
+    nan = torch.isnan(x)
+    rounded = torch.where(nan, (u >> 16 & 0x8000) | _QUIET_NAN, rounded)
+    as_int16 = torch.where(rounded >= 0x8000, rounded - 0x10000, rounded).to(torch.int16)
+    return as_int16.view(torch.bfloat16)
+
+
+def sr_apply_bf16(w: torch.Tensor, pairs: Sequence[tuple[int, float]], tensor_id: int) -> torch.Tensor:
+    """§7.3 on a bf16 tensor: for each (seed, coefficient) in order, w ← SR(fp32(w) ± fp32(c)), the sign
+    from z(seed) and the rounding bits from the same seed in domain 1. Returns the new bf16 tensor."""
+    if w.dtype != torch.bfloat16:
+        raise ValueError("w must be bf16")
+    flat = w.reshape(-1)
+    for seed, coefficient in pairs:
+        v = torch.tensor(float(np.float32(coefficient)), dtype=torch.float32)
+        signs = rademacher(seed, tensor_id, flat.numel())
+        moved = flat.float() + torch.where(signs > 0, v, -v)  # one fp32 add per element, as in §7.3
+        flat = stochastic_round_bf16(moved, rounding_bits(seed, tensor_id, flat.numel()))
+    return flat.reshape(w.shape)
