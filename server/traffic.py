@@ -23,10 +23,9 @@ class TrafficMeter:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._lock = threading.Lock()
-        self._totals: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
         self._pending: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
-        # The same totals indexed the two ways status pages read them, so that a page costs its own
-        # rows and not a pass over every (round, client) cell (10,000 clients x rounds of them)
+        # Totals indexed the two ways status pages read them, so that a page costs its own rows and
+        # not a pass over every (round, client) cell (10,000 clients x rounds of them)
         self._rounds: dict[int, dict[str, list[int]]] = defaultdict(dict)
         self._clients: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._run_up = self._run_down = 0  # whole run, all clients: GetStatus reads them on every call
@@ -38,9 +37,7 @@ class TrafficMeter:
             self._add(client_id, round_id, bytes_up, bytes_down, pending=True)
 
     def _add(self, client_id: str, round_id: int, bytes_up: int, bytes_down: int, *, pending: bool) -> None:
-        cell = self._totals[(round_id, client_id)]
-        self._rounds[round_id][client_id] = cell  # the same list: by_round reads it without a scan
-        targets = [cell, self._clients[client_id]]
+        targets = [self._rounds[round_id].setdefault(client_id, [0, 0]), self._clients[client_id]]
         if pending:
             targets.append(self._pending[(round_id, client_id)])
         for target in targets:
@@ -63,7 +60,11 @@ class TrafficMeter:
 
     def records(self) -> list[TrafficRecord]:
         with self._lock:
-            return [TrafficRecord(r, c, up, down) for (r, c), (up, down) in sorted(self._totals.items())]
+            return [
+                TrafficRecord(r, c, up, down)
+                for r in sorted(self._rounds)
+                for c, (up, down) in sorted(self._rounds[r].items())
+            ]
 
     def by_round(self, round_id: int) -> dict[str, tuple[int, int]]:
         with self._lock:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fedmezo.zo.triton_kernel import triton_available
+from fedmezo.zo.triton_kernel import _keys_tensor, triton_available
 
 __all__ = ["sr_apply_bf16_triton"]
 
@@ -25,9 +25,7 @@ def sr_apply_bf16_triton(w: torch.Tensor, pairs: Sequence[tuple[int, float]], te
         return
     from fedmezo.zo._triton_kernels import sr_apply_kernel
 
-    u64 = np.array([seed for seed, _ in pairs], dtype=np.uint64)
-    words = np.stack([u64 & np.uint64(0xFFFFFFFF), u64 >> np.uint64(32)], axis=1).astype(np.uint32)
-    keys = torch.from_numpy(words.reshape(-1).view(np.int32).copy()).to(w.device)
+    keys = _keys_tensor([seed for seed, _ in pairs], w.device)
     values = torch.tensor([float(np.float32(c)) for _, c in pairs], dtype=torch.float32, device=w.device)
     flat = w.view(torch.int16).reshape(-1)
     grid = (-(-flat.numel() // BLOCK),)

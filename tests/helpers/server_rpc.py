@@ -7,7 +7,7 @@ resolves to whichever conftest was imported first once several folders run toget
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -157,3 +157,21 @@ def apply_wire_delta(replica: Replica, msg: fpb.StreamRoundDeltasResponse, run_s
 def rpc_code(exc: BaseException) -> grpc.StatusCode:
     assert isinstance(exc, grpc.aio.AioRpcError), exc
     return exc.code()
+
+
+def read_all_pages(
+    port: int, rpc: str, reader: Callable[..., list[Any]], *args: Any
+) -> tuple[list[Any], int]:
+    """Every item of a paged StatusService list (`reader`: fedmezo.status_pages.list_all_rounds or
+    list_all_clients) over a blocking channel, as the CLI reads it, and how many pages that took."""
+    pages = 0
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        method = getattr(status_pb2_grpc.StatusServiceStub(channel), rpc)
+
+        def call(request: Any) -> Any:
+            nonlocal pages
+            pages += 1
+            return method(request, timeout=10.0)
+
+        items = reader(call, *args)
+    return items, pages

@@ -6,32 +6,22 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import grpc
 import pytest
-from helpers.server_rpc import FakeClient, grads_for, running_server
+from helpers.server_rpc import FakeClient, grads_for, read_all_pages, running_server
 
 from fedmezo.fl.replica import Replica
 from fedmezo.server import servicer
 from fedmezo.status_pages import list_all_clients
 from fedmezo.v1 import federation_pb2 as fpb
-from fedmezo.v1 import status_pb2, status_pb2_grpc
+from fedmezo.v1 import status_pb2
 
 IDS = ("a", "b", "c", "d", "e")
 STEPS = 2
 
 
 def _read(port: int, after: str = "", limit: int = 0) -> tuple[list[str], int]:
-    """(client ids read over every page, pages it took) with a blocking channel, as the CLI reads."""
-    pages = 0
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = status_pb2_grpc.StatusServiceStub(channel)
-
-        def call(request: status_pb2.ListClientsRequest) -> status_pb2.ListClientsResponse:
-            nonlocal pages
-            pages += 1
-            return stub.ListClients(request, timeout=10.0)
-
-        clients = list_all_clients(call, after, limit)
+    """(client ids read over every page, pages it took)."""
+    clients, pages = read_all_pages(port, "ListClients", list_all_clients, after, limit)
     return [c.client_id for c in clients], pages
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import grpc
 import pytest
-from helpers.server_rpc import FakeClient, grads_for, running_server
+from helpers.server_rpc import FakeClient, grads_for, read_all_pages, running_server
 
 from fedmezo.fl.replica import Replica
 from fedmezo.server import servicer
 from fedmezo.status_pages import list_all_rounds
 from fedmezo.v1 import federation_pb2 as fpb
-from fedmezo.v1 import status_pb2, status_pb2_grpc
+from fedmezo.v1 import status_pb2
 
 ROUNDS = 5
 STEPS = 2
@@ -29,17 +28,8 @@ async def _play(client: FakeClient) -> None:
 
 
 def _read(port: int, from_round: int = 0, limit: int = 0) -> tuple[list[int], int]:
-    """(round ids read over every page, pages it took) with a blocking channel, as the CLI reads."""
-    pages = 0
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = status_pb2_grpc.StatusServiceStub(channel)
-
-        def call(request: status_pb2.ListRoundsRequest) -> status_pb2.ListRoundsResponse:
-            nonlocal pages
-            pages += 1
-            return stub.ListRounds(request, timeout=10.0)
-
-        rounds = list_all_rounds(call, from_round, limit)
+    """(round ids read over every page, pages it took)."""
+    rounds, pages = read_all_pages(port, "ListRounds", list_all_rounds, from_round, limit)
     return [r.round_id for r in rounds], pages
 
 
