@@ -6,7 +6,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["apply_kernel", "philox10", "sr_apply_kernel", "words_kernel"]
+__all__ = ["apply_kernel", "perturbed_kernel", "philox10", "sr_apply_kernel", "words_kernel"]
 
 
 @triton.jit
@@ -144,3 +144,23 @@ def sr_apply_kernel(w_ptr, numel, tid, keys_ptr, vals_ptr, n_seeds, BLOCK: tl.co
         kept = tl.where(nan, (((u >> 16) & 0x8000) | 0x7FC0).to(tl.uint64), kept)
         bits = kept.to(tl.uint32) << 16
     tl.store(w_ptr + e, (bits >> 16).to(tl.uint16).to(tl.int16, bitcast=True), mask=m)
+
+
+@triton.jit
+def perturbed_kernel(src_ptr, dst_ptr, numel, tid, keys_ptr, v, BLOCK: tl.constexpr):
+    """docs/protocol.md §7.4's perturbed forward copy: dst ← bf16_rne(fp32(src) ± v), NaN → 0x7FC0."""
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    m = e < numel
+    bits = tl.load(src_ptr + e, mask=m, other=0).to(tl.uint16, bitcast=True).to(tl.uint32) << 16
+    t = tl.zeros((BLOCK,), dtype=tl.uint32) + tid.to(tl.uint32)
+    b = e >> 7
+    k0 = tl.load(keys_ptr).to(tl.uint32, bitcast=True)
+    k1 = tl.load(keys_ptr + 1).to(tl.uint32, bitcast=True)
+    x0, x1, x2, x3 = philox10(k0, k1, (b & 0xFFFFFFFF).to(tl.uint32), t, t * 0, (b >> 32).to(tl.uint32))
+    sign = (_word(x0, x1, x2, x3, (e >> 5) & 3) >> (e & 31).to(tl.uint32)) & 1
+    x = bits.to(tl.float32, bitcast=True) + tl.where(sign != 0, v, -v)
+    u = x.to(tl.uint32, bitcast=True)
+    nan = (((u >> 23) & 0xFF) == 0xFF) & ((u & 0x7FFFFF) != 0)
+    wide = u.to(tl.uint64)  # negative NaNs would wrap in 32 bits (they are masked, but stay quiet)
+    rounded = tl.where(nan, 0x7FC0, (wide + 0x7FFF + ((wide >> 16) & 1)) >> 16)
+    tl.store(dst_ptr + e, rounded.to(tl.uint16).to(tl.int16, bitcast=True), mask=m)

@@ -22,7 +22,7 @@ from fedmezo.zo.fingerprint import FINGERPRINT_SPEC
 from fedmezo.zo.layout import ComputeView, FlatBuffer, Segment, segments_of
 from fedmezo.zo.rng import RNG_SPEC
 
-__all__ = ["ComputeView", "Manifest", "Segment", "TrainableParams"]
+__all__ = ["ComputeView", "Manifest", "Segment", "TrainableParams", "unique_trainable"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Manifest:
     rng_spec: str = RNG_SPEC
     fingerprint_spec: str = FINGERPRINT_SPEC
     base: str = ""  # the frozen base's dtype when it is not fp32 ("bf16", "fp16"): its forwards differ
+    weights: str = ""  # the trainable weights' format when it is not fp32 ("bf16-sr", §7.4)
 
     def to_json(self) -> str:
         doc: dict[str, object] = {
@@ -47,6 +48,8 @@ class Manifest:
         }
         if self.base:  # absent for an fp32 base: every manifest from before base dtypes keeps its hash
             doc["base"] = self.base
+        if self.weights:  # likewise absent for fp32 weights
+            doc["weights"] = self.weights
         return json.dumps(doc, separators=(",", ":"))
 
     def sha256(self) -> str:
@@ -57,7 +60,7 @@ class Manifest:
         return sum(int(np.prod(s, dtype=np.int64)) for s in self.shapes)
 
 
-def _unique_trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+def unique_trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """Trainable parameters, tied weights counted once (under their first registered name)."""
     return [(n, p) for n, p in model.named_parameters(remove_duplicate=True) if p.requires_grad]
 
@@ -82,7 +85,7 @@ class TrainableParams(FlatBuffer):
         The parameters must already be fp32 (canonical weights are fp32 everywhere, design §3);
         freeze what should not train (e.g. everything but LoRA adapters) before calling this.
         """
-        named = sorted(_unique_trainable(model), key=lambda item: item[0])
+        named = sorted(unique_trainable(model), key=lambda item: item[0])
         if not named:
             raise ValueError("the model has no trainable parameters")
         for name, param in named:

@@ -17,7 +17,13 @@ import torch
 
 from fedmezo.zo.rng import DOMAIN_ROUNDING, direction_words, rademacher
 
-__all__ = ["ELEMENTS_PER_ROUNDING_BLOCK", "rounding_bits", "sr_apply_bf16", "stochastic_round_bf16"]
+__all__ = [
+    "ELEMENTS_PER_ROUNDING_BLOCK",
+    "perturbed_bf16",
+    "rounding_bits",
+    "sr_apply_bf16",
+    "stochastic_round_bf16",
+]
 
 ELEMENTS_PER_ROUNDING_BLOCK = 8  # 4 words x 2 halves of 16 bits per Philox call
 _QUIET_NAN = 0x7FC0
@@ -61,3 +67,19 @@ def sr_apply_bf16(w: torch.Tensor, pairs: Sequence[tuple[int, float]], tensor_id
         moved = flat.float() + torch.where(signs > 0, v, -v)  # one fp32 add per element, as in §7.3
         flat = stochastic_round_bf16(moved, rounding_bits(seed, tensor_id, flat.numel()))
     return flat.reshape(w.shape)
+
+
+def perturbed_bf16(w: torch.Tensor, seed: int, value: float, tensor_id: int) -> torch.Tensor:
+    """What a forward reads at θ + v·z(seed) when θ is bf16: bf16(fp32(w) ± fp32(v)), rounded to nearest
+    even, NaN → 0x7FC0. Local to one client's losses, never written back into θ, so it needs no random
+    bits; the backends agree on it bit for bit all the same (§7.4). The rounding is spelled out in
+    integers because torch's own conversion is not portable for NaN (0xFFFF with AVX-512 BF16 here)."""
+    if w.dtype != torch.bfloat16:
+        raise ValueError("w must be bf16")
+    v = torch.tensor(float(np.float32(value)), dtype=torch.float32)
+    signs = rademacher(seed, tensor_id, w.numel()).to(w.device)
+    moved = w.reshape(-1).float() + torch.where(signs > 0, v, -v)  # one fp32 add per element
+    u = moved.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    rounded = torch.where(torch.isnan(moved), _QUIET_NAN, (u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+    as_int16 = torch.where(rounded >= 0x8000, rounded - 0x10000, rounded).to(torch.int16)
+    return as_int16.view(torch.bfloat16).reshape(w.shape)

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from fedmezo.zo.rounding import sr_apply_bf16
-from fedmezo.zo.rounding_triton import sr_apply_bf16_triton
+from fedmezo.zo.rounding import perturbed_bf16, sr_apply_bf16
+from fedmezo.zo.rounding_triton import perturbed_bf16_triton, sr_apply_bf16_triton
 from fedmezo.zo.triton_kernel import triton_available
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -38,3 +38,15 @@ def test_in_place_on_a_segment_and_refusals() -> None:
     assert not buffer[:100].any() and not buffer[200:].any()
     with pytest.raises(ValueError, match="bf16"):
         sr_apply_bf16_triton(torch.zeros(4, device=DEVICE), [(3, 1e-2)], 4)
+
+
+@pytest.mark.parametrize("numel", [1, 129, 3000])
+def test_perturbed_copy_equals_the_reference(numel: int) -> None:
+    gen = torch.Generator().manual_seed(numel)
+    w = (torch.randn(numel, generator=gen) * 0.05).bfloat16()
+    if numel >= 5:
+        w[:5] = torch.tensor([math.inf, -math.inf, math.nan, -0.0, 3.38e38]).bfloat16()
+    for seed, value, tensor_id in [(1, 1e-3, 0), (2**64 - 1, -2e-2, 7), (5, 4e37, 2**32 - 1)]:
+        expected = perturbed_bf16(w, seed, value, tensor_id).view(torch.int16)
+        got = perturbed_bf16_triton(w.to(DEVICE), seed, value, tensor_id)
+        assert torch.equal(got.cpu().view(torch.int16), expected)
