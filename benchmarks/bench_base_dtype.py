@@ -23,6 +23,10 @@ from typing import Any
 
 SCRIPT = Path(__file__).resolve()
 BASES = ("fp32", "bf16", "fp16", "int8", "nf4")
+# Full-parameter modes beside the LoRA bases: every weight trains, fp32 θ or bf16 θ with stochastic
+# rounding (§7.4); the inference baseline is the same stored model (fp32 or bf16).
+FULL_MODES = ("full-fp32", "full-bf16-sr")
+MODES = (*BASES, *FULL_MODES)
 
 
 def save_bf16(model_name: str, folder: str) -> None:
@@ -55,6 +59,8 @@ def probe(
 
     configs = {"llama-1b": models.llama_1b_config, "smollm2-135m": models.smollm2_135m_config,
                "tiny-random": models.tiny_random_config}  # fmt: skip
+    if base in FULL_MODES:
+        return probe_full(models.build_random_model(configs[model_name]()), base, batch_size, seq_len, device)
     dtype, quantize = base_load_options(base, "lora")
     if quantize is not None:  # bitsandbytes quantizes as transformers loads
         from transformers import AutoModelForCausalLM
@@ -96,6 +102,50 @@ def probe(
     }
 
 
+def probe_full(model: Any, mode: str, batch_size: int, seq_len: int, device: str) -> dict[str, Any]:
+    """The peaks of one forward and of one full-parameter MeZO step on the same stored model."""
+    import torch
+
+    from fedmezo.memory import PeakMemory
+    from fedmezo.zo import Batch, TrainableParams, make_loss_fn
+    from fedmezo.zo.bf16_shift import Bf16Shift
+    from fedmezo.zo.bf16_weights import Bf16Params
+    from fedmezo.zo.estimators import InPlace, Perturbation, estimate_step
+
+    model = model.to(device).eval()
+    params: Any
+    move: Perturbation
+    if mode == "full-bf16-sr":
+        params = Bf16Params.from_model(model)  # casts the model to bf16
+        move = Bf16Shift(model, params)
+    else:
+        params = TrainableParams.from_model(model)
+        move = InPlace(params)
+    stored = sum(p.numel() * p.element_size() for p in model.parameters())
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=gen).to(device)
+    loss_fn = make_loss_fn(model, Batch(ids, torch.ones_like(ids), ids.clone()))
+    peak = PeakMemory(device)
+    loss_fn()
+    peak.reset()
+    loss_fn()
+    inference = peak.peak_bytes()
+    estimate_step("mezo", move, loss_fn, seeds=[1], eps=1e-3, lr=1e-6)  # warm-up: kernels compiled
+    peak.reset()
+    result = estimate_step("mezo", move, loss_fn, seeds=[2], eps=1e-3, lr=1e-6)
+    step = peak.peak_bytes()
+    return {
+        "base": mode,
+        "stored_weight_bytes": stored,
+        "trainable_params": params.numel,
+        "inference_peak_bytes": inference,
+        "step_peak_bytes": step,
+        "ratio": step / inference,
+        "loss": result.loss,
+        "resettable": peak.resettable,
+    }
+
+
 def run(model: str, bases: list[str], batch_size: int, seq_len: int, device: str) -> dict[str, Any]:
     import tempfile
 
@@ -129,12 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="llama-1b", help="llama-1b, smollm2-135m or tiny-random")
-    parser.add_argument("--bases", nargs="+", default=list(BASES), choices=BASES)
+    parser.add_argument(
+        "--bases", nargs="+", default=list(BASES), choices=MODES, help="LoRA bases and full modes"
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--probe", choices=BASES, help=argparse.SUPPRESS)  # internal: one fresh process
+    parser.add_argument("--probe", choices=MODES, help=argparse.SUPPRESS)  # internal: one fresh process
     parser.add_argument("--folder", help=argparse.SUPPRESS)  # internal: the saved model quantized probes load
     parser.add_argument("--save", help=argparse.SUPPRESS)  # internal: save the random model there in bf16
     args = parser.parse_args(argv)

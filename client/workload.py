@@ -20,6 +20,7 @@ from fedmezo.fl.records import RunSettings
 from fedmezo.fl.train import StepDataset, device_label
 from fedmezo.memory import PeakMemory
 from fedmezo.zo import Backend, Batch, TrainableParams, causal_lm_loss, get_backend, warm_up
+from fedmezo.zo.weights import WEIGHT_FORMATS, Weights
 
 __all__ = ["Workload", "build_workload", "measure_inference_peak", "resolve_device", "training_loss"]
 
@@ -31,7 +32,7 @@ INFERENCE_PROBE_SEED = 0  # the training batch of this seed is the one the infer
 @dataclass
 class Workload:
     model: torch.nn.Module
-    params: TrainableParams
+    params: Weights
     dataset: StepDataset
     num_examples: int
     device: str  # label for the operator, e.g. "cuda:0 (NVIDIA H100)"
@@ -77,6 +78,11 @@ def build_workload(
             f"({', '.join(BASES)}); upgrade fedmezo"
         )
     base = settings.base_dtype if settings.mode == "lora" else "fp32"
+    if settings.weights not in WEIGHT_FORMATS:
+        raise ConfigError(
+            f"the server's run trains {settings.weights!r} weights, which this client does not know "
+            f"({', '.join(WEIGHT_FORMATS)}); upgrade fedmezo"
+        )
     dtype, quantize = base_load_options(base, settings.mode)
     try:
         loaded = load_model(name, device=target, dtype=dtype, quantize=quantize)
@@ -90,8 +96,11 @@ def build_workload(
         lora_alpha=settings.lora_alpha,
         run_seed=settings.lora_seed,
         base_dtype=base,
+        weights=settings.weights if settings.mode == "full" else "fp32",
     )
-    if compute_dtype == "bf16" or (compute_dtype == "auto" and target.type == "cuda"):
+    if isinstance(params, TrainableParams) and (
+        compute_dtype == "bf16" or (compute_dtype == "auto" and target.type == "cuda")
+    ):  # bf16-sr weights are bf16 already: their forwards need no compute copy
         from fedmezo.zo.mixed import ComputeCopy
 
         ComputeCopy(model, params)  # forwards read bf16; θ stays the canonical fp32 buffer

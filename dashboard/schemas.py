@@ -34,6 +34,7 @@ class RunConfigInfo(BaseModel):
     mode: str = Field(description="full | lora")
     lora_rank: int = 0
     base_dtype: str = Field("fp32", description="LoRA: dtype of the frozen base weights, fp32 | bf16 | fp16")
+    weights: str = Field("fp32", description="full mode: the trained weights, fp32 | bf16-sr")
     total_rounds: int
     local_steps: int = Field(description="tau: MeZO steps per client per round")
     clients_per_round: int

@@ -150,6 +150,7 @@ class GrpcStatusSource:
             estimator=_enum_name(common_pb2.Estimator, c.estimator or MEZO, "ESTIMATOR_"),  # 0: older server
             perturbations=c.perturbations or 1,
             base_dtype=c.base_dtype or "fp32",  # empty: fp32 (also from servers before the field)
+            weights=c.weights or "fp32",  # likewise
             seed_scheme="shared" if c.seed_scheme == common_pb2.SEED_SCHEME_SHARED else "per-client",
             batch_size=c.batch_size,
             aggregation=c.aggregation,

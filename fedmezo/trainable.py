@@ -15,6 +15,7 @@ import torch
 
 from fedmezo.zo.params import TrainableParams
 from fedmezo.zo.rng import DOMAIN_INIT, rademacher
+from fedmezo.zo.weights import WEIGHT_FORMATS, Weights, weights_of
 
 __all__ = [
     "BASES",
@@ -99,12 +100,19 @@ def prepare_trainable(
     lora_alpha: float = 16.0,
     run_seed: int = 0,
     base_dtype: str = "fp32",
-) -> tuple[torch.nn.Module, TrainableParams]:
-    """Mark what trains and gather it into one flat fp32 buffer; returns the (maybe wrapped) model.
+    weights: str = "fp32",
+) -> tuple[torch.nn.Module, Weights]:
+    """Mark what trains and gather it into one flat buffer; returns the (maybe wrapped) model.
 
     `base_dtype` (LoRA only) casts the frozen base to bf16 or fp16 before the fp32 adapters are added;
     load the model in that dtype already (fedmezo.models.load_model(dtype=...)) to never hold it in fp32.
+    `weights` (full mode only) is the trained weights' format: fp32, or bf16-sr (§7.4: the model is cast
+    to bf16 and θ moves by stochastically rounded adds).
     """
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+    if weights != "fp32" and mode != "full":
+        raise ValueError(f"weights {weights} need mode 'full': LoRA adapters stay fp32 (see base_dtype)")
     if base_dtype not in BASES:
         raise ValueError(f"unknown base dtype {base_dtype!r}; choose one of {', '.join(BASES)}")
     if mode == "full":
@@ -124,6 +132,7 @@ def prepare_trainable(
     else:
         raise ValueError(f"unknown training mode {mode!r}; choose 'full' or 'lora'")
     model.eval()
-    params = TrainableParams.from_model(model)
-    params.base = "" if base_dtype == "fp32" else base_dtype
+    params = weights_of(model, weights)
+    if isinstance(params, TrainableParams):
+        params.base = "" if base_dtype == "fp32" else base_dtype
     return model, params

@@ -71,6 +71,7 @@ def export_model(
             alpha=config["lora_alpha"],
             seed=config["run_seed"],
             base_dtype=config.get("base_dtype", "fp32"),  # runs from before base dtypes: fp32
+            weights=config.get("weights", "fp32"),  # likewise: bf16-sr exports bf16 weights
         )
         initial = store.get_meta("initial_fingerprint")
         if initial and replica.version == 0 and replica.fingerprint().hex() != initial:
@@ -95,6 +96,7 @@ def export_model(
     fingerprint = replica.fingerprint()
     about = {"version": replica.version, "fingerprint": fingerprint.hex(), "model": config["model"]}
     about |= {"trained_on_base": base, "contents": "adapter" if adapter_only else "model"}
+    about |= {"weights": config.get("weights", "fp32")}
     (out / "fedmezo.json").write_text(json.dumps(about) + "\n")
     logger.info("exported version %d (fingerprint %s) to %s", replica.version, fingerprint.hex()[:16], out)
     return ExportResult(out, replica.version, fingerprint)

@@ -49,8 +49,10 @@ ESTIMATOR_NAMES = tuple(ESTIMATORS)
 # restart must keep them.
 RUN_DEFINING_FIELDS = (
     "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations", "base_dtype",
+    "weights",
 )  # fmt: skip
 BASE_DTYPE_NAMES = ("fp32", "bf16", "fp16", "int8", "nf4")  # fedmezo.trainable.BASES, without torch
+WEIGHT_FORMAT_NAMES = ("fp32", "bf16-sr")  # fedmezo.zo.weights.WEIGHT_FORMATS, without torch
 # Sent to clients as fp32 and used there as-is: rounded once here, so the server and a simulation
 # compute with exactly the value a client trains with.
 FP32_FIELDS = ("eps", "clip")
@@ -90,6 +92,12 @@ class RunConfig:
         "fp32 | bf16 | fp16 | int8 | nf4: the frozen base weights (mode=lora; the adapters stay fp32): bf16 "
         "halves the model's memory, int8 and nf4 (bitsandbytes) quantize its linear layers to 8 and 4 bits; "
         "part of the manifest, so every replica runs the same base",
+    )
+    weights: str = setting(
+        "fp32",
+        "fp32 | bf16-sr: the trained weights (mode=full); bf16-sr keeps them in bf16 (2 bytes per parameter, "
+        "half of fp32) and rounds every update stochastically so small updates survive in expectation; "
+        "part of the manifest",
     )
     rounds: int = setting(10, "total federated rounds")
     local_steps: int = setting(20, "MeZO steps per client per round (tau); 20 keeps a round < 1 KiB/client")
@@ -173,6 +181,10 @@ class RunConfig:
             problems.append(
                 "a base_dtype other than fp32 needs mode lora (full-parameter mode trains fp32 weights)"
             )
+        if self.weights not in WEIGHT_FORMAT_NAMES:
+            problems.append(f"weights must be one of {WEIGHT_FORMAT_NAMES}")
+        elif self.weights != "fp32" and self.mode != "full":
+            problems.append("weights bf16-sr needs mode full (LoRA adapters stay fp32; see base_dtype)")
         if self.lr_strategy not in LR_STRATEGIES:
             problems.append(f"lr_strategy must be one of {LR_STRATEGIES}")
         if self.lr_schedule not in LR_SCHEDULES:

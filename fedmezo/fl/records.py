@@ -80,6 +80,7 @@ class RunSettings:
     perturbations: int = 1
     seed_scheme: str = "per-client"
     base_dtype: str = "fp32"  # LoRA: the frozen base's dtype (the adapters are fp32)
+    weights: str = "fp32"  # full mode: the trained weights' format, fp32 or bf16-sr
 
 
 @dataclass(frozen=True)

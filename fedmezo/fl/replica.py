@@ -23,7 +23,8 @@ from safetensors.torch import save_file
 
 from fedmezo.fl.errors import StoreError, SyncFailed
 from fedmezo.fl.records import CheckpointRecord
-from fedmezo.zo import Backend, RoundDelta, TrainableParams, apply_round_delta, warm_up
+from fedmezo.zo import Backend, RoundDelta, warm_up
+from fedmezo.zo.weights import Weights, add_pairs
 
 if TYPE_CHECKING:
     from fedmezo.fl.config import RunConfig
@@ -51,7 +52,7 @@ def _reason(exc: BaseException) -> str:
 class Replica:
     """θ at `version`; `model`/`tokenizer` are there when the replica was loaded from a model name."""
 
-    params: TrainableParams
+    params: Weights  # fp32 θ (TrainableParams) or bf16 θ with stochastic rounding (Bf16Params)
     version: int = 0
     backend: Backend | None = None
     model: torch.nn.Module | None = None
@@ -64,6 +65,7 @@ class Replica:
         from fedmezo.trainable import base_load_options, prepare_trainable
 
         base = str(lora.get("base_dtype", "fp32"))
+        weights = str(lora.get("weights", "fp32"))
         dtype, quantize = base_load_options(base, mode)
         loaded = load_model(model_name, device=device, dtype=dtype, quantize=quantize)
         model, params = prepare_trainable(
@@ -73,6 +75,7 @@ class Replica:
             lora_alpha=lora.get("alpha", 16.0),
             run_seed=lora.get("seed", 0),
             base_dtype=base,
+            weights=weights,
         )
         return cls(params, model=model, tokenizer=loaded.tokenizer)
 
@@ -87,6 +90,7 @@ class Replica:
             alpha=config.lora_alpha,
             seed=config.run_seed,
             base_dtype=getattr(config, "base_dtype", "fp32"),
+            weights=getattr(config, "weights", "fp32"),
         )
 
     def loaded_model(self) -> torch.nn.Module:
@@ -111,7 +115,7 @@ class Replica:
     def weight_bytes(self) -> int:
         """Bytes of every model parameter as held; tied parameters counted once (θ alone without a model)."""
         if self.model is None:
-            return int(self.params.numel) * 4
+            return int(self.params.numel) * self.params.flat.element_size()
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def warm_up(self) -> None:
@@ -121,7 +125,7 @@ class Replica:
     # --- the only ways θ changes ---
     def apply(self, delta: RoundDelta) -> None:
         """θ_{v+1} = θ_v + Σ_s c_s z(s); the version moves even for an empty (aborted-round) delta."""
-        apply_round_delta(self.params, delta, backend=self.backend)
+        add_pairs(self.params, delta.seeds, delta.coefficients, self.backend)
         self.version += 1
 
     def apply_round(self, round_id: int, delta: RoundDelta, fingerprint: bytes = b"") -> None:
@@ -134,9 +138,10 @@ class Replica:
 
     def load_flat(self, flat: torch.Tensor, version: int, fingerprint: bytes = b"") -> None:
         """Become `version` with θ = `flat`; with a fingerprint, refuse (and keep θ) when it differs."""
-        if flat.dtype != torch.float32 or flat.numel() != self.params.numel:
+        own = self.params.flat
+        if flat.dtype != own.dtype or flat.numel() != own.numel():
             raise SyncFailed(
-                f"checkpoint holds {flat.numel()} {flat.dtype} values, the model {self.params.numel} fp32"
+                f"checkpoint holds {flat.numel()} {flat.dtype} values, the model {own.numel()} {own.dtype}"
             )
         snapshot = self.params.snapshot() if fingerprint else None
         self.params.restore(flat.reshape(-1).contiguous())
@@ -213,5 +218,9 @@ class Replica:
             (flat,) = tensors.values()
             return flat.reshape(-1)
         if set(self.params.names) <= set(tensors):
-            return torch.cat([tensors[name].reshape(-1) for name in self.params.names])
+            parts = [tensors[name].reshape(-1) for name in self.params.names]
+            pad = self.params.flat.numel() - sum(p.numel() for p in parts)  # bf16-sr: a zero to even
+            if pad == 1:
+                parts.append(torch.zeros(1, dtype=parts[0].dtype))
+            return torch.cat(parts)
         raise SyncFailed(f"checkpoint holds tensors {sorted(tensors)[:5]}..., not this model's")

@@ -23,9 +23,9 @@ from fedmezo.fl.errors import Stopped
 from fedmezo.fl.records import Task, Update
 from fedmezo.fl.seeds import SeedPlan
 from fedmezo.memory import PeakMemory
-from fedmezo.zo import Backend, Batch, TrainableParams, causal_lm_loss
-from fedmezo.zo.estimators import InPlace, Perturbation, task_estimator
-from fedmezo.zo.mixed import ComputeCopy, CopyShift
+from fedmezo.zo import Backend, Batch, causal_lm_loss
+from fedmezo.zo.estimators import task_estimator
+from fedmezo.zo.weights import Weights, close_perturbation, perturbation
 
 __all__ = [
     "StepDataset",
@@ -77,7 +77,7 @@ def device_label(device: torch.device) -> str:
 
 def train_task(
     model: torch.nn.Module,
-    params: TrainableParams,
+    params: Weights,
     dataset: StepDataset,
     task: Task,
     client_id: str,
@@ -85,7 +85,7 @@ def train_task(
     backend: Backend | None = None,
     stop: threading.Event | None = None,
     on_step: Callable[[int], None] | None = None,
-    on_trained: Callable[[TrainableParams], None] | None = None,
+    on_trained: Callable[[Weights], None] | None = None,
     progress: bool = True,
     loss_of: Callable[[Batch], float] | None = None,
 ) -> TrainResult:
@@ -105,9 +105,7 @@ def train_task(
     snapshot = params.snapshot()  # θ_r, host fp32 copy
     plan = SeedPlan(task.run_seed, task.seed_scheme, task.perturbations)
     step_seeds = [plan.step_seeds(task.round_id, client_id, t) for t in range(task.local_steps)]
-    move: Perturbation = (
-        CopyShift(params.compute) if isinstance(params.compute, ComputeCopy) else InPlace(params, backend)
-    )  # a compute copy: bf16 forwards, θ never perturbed
+    move = perturbation(model, params, backend)  # in place, a compute copy, or bf16-sr's module hooks
     estimator = task_estimator(task.estimator)  # fresh per task: no state crosses a round
     forwards = 0
     losses: list[float] = []
@@ -141,6 +139,7 @@ def train_task(
         if on_trained is not None:
             on_trained(params)
     finally:
+        close_perturbation(move)
         params.restore(snapshot)  # back to θ_r bit for bit: drift never reaches the canonical state
     return TrainResult(
         round_id=task.round_id,

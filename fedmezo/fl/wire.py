@@ -179,6 +179,7 @@ def run_config_to_pb(
         lora_alpha=config.lora_alpha if lora else 0.0,
         lora_seed=config.run_seed if lora else 0,
         base_dtype=config.base_dtype if lora else "",
+        weights="" if lora or config.weights == "fp32" else config.weights,
         run_seed=config.run_seed,
         seed_scheme=_SEED_SCHEMES[config.seed_scheme],
         estimator=_ESTIMATORS[config.estimator],
@@ -231,6 +232,7 @@ def run_settings_from_pb(config: common_pb2.RunConfig) -> RunSettings:
         perturbations=config.perturbations or 1,
         seed_scheme=seed_scheme_from_pb(config.seed_scheme),
         base_dtype=config.base_dtype or "fp32",
+        weights=config.weights or "fp32",
     )
 
 

@@ -39,6 +39,7 @@ from fedmezo.sim.wire import full_state_round_bytes, seed_scalar_round_bytes
 from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.zo import Backend, Batch, TrainableParams, derive_seed
 from fedmezo.zo.objective import response_cross_entropy
+from fedmezo.zo.weights import Weights
 
 if TYPE_CHECKING:
     from fedmezo.sim.ray_pool import TrainedClient
@@ -104,7 +105,7 @@ def finite_mean(values: Iterable[float]) -> float:
 
 BACKPROP_FORWARDS_PER_STEP = 3  # one forward plus a backward, counted as two forwards
 
-LocalModelHook = Callable[[str, TrainableParams], None]
+LocalModelHook = Callable[[str, Weights], None]
 
 
 def _train_mezo(
@@ -115,7 +116,7 @@ def _train_mezo(
     updates, requests, seconds = [], {}, {}
     for client_id, task in sorted(tasks.items()):
         dataset = world.datasets[client_id]
-        hook: Callable[[TrainableParams], None] | None = None
+        hook: Callable[[Weights], None] | None = None
         if on_trained is not None:
             hook = lambda p, c=client_id: on_trained(c, p)  # noqa: E731
         start = time.perf_counter()
@@ -198,19 +199,21 @@ def _history_stats(closed: ClosedRound, updates: list[UpdateRecord]) -> tuple[tu
 
 
 class _FullStateAverage:
-    """Σ_i ω_i θ_i / Σ_i ω_i in float64, rounded once to fp32 (the most exact full-tensor FedAvg)."""
+    """Σ_i ω_i θ_i / Σ_i ω_i in float64, rounded once to θ's format, fp32 or bf16 (to nearest): the most
+    exact full-tensor FedAvg."""
 
-    def __init__(self, params: TrainableParams) -> None:
-        self._sum = torch.zeros(params.numel, dtype=torch.float64, device=params.device)
+    def __init__(self, params: Weights) -> None:
+        self._sum = torch.zeros(params.flat.numel(), dtype=torch.float64, device=params.device)
         self._weight = 0.0
 
-    def add(self, params: TrainableParams, weight: float) -> None:
+    def add(self, params: Weights, weight: float) -> None:
         self._sum.add_(params.flat.detach().double(), alpha=weight)
         self._weight += weight
 
-    def write_into(self, params: TrainableParams) -> None:
-        params.flat.copy_((self._sum / self._weight).float())
-        params.refresh_compute()
+    def write_into(self, params: Weights) -> None:
+        params.flat.copy_((self._sum / self._weight).to(params.flat.dtype))
+        if isinstance(params, TrainableParams):
+            params.refresh_compute()
 
 
 def _weights(world: World, tasks: Mapping[str, TaskRecord]) -> dict[str, float]:

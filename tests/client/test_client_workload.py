@@ -74,3 +74,22 @@ def test_cpu_training_keeps_the_plain_eager_loss(data_file: Path) -> None:
     assert work.loss_of is None  # auto means off on CPU: the CPU path is unchanged
     with pytest.raises(ConfigError, match="needs CUDA"):
         training_loss(work.model, torch.device("cpu"), 24, "on")
+
+
+def test_the_servers_weight_format_is_what_the_client_trains(data_file: Path) -> None:
+    import dataclasses
+
+    from fedmezo.client.errors import ConfigError
+    from fedmezo.zo.bf16_weights import Bf16Params
+
+    bf16 = dataclasses.replace(_settings(32), weights="bf16-sr")
+    work = build_workload(bf16, data=str(data_file), device="cpu", model_name=None, max_length=32)
+    assert isinstance(work.params, Bf16Params)
+    assert '"weights":"bf16-sr"' in work.params.manifest().to_json()  # what Join compares
+    # bf16-sr forwards are bf16 already: an explicit compute copy request does not wrap them again
+    again = build_workload(bf16, data=str(data_file), device="cpu", model_name=None, max_length=32,
+                           compute_dtype="bf16")  # fmt: skip
+    assert isinstance(again.params, Bf16Params)
+    unknown = dataclasses.replace(bf16, weights="fp8-sr")  # a newer server's format
+    with pytest.raises(ConfigError, match=r"fp8-sr.*upgrade fedmezo"):
+        build_workload(unknown, data=str(data_file), device="cpu", model_name=None, max_length=32)

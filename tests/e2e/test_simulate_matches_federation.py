@@ -22,22 +22,25 @@ CLIENTS = ("c1", "c2", "c3")
 # round-wise: round 2's learning rates come from round 1's losses, which the server reads as fp32;
 # fzoo with shared seeds: another estimator (P scalars per step) and deltas without participants;
 # adamezo: uploads that are sums over several steps' moves (momentum over seeded directions);
-# cosine: the server decays η_0 per round and the simulation must decay it the same way
+# cosine: the server decays η_0 per round and the simulation must decay it the same way;
+# bf16-sr: bf16 weights, every add stochastically rounded (§7.4), forwards perturbed in module hooks
 @pytest.mark.parametrize(
     ("strategy", "spread", "estimator"),
-    [("frozen", 0.0, ("mezo", 1, "per-client", "cosine")),
-     ("round-wise", 5e-5, ("adamezo", 2, "per-client", "constant")),
-     ("model-diff", 5e-5, ("fzoo", 3, "shared", "constant"))],
+    [("frozen", 0.0, ("mezo", 1, "per-client", "cosine", "fp32")),
+     ("round-wise", 5e-5, ("adamezo", 2, "per-client", "constant", "fp32")),
+     ("model-diff", 5e-5, ("fzoo", 3, "shared", "constant", "fp32")),
+     ("frozen", 0.0, ("mezo", 2, "shared", "constant", "bf16-sr"))],
 )  # fmt: skip
 def test_simulation_ends_every_round_on_the_federations_fingerprint(
-    tmp_path: Path, strategy: str, spread: float, estimator: tuple[str, int, str, str]
+    tmp_path: Path, strategy: str, spread: float, estimator: tuple[str, int, str, str, str]
 ) -> None:
-    name, perturbations, scheme, schedule = estimator
+    name, perturbations, scheme, schedule, weights = estimator
     with Federation(tmp_path) as fed:
         fed.start_server(
             f"--rounds={ROUNDS}", f"--local-steps={STEPS}", "--min-clients=3", "--clients-per-round=3",
             f"--lr-strategy={strategy}", f"--lr-spread={spread}", f"--estimator={name}",
             f"--perturbations={perturbations}", f"--seed-scheme={scheme}", f"--lr-schedule={schedule}",
+            f"--weights={weights}",
         )  # fmt: skip
         for client_id in CLIENTS:
             fed.start_client(client_id)
@@ -62,6 +65,7 @@ def test_simulation_ends_every_round_on_the_federations_fingerprint(
             "perturbations": perturbations,
             "seed_scheme": scheme,
             "lr_schedule": schedule,
+            "weights": weights,
             "max_length": 64,
             "data": str(data_dir),
             "eval_data": str(held_out),

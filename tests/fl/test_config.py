@@ -65,6 +65,7 @@ def test_run_defining_fields_are_fields() -> None:
     # the seed scheme and P name every stored delta's seeds: a restart must keep them too
     assert RUN_DEFINING_FIELDS == (
         "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations", "base_dtype",
+        "weights",
     )  # fmt: skip
 
 
@@ -74,6 +75,8 @@ def test_run_defining_fields_are_fields() -> None:
         ({"mode": "half"}, "mode must be one of"),
         ({"mode": "lora", "base_dtype": "int3"}, "base_dtype must be one of"),
         ({"base_dtype": "bf16"}, "needs mode lora"),
+        ({"weights": "bf16"}, "weights must be one of"),
+        ({"mode": "lora", "weights": "bf16-sr"}, "weights bf16-sr needs mode full"),
         ({"lr_strategy": "nope"}, "lr_strategy must be one of"),
         ({"lr_schedule": "step"}, "lr_schedule must be one of"),
         ({"aggregation": "median"}, "aggregation must be one of"),

@@ -97,3 +97,29 @@ def test_a_copied_state_dir_resumes_and_exports_from_its_own_checkpoints(
     out = tmp_path / "hf"
     assert cli_main(["export", "--state-dir", str(copied), "--out", str(out)]) == 0
     assert json.loads((out / "fedmezo.json").read_text())["fingerprint"] == fingerprint.hex()
+
+
+def test_export_of_a_bf16_sr_run_writes_its_bf16_weights(tmp_path: Path) -> None:
+    from fedmezo.fl.config import RunConfig
+
+    bf16 = Replica.for_run(RunConfig(model="tiny-random", weights="bf16-sr"))
+
+    async def run_round() -> bytes:
+        async with running_server(tmp_path, bf16, rounds=1, min_clients=1, clients_per_round=1,
+                                  checkpoint_every=1, weights="bf16-sr") as app:  # fmt: skip
+            c = FakeClient(app.port, "solo", manifest=bf16.manifest_sha256)
+            await c.join()
+            await c.get_task(0, 5.0)
+            await c.submit(1, grads_for("solo", 1, 4), [1.0] * 4)
+            await c.wait_delta(1)
+            await c.close()
+            return app.coordinator.replica.fingerprint()
+
+    fingerprint = asyncio.run(run_round())
+    out = tmp_path / "hf"
+    assert cli_main(["export", "--state-dir", str(tmp_path / "state"), "--out", str(out)]) == 0
+    meta = json.loads((out / "fedmezo.json").read_text())
+    assert meta["fingerprint"] == fingerprint.hex() and meta["weights"] == "bf16-sr"
+    exported = dict(AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16).named_parameters())
+    for name, tensor in bf16.params.tensors():  # bit for bit the server's bf16 θ after round 1
+        assert torch.equal(exported[name].detach().view(torch.int16), tensor.view(torch.int16)), name

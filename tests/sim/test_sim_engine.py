@@ -153,3 +153,17 @@ def test_cuda_graph_clients_end_every_round_on_the_eager_fingerprints() -> None:
     _, graphed = simulate(compile="auto", **shape)
     _, eager = simulate(compile="off", **shape)
     assert [r.fingerprint for r in graphed.rounds] == [r.fingerprint for r in eager.rounds]
+
+
+def test_bf16_sr_weights_train_at_half_the_bytes() -> None:
+    """weights=bf16-sr: θ is bf16 and moves by stochastically rounded adds; it learns like fp32 here."""
+    shape = {"rounds": 3, "local_steps": 4}
+    bf16_sim, bf16 = simulate(weights="bf16-sr", **shape)
+    _, fp32 = simulate(**shape)
+    params = bf16_sim.replica.params
+    assert params.flat.dtype == torch.bfloat16
+    assert '"weights":"bf16-sr"' in params.manifest().to_json()
+    a, b = losses(bf16), losses(fp32)
+    assert a[-1] < a[0] - 0.1  # it trains (tiny-random starts at ~5.57)
+    assert abs(a[-1] - b[-1]) < 0.3 * (b[0] - b[-1])  # and ends near fp32's loss (0.02 apart here)
+    assert bf16.rounds[-1].fingerprint != fp32.rounds[-1].fingerprint

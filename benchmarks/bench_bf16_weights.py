@@ -1,0 +1,258 @@
+"""Full-parameter MeZO on bf16 canonical weights (§7.4) against fp32 weights, on the same steps.
+
+    python benchmarks/bench_bf16_weights.py                       # smollm2-135m, all runs, table
+    python benchmarks/bench_bf16_weights.py --steps 40 --eval-every 20 --model tiny-random   # quick
+
+Issue #14 asks whether bf16 weights with stochastic rounding (2 bytes per parameter) learn like fp32
+weights (4 bytes). Every run trains one data stream with MeZO (same lr, ε, batches and direction seeds
+for every format given the stream's seed) and evaluates the held-out loss every `--eval-every` steps:
+
+  fp32      θ fp32, perturbed in place (the client's default CPU path)
+  bf16-sr   θ bf16, updates stochastically rounded, perturbed forwards made per module (bf16_shift)
+  bf16-rn   θ bf16, updates rounded to nearest: the failure SR exists to avoid (updates erased)
+
+The run-to-run noise is the spread between fp32 runs on different streams (`--seeds`). Each run is a
+fresh process (its peak memory is its own: a training step's peak ÷ a plain forward's peak, both after
+a warm-up, `PeakMemory`), and writes one JSON file under `--out`, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SCRIPT = Path(__file__).resolve()
+FORMATS = ("fp32", "bf16-sr", "bf16-rn")
+CLIENT = "bench-bf16-weights"
+
+
+def _trim() -> None:
+    """Hand freed heap back to the OS, so the RSS baseline is the model, not the loader's leftovers."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
+    import torch
+
+    from fedmezo.data.demo import generate_demo_dataset
+    from fedmezo.data.tokenize import collate, encode_example, pad_token_id
+    from fedmezo.memory import PeakMemory
+    from fedmezo.models import load_model
+    from fedmezo.zo import TrainableParams, causal_lm_loss, derive_seed
+    from fedmezo.zo.bf16_shift import Bf16Shift
+    from fedmezo.zo.bf16_weights import Bf16Params
+    from fedmezo.zo.estimators import InPlace, Perturbation, estimate_step
+
+    torch.manual_seed(0)
+    loaded = load_model(args.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    train, held_out = generate_demo_dataset()
+    pad = pad_token_id(tokenizer)
+
+    def batch_of(examples: Sequence[Any]) -> Any:
+        return collate([encode_example(tokenizer, ex, args.max_length) for ex in examples], pad)
+
+    rng = random.Random(seed)
+    order = [rng.randrange(len(train)) for _ in range(args.steps * args.batch_size)]
+    eval_batches = [
+        batch_of(held_out[i : i + args.batch_size])
+        for i in range(0, min(args.eval_examples, len(held_out)), args.batch_size)
+    ]
+    move: Perturbation
+    if fmt == "fp32":
+        params: Any = TrainableParams.from_model(model)
+        move = InPlace(params)
+    else:
+        params = Bf16Params.from_model(model)
+        move = Bf16Shift(model, params)
+        if fmt == "bf16-rn":
+            move = _NearestUpdates(move)
+
+    def held_out_loss() -> float:
+        return statistics.fmean(causal_lm_loss(model, b) for b in eval_batches)
+
+    # memory: a plain forward's peak, then a training step's, each after a warm-up
+    _trim()
+    peak = PeakMemory("cpu")
+    probe = batch_of(train[: args.batch_size])
+    causal_lm_loss(model, probe)
+    peak.reset()
+    causal_lm_loss(model, probe)
+    inference_peak = peak.peak_bytes()
+    snapshot = params.snapshot()
+    estimate_step("mezo", move, lambda: causal_lm_loss(model, probe), seeds=[1], eps=args.eps, lr=0.0)
+    peak.reset()
+    estimate_step("mezo", move, lambda: causal_lm_loss(model, probe), seeds=[2], eps=args.eps, lr=0.0)
+    train_peak = peak.peak_bytes()
+    params.restore(snapshot)
+    del snapshot
+
+    curve = [(0, held_out_loss())]
+    train_losses: list[float] = []
+    start = time.perf_counter()
+    step_seconds = 0.0
+    for t in range(args.steps):
+        batch = batch_of([train[i] for i in order[t * args.batch_size : (t + 1) * args.batch_size]])
+        tick = time.perf_counter()
+        result = estimate_step(
+            "mezo",
+            move,
+            lambda b=batch: causal_lm_loss(model, b),
+            seeds=[derive_seed(seed, 1, CLIENT, t)],
+            eps=args.eps,
+            lr=args.lr,
+        )
+        step_seconds += time.perf_counter() - tick
+        train_losses.append(result.loss)
+        if (t + 1) % args.eval_every == 0 or t + 1 == args.steps:
+            curve.append((t + 1, held_out_loss()))
+            print(
+                f"  {fmt} seed {seed}: step {t + 1}/{args.steps} held-out {curve[-1][1]:.4f}", file=sys.stderr
+            )
+    return {
+        "format": fmt,
+        "seed": seed,
+        "params": params.numel,
+        "curve": curve,
+        "train_losses": train_losses,
+        "step_s": step_seconds / args.steps,
+        "wall_s": time.perf_counter() - start,
+        "inference_peak_bytes": inference_peak,
+        "train_peak_bytes": train_peak,
+        "memory_ratio": train_peak / inference_peak,
+        "fingerprint": params.fingerprint(),
+    }
+
+
+class _NearestUpdates:
+    """bf16-rn: Bf16Shift's forwards, but θ ← bf16_rne(θ ± c) per pair (what plain bf16 training does)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def shift(self, seed: int, value: float) -> None:
+        self.inner.shift(seed, value)
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def update(self, seeds: Sequence[int], values: Sequence[float]) -> None:
+        self.inner.reset()
+        params = self.inner.params
+        for seed, value in zip(seeds, values, strict=True):
+            for seg in params.segments:
+                view = params.view(seg)
+                view.copy_(params.kernels.perturbed(view, seed, value, seg.tensor_id))
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final held-out loss per format, and the fp32 spread across streams (the noise)."""
+    by_format: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_format.setdefault(run["format"], []).append(run)
+    out: dict[str, Any] = {}
+    for fmt, group in by_format.items():
+        finals = [r["curve"][-1][1] for r in group]
+        out[fmt] = {
+            "final": dict((str(r["seed"]), r["curve"][-1][1]) for r in group),
+            "start": group[0]["curve"][0][1],
+            "mean_final": statistics.fmean(finals),
+            "memory_ratio": statistics.fmean(r["memory_ratio"] for r in group),
+            "inference_peak_mib": statistics.fmean(r["inference_peak_bytes"] for r in group) / 2**20,
+            "train_peak_mib": statistics.fmean(r["train_peak_bytes"] for r in group) / 2**20,
+            "step_s": statistics.fmean(r["step_s"] for r in group),
+        }
+    fp32 = {str(r["seed"]): r["curve"][-1][1] for r in by_format.get("fp32", [])}
+    if len(fp32) > 1:
+        out["fp32_stream_spread"] = max(fp32.values()) - min(fp32.values())
+    sr = {str(r["seed"]): r["curve"][-1][1] for r in by_format.get("bf16-sr", [])}
+    paired = [sr[s] - fp32[s] for s in sr if s in fp32]
+    if paired:
+        out["bf16_sr_minus_fp32_same_stream"] = paired
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="data and direction streams")
+    parser.add_argument("--rn-seeds", type=int, nargs="*", default=[0], help="streams bf16-rn runs on")
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--eval-examples", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--eps", type=float, default=1e-3)
+    parser.add_argument("--out", type=Path, default=SCRIPT.parent / "bf16_weights")
+    parser.add_argument("--run", nargs=2, metavar=("FORMAT", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+    if args.eval_every <= 0 or args.steps <= 0:
+        parser.error("--steps and --eval-every must be positive")
+
+    if args.run:
+        fmt, seed = args.run[0], int(args.run[1])
+        result = run_one(args, fmt, seed)
+        path = _run_path(args, fmt, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(path)  # whole or absent: a killed run is redone, never half-read
+        return 0
+
+    plan = [(fmt, seed) for seed in args.seeds for fmt in args.formats if fmt != "bf16-rn"]
+    plan += [("bf16-rn", seed) for seed in args.rn_seeds if "bf16-rn" in args.formats]
+    runs = []
+    for fmt, seed in plan:
+        path = _run_path(args, fmt, seed)
+        if not path.exists():
+            print(f"run {fmt} seed {seed} ...", file=sys.stderr)
+            forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
+            cmd = [sys.executable, str(SCRIPT), *forwarded, "--run", fmt, str(seed)]
+            subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        runs.append(json.loads(path.read_text()))
+    summary = {
+        "model": args.model,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "steps": args.steps,
+        "lr": args.lr,
+        "eps": args.eps,
+        "batch_size": args.batch_size,
+        "eval_examples": args.eval_examples,
+        "summary": summarize(runs),
+        "curves": {f"{r['format']}/{r['seed']}": r["curve"] for r in runs},
+    }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for fmt, row in summary["summary"].items():
+            print(fmt, json.dumps(row))
+    return 0
+
+
+def _run_path(args: argparse.Namespace, fmt: str, seed: int) -> Path:
+    key = f"{args.model}-s{args.steps}-lr{args.lr:g}-eps{args.eps:g}-b{args.batch_size}"
+    key += f"-e{args.eval_examples}x{args.eval_every}-L{args.max_length}"
+    return args.out / "runs" / f"{key}-{fmt}-seed{seed}.json"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
