@@ -44,6 +44,41 @@ def torch_bf16() -> Any:
     return torch.bfloat16
 
 
+def llama_3b_config() -> Any:
+    """A 2.97B Llama (Llama-3.2-3B's width and depth, SmolLM2's vocabulary): the largest model whose bf16
+    training this 24 GiB machine holds with room to spare, to check the budget table's extrapolation."""
+    from fedmezo.models.builtin import _smollm2_family
+
+    return _smollm2_family(
+        hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+        num_key_value_heads=8,
+    )  # fmt: skip
+
+
+def random_model_in(config: Any, dtype: Any) -> Any:
+    """`config`'s model allocated in `dtype` with random N(0, 0.02) matrices and unit gains (memory and
+    speed do not depend on the values; fedmezo's portable init would build it in fp32 first)."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    model.to_empty(device="cpu")
+    for name, buffer in model.named_buffers():
+        buffer.copy_(buffers[name])
+    model.tie_weights()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.02, generator=gen)
+            else:
+                param.fill_(1.0)
+    return model.eval()
+
+
 def probe(
     model_name: str, base: str, batch_size: int, seq_len: int, device: str, folder: str | None = None
 ) -> dict[str, Any]:
@@ -59,6 +94,10 @@ def probe(
 
     configs = {"llama-1b": models.llama_1b_config, "smollm2-135m": models.smollm2_135m_config,
                "tiny-random": models.tiny_random_config}  # fmt: skip
+    configs["llama-3b"] = llama_3b_config
+    if base == "full-bf16-sr":  # built in bf16 directly: a 3B model never passes through 12 GB of fp32
+        model = random_model_in(configs[model_name](), torch.bfloat16)
+        return probe_full(model, base, batch_size, seq_len, device)
     if base in FULL_MODES:
         return probe_full(models.build_random_model(configs[model_name]()), base, batch_size, seq_len, device)
     dtype, quantize = base_load_options(base, "lora")
@@ -75,6 +114,7 @@ def probe(
     else:
         model = models.build_random_model(configs[model_name]()).to(dtype=dtype).to(device).eval()
     stored = sum(p.numel() * p.element_size() for p in model.parameters())
+    base_params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=gen).to(device)
     batch = Batch(ids, torch.ones_like(ids), ids.clone())
@@ -92,6 +132,7 @@ def probe(
     step = peak.peak_bytes()
     return {
         "base": base,
+        "model_params": base_params,  # the base's (bitsandbytes counts its packed bytes: not comparable)
         "stored_weight_bytes": stored,
         "adapter_params": params.numel,
         "inference_peak_bytes": inference,
@@ -136,6 +177,7 @@ def probe_full(model: Any, mode: str, batch_size: int, seq_len: int, device: str
     step = peak.peak_bytes()
     return {
         "base": mode,
+        "model_params": sum(p.numel() for p in model.parameters()),
         "stored_weight_bytes": stored,
         "trainable_params": params.numel,
         "inference_peak_bytes": inference,
@@ -162,7 +204,34 @@ def run(model: str, bases: list[str], batch_size: int, seq_len: int, device: str
         "machine": platform.processor() or platform.machine(),
         "batch": f"{batch_size}x{seq_len}",
         "bases": rows,
+        "budgets": budget_table(rows),
     }
+
+
+BUDGETS_GIB = (8, 16, 24, 80)
+# bytes per parameter of a LoRA run's stored base when the CPU RSS cannot show it (bitsandbytes keeps the
+# bf16 pages it quantized from mapped on CPU): 8-bit and 4-bit linear layers, measured as stored weights
+QUANTIZED = ("int8", "nf4")
+
+
+def budget_table(rows: dict[str, Any], budgets_gib: tuple[int, ...] = BUDGETS_GIB) -> dict[str, Any]:
+    """The largest model (parameters) whose MeZO step fits each budget, per mode, extrapolated from one
+    measured size: peak(N) = b·N + a, with b the stored bytes per parameter and a the step's peak beyond
+    the stored weights (activations at this batch, kernels' scratch, on CPU the process itself). a grows
+    with the width and vocabulary, slowly: at batch 4 × 64 it is hundreds of MiB against GBs of weights.
+    Quantized bases take their a from the bf16 row (their CPU RSS holds the bf16 pages they came from)."""
+    arch = max(int(r.get("model_params", 0)) for m, r in rows.items() if m not in QUANTIZED)
+    table: dict[str, Any] = {}
+    for mode, row in rows.items():
+        per_param = row["stored_weight_bytes"] / arch
+        source = rows.get("bf16", row) if mode in QUANTIZED else row
+        overhead = source["step_peak_bytes"] - source["stored_weight_bytes"]
+        table[mode] = {
+            "bytes_per_param": per_param,
+            "overhead_bytes": overhead,
+            "largest_params": {str(g): max(0.0, (g * 2**30 - overhead) / per_param) for g in budgets_gib},
+        }
+    return table
 
 
 def _probe_process(model: str, base: str, batch_size: int, seq_len: int, device: str, folder: str) -> Any:
@@ -178,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default="llama-1b", help="llama-1b, smollm2-135m or tiny-random")
+    parser.add_argument("--model", default="llama-1b", help="llama-1b, llama-3b, smollm2-135m or tiny-random")
     parser.add_argument(
         "--bases", nargs="+", default=list(BASES), choices=MODES, help="LoRA bases and full modes"
     )

@@ -16,7 +16,8 @@ def test_each_base_reports_its_weights_and_both_peaks() -> None:
     sys.modules[spec.name] = bench
     try:
         spec.loader.exec_module(bench)
-        report = bench.run("tiny-random", ["fp32", "bf16", "nf4"], batch_size=2, seq_len=16, device="cpu")
+        modes = ["fp32", "bf16", "nf4", "full-fp32", "full-bf16-sr"]
+        report = bench.run("tiny-random", modes, batch_size=2, seq_len=16, device="cpu")
     finally:
         sys.modules.pop(spec.name, None)
     fp32, bf16, nf4 = (report["bases"][b] for b in ("fp32", "bf16", "nf4"))
@@ -27,3 +28,19 @@ def test_each_base_reports_its_weights_and_both_peaks() -> None:
         assert row["inference_peak_bytes"] > 0 and row["step_peak_bytes"] > 0
         assert row["ratio"] == row["step_peak_bytes"] / row["inference_peak_bytes"]
         assert 0.0 < row["loss"] < 20.0
+    # full-parameter modes: every weight trains, bf16-sr at half of fp32's bytes
+    full32, full16 = report["bases"]["full-fp32"], report["bases"]["full-bf16-sr"]
+    assert full16["stored_weight_bytes"] * 2 == full32["stored_weight_bytes"] == fp32["stored_weight_bytes"]
+    assert full16["trainable_params"] == full32["trainable_params"] == full32["model_params"]
+    assert (
+        0.0 < full16["loss"] < 20.0
+        and full16["ratio"] == full16["step_peak_bytes"] / full16["inference_peak_bytes"]
+    )
+    budgets = report["budgets"]
+    assert (
+        budgets["full-bf16-sr"]["bytes_per_param"] == 2.0 and budgets["full-fp32"]["bytes_per_param"] == 4.0
+    )
+    for row in budgets.values():  # a bigger budget holds a bigger model
+        sizes = [row["largest_params"][g] for g in ("8", "16", "24", "80")]
+        assert sizes == sorted(sizes) and sizes[-1] > 0
+    assert budgets["full-bf16-sr"]["largest_params"]["24"] > budgets["full-fp32"]["largest_params"]["24"]
