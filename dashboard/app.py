@@ -29,7 +29,7 @@ from fedmezo.dashboard.schemas import (
     StatusResponse,
 )
 from fedmezo.dashboard.source import SourceError, SourceUnavailable, StatusSource
-from fedmezo.fl.vocabulary import MAX_EVENT_CURSOR
+from fedmezo.fl.vocabulary import MAX_CLIENT_ID_CHARS, MAX_EVENT_CURSOR
 
 __all__ = ["EVENT_POLL_S", "HEARTBEAT_S", "RETRY_MS", "STATIC_DIR", "create_app"]
 
@@ -37,6 +37,11 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 EVENT_POLL_S = 1.0  # ListEvents polling period behind /api/events: the page lags events by at most this
 HEARTBEAT_S = 15.0  # SSE comment sent when idle, so proxies keep the connection open
 RETRY_MS = 3000  # EventSource reconnect delay the browser is told to use
+# Runs with more clients than this get rounds without per-client rows (one loss line per client stops
+# being readable long before, and a 10,000-client round's rows are megabytes on every refresh).
+PER_CLIENT_ROWS_MAX = 64
+CLIENTS_PAGE_DEFAULT = 100  # clients per /api/clients page (the table shows one page at a time)
+CLIENTS_PAGE_MAX = 1000  # the server's own ListClients page
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     503: {"model": ApiError, "description": "the fedmezo server is unreachable"},
     502: {"model": ApiError, "description": "the fedmezo server refused the request"},
@@ -92,7 +97,7 @@ def create_app(
         config = source.run_config()
         open_round = None
         if status.current_round:
-            found = source.rounds(from_round=status.current_round, limit=1)
+            found = source.rounds(from_round=status.current_round, limit=1, summary=True)
             open_round = found[0] if found else None
         return StatusResponse(
             server=source.address,
@@ -106,10 +111,17 @@ def create_app(
         )
 
     @app.get("/api/rounds", response_model=RoundsResponse, responses=_ERROR_RESPONSES, tags=["api"])
-    def api_rounds() -> RoundsResponse:
+    def api_rounds(
+        clients: Annotated[str, Query(pattern="^(auto|true|false)$")] = "auto",
+    ) -> RoundsResponse:
         """Every round, oldest first (round 0 = the initial model's eval), with cumulative bytes and the
-        FedAvg comparison."""
-        rounds = source.rounds()
+        FedAvg comparison. `clients`: per-client rows always, never, or (auto) while the run has at most
+        PER_CLIENT_ROWS_MAX clients."""
+        if clients == "auto":
+            with_rows = source.status().clients_total <= PER_CLIENT_ROWS_MAX
+        else:
+            with_rows = clients == "true"
+        rounds = source.rounds(summary=not with_rows)
         size = views.model_size(source.run_config())
         params = size.trainable_params
         note = (
@@ -123,9 +135,14 @@ def create_app(
         )
 
     @app.get("/api/clients", response_model=ClientsResponse, responses=_ERROR_RESPONSES, tags=["api"])
-    def api_clients() -> ClientsResponse:
-        """Every client that ever joined."""
-        return ClientsResponse(clients=source.clients())
+    def api_clients(
+        after: Annotated[str, Query(max_length=MAX_CLIENT_ID_CHARS)] = "",
+        limit: Annotated[int, Query(ge=1, le=CLIENTS_PAGE_MAX)] = CLIENTS_PAGE_DEFAULT,
+    ) -> ClientsResponse:
+        """One page of the clients that ever joined, in client id order: those above `after`."""
+        page = source.clients_page(after, limit)
+        total = source.status().clients_total
+        return ClientsResponse(clients=page.clients, next_after=page.next_after, total=total)
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=_ERROR_RESPONSES, tags=["ops"])
     def metrics() -> PlainTextResponse:

@@ -116,7 +116,9 @@ class RoundInfo(BaseModel):
     num_seeds: int
     fingerprint: str
     eval_metrics: dict[str, float]
-    clients: list[ClientRoundInfo]
+    clients: list[ClientRoundInfo] = Field(description="per-client rows; empty in a summary (large runs)")
+    num_selected: int = Field(0, description="clients the round selected (also in a summary)")
+    num_submitted: int = Field(0, description="of them, those that submitted an update")
     cumulative_bytes: int = Field(0, description="bytes up + down of rounds 1..this one")
     fedavg_cumulative_bytes: int | None = Field(
         None,
@@ -195,9 +197,18 @@ class RoundsResponse(BaseModel):
 
 
 class ClientsResponse(BaseModel):
-    """GET /api/clients: every client that ever joined."""
+    """GET /api/clients: one page of the clients that ever joined, in client id order."""
 
     clients: list[ClientInfo]
+    next_after: str = Field("", description="ask again with ?after= this for the next page; empty: last page")
+    total: int = Field(0, description="clients that ever joined")
+
+
+class ClientsPage(BaseModel):
+    """One ListClients page as the source reads it."""
+
+    clients: list[ClientInfo]
+    next_after: str = ""
 
 
 class HealthResponse(BaseModel):

@@ -19,6 +19,7 @@ import grpc
 from fedmezo.dashboard.schemas import (
     ClientInfo,
     ClientRoundInfo,
+    ClientsPage,
     Event,
     EventPage,
     RoundInfo,
@@ -72,9 +73,11 @@ class StatusSource(Protocol):
 
     def status(self) -> ServerStatus: ...
 
-    def rounds(self, from_round: int = 0, limit: int = 0) -> list[RoundInfo]: ...
+    def rounds(self, from_round: int = 0, limit: int = 0, *, summary: bool = False) -> list[RoundInfo]: ...
 
     def clients(self) -> list[ClientInfo]: ...
+
+    def clients_page(self, after: str = "", limit: int = 0) -> ClientsPage: ...
 
     def events(self, after_cursor: int, limit: int = 0) -> EventPage: ...
 
@@ -176,68 +179,26 @@ class GrpcStatusSource:
             last_event_cursor=s.last_event_cursor,
         )
 
-    def rounds(self, from_round: int = 0, limit: int = 0) -> list[RoundInfo]:
-        pages = list_all_rounds(lambda request: self._call(self._stub.ListRounds, request), from_round, limit)
-        return [
-            RoundInfo(
-                round_id=r.round_id,
-                state=_enum_name(status_pb2.RoundState, r.state, "ROUND_STATE_"),
-                opened_at_unix_ms=r.opened_at_unix_ms,
-                closed_at_unix_ms=r.closed_at_unix_ms,
-                deadline_at_unix_ms=r.deadline_at_unix_ms,
-                duration_s=_f32(r.duration_s),
-                mean_loss=_finite(r.mean_loss),
-                bytes_up=r.bytes_up,
-                bytes_down=r.bytes_down,
-                num_seeds=r.num_seeds,
-                fingerprint=r.fingerprint.hex(),
-                eval_metrics={k: float(v) for k, v in sorted(r.eval_metrics.items()) if math.isfinite(v)},
-                clients=[
-                    ClientRoundInfo(
-                        client_id=c.client_id,
-                        submitted=c.submitted,
-                        accepted=c.accepted,
-                        rejected_reason=c.rejected_reason,
-                        lr=_f32(c.lr),
-                        weight=c.weight,
-                        mean_loss=_finite(c.mean_loss),
-                        losses=[_f32(x) for x in c.losses],
-                        step_time_s=_f32(c.step_time_s),
-                        peak_memory_bytes=c.peak_memory_bytes,
-                        device=c.device,
-                        bytes_up=c.bytes_up,
-                        bytes_down=c.bytes_down,
-                    )
-                    for c in r.clients
-                ],
-            )
-            for r in pages
-        ]
+    def rounds(self, from_round: int = 0, limit: int = 0, *, summary: bool = False) -> list[RoundInfo]:
+        pages = list_all_rounds(
+            lambda request: self._call(self._stub.ListRounds, request), from_round, limit, summary=summary
+        )
+        return [_round_info(r) for r in pages]
 
     def clients(self) -> list[ClientInfo]:
         pages = list_all_clients(lambda request: self._call(self._stub.ListClients, request))
-        return [
-            ClientInfo(
-                client_id=c.client_id,
-                online=c.online,
-                activity=c.activity,
-                joined_at_unix_ms=c.joined_at_unix_ms,
-                last_heartbeat_unix_ms=c.last_heartbeat_unix_ms,
-                rounds_participated=c.rounds_participated,
-                last_loss=_finite(c.last_loss),
-                fingerprint=c.fingerprint.hex(),
-                fingerprint_version=c.fingerprint_version,
-                in_sync=c.in_sync,
-                device=c.device,
-                peak_memory_bytes=c.peak_memory_bytes,
-                inference_peak_memory_bytes=c.inference_peak_memory_bytes,
-                bytes_up=c.bytes_up,
-                bytes_down=c.bytes_down,
-                num_examples=c.num_examples,
-                model_version=c.model_version,
-            )
-            for c in pages
-        ]
+        return [_client_info(c) for c in pages]
+
+    def clients_page(self, after: str = "", limit: int = 0) -> ClientsPage:
+        """At most `limit` clients (0: the server's page size) above `after`, and where the next page
+        starts. ListClients' limit caps what the caller wants in all, so one more is asked for to
+        learn whether there is a next page."""
+        request = status_pb2.ListClientsRequest(after_client_id=after, limit=limit + 1 if limit else 0)
+        reply = self._call(self._stub.ListClients, request)
+        clients = [_client_info(c) for c in reply.clients]
+        if limit and len(clients) > limit:
+            return ClientsPage(clients=clients[:limit], next_after=clients[limit - 1].client_id)
+        return ClientsPage(clients=clients, next_after=reply.next_after_client_id)
 
     def events(self, after_cursor: int, limit: int = 0) -> EventPage:
         reply = self._call(
@@ -260,3 +221,63 @@ class GrpcStatusSource:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _round_info(r: Any) -> RoundInfo:
+    """A RoundInfo message as the dashboard serves it (counts from the rows when the server is older)."""
+    return RoundInfo(
+        round_id=r.round_id,
+        state=_enum_name(status_pb2.RoundState, r.state, "ROUND_STATE_"),
+        opened_at_unix_ms=r.opened_at_unix_ms,
+        closed_at_unix_ms=r.closed_at_unix_ms,
+        deadline_at_unix_ms=r.deadline_at_unix_ms,
+        num_selected=r.num_selected or len(r.clients),
+        num_submitted=r.num_submitted or sum(c.submitted for c in r.clients),
+        duration_s=_f32(r.duration_s),
+        mean_loss=_finite(r.mean_loss),
+        bytes_up=r.bytes_up,
+        bytes_down=r.bytes_down,
+        num_seeds=r.num_seeds,
+        fingerprint=r.fingerprint.hex(),
+        eval_metrics={k: float(v) for k, v in sorted(r.eval_metrics.items()) if math.isfinite(v)},
+        clients=[
+            ClientRoundInfo(
+                client_id=c.client_id,
+                submitted=c.submitted,
+                accepted=c.accepted,
+                rejected_reason=c.rejected_reason,
+                lr=_f32(c.lr),
+                weight=c.weight,
+                mean_loss=_finite(c.mean_loss),
+                losses=[_f32(x) for x in c.losses],
+                step_time_s=_f32(c.step_time_s),
+                peak_memory_bytes=c.peak_memory_bytes,
+                device=c.device,
+                bytes_up=c.bytes_up,
+                bytes_down=c.bytes_down,
+            )
+            for c in r.clients
+        ],
+    )
+
+
+def _client_info(c: Any) -> ClientInfo:
+    return ClientInfo(
+        client_id=c.client_id,
+        online=c.online,
+        activity=c.activity,
+        joined_at_unix_ms=c.joined_at_unix_ms,
+        last_heartbeat_unix_ms=c.last_heartbeat_unix_ms,
+        rounds_participated=c.rounds_participated,
+        last_loss=_finite(c.last_loss),
+        fingerprint=c.fingerprint.hex(),
+        fingerprint_version=c.fingerprint_version,
+        in_sync=c.in_sync,
+        device=c.device,
+        peak_memory_bytes=c.peak_memory_bytes,
+        inference_peak_memory_bytes=c.inference_peak_memory_bytes,
+        bytes_up=c.bytes_up,
+        bytes_down=c.bytes_down,
+        num_examples=c.num_examples,
+        model_version=c.model_version,
+    )

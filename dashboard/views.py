@@ -58,7 +58,7 @@ def model_size(config: RunConfigInfo) -> ModelSize:
 
 def fedavg_round_bytes(round_: RoundInfo, trainable_params: int) -> int:
     """FedAvg with full fp32 tensors: 2 directions x 4 B x trainable params x clients that submitted."""
-    participants = sum(1 for c in round_.clients if c.submitted)
+    participants = round_.num_submitted  # also in a summary, which has no per-client rows
     return FEDAVG_DIRECTIONS * FP32_BYTES * trainable_params * participants
 
 

@@ -9,15 +9,18 @@ ListRoundsCall = Callable[[Any], Any]  # ListRoundsRequest -> ListRoundsResponse
 ListClientsCall = Callable[[Any], Any]  # ListClientsRequest -> ListClientsResponse
 
 
-def list_all_rounds(call: ListRoundsCall, from_round: int = 0, limit: int = 0) -> list[Any]:
-    """Every RoundInfo from `from_round` on (at most `limit`, 0 = all), following `next_from_round`.
+def list_all_rounds(
+    call: ListRoundsCall, from_round: int = 0, limit: int = 0, *, summary: bool = False
+) -> list[Any]:
+    """Every RoundInfo from `from_round` on (at most `limit`, 0 = all), following `next_from_round`;
+    `summary`: without per-client rows (a large run's whole history in a few KiB).
 
     A server that predates paging answers in one reply without `next_from_round`: that is the whole list.
     """
     from fedmezo.v1 import status_pb2
 
     def request(start: int, left: int) -> Any:
-        return status_pb2.ListRoundsRequest(from_round=start, limit=left)
+        return status_pb2.ListRoundsRequest(from_round=start, limit=left, summary=summary)
 
     return _all_pages("ListRounds", call, request, from_round, limit, "rounds", "next_from_round")
 

@@ -54,6 +54,8 @@ def round_view_to_pb(view: RoundView) -> status_pb2.RoundInfo:
         opened_at_unix_ms=wire.ms(view.opened_at),
         closed_at_unix_ms=wire.ms(view.closed_at),
         duration_s=view.duration_s,
+        num_selected=view.num_selected,
+        num_submitted=view.num_submitted,
         clients=[
             status_pb2.ClientRoundInfo(
                 client_id=c.client_id,

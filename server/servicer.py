@@ -317,7 +317,12 @@ class StatusServicer(_Servicer, status_pb2_grpc.StatusServiceServicer):
     async def ListRounds(self, request: Any, context: Any) -> status_pb2.ListRoundsResponse:
         self._check(context, per_client=True)
         wanted = request.limit
-        views = round_views(self._coord, request.from_round, min(wanted or ROUNDS_PAGE, ROUNDS_PAGE))
+        views = round_views(
+            self._coord,
+            request.from_round,
+            min(wanted or ROUNDS_PAGE, ROUNDS_PAGE),
+            with_clients=not request.summary,
+        )
         reply = status_pb2.ListRoundsResponse()
         size = 0
         for view in views:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fedmezo.fl.config import RunConfig
-from fedmezo.fl.records import ClientUpdateStats, RoundState, RunState
+from fedmezo.fl.records import ClientUpdateStats, RoundRecord, RoundState, RunState
 from fedmezo.server.presence import Presence
 from fedmezo.server.store import Store
 from fedmezo.server.traffic import TrafficMeter
@@ -94,6 +94,8 @@ class RoundView:
     fingerprint: bytes
     eval_metrics: dict[str, float] = field(default_factory=dict)
     deadline_at: float = 0.0  # after extensions; 0 for round 0 (the initial model)
+    num_selected: int = 0  # len(clients), also when a summary left the rows out
+    num_submitted: int = 0  # of them, those that submitted an update
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,14 @@ def initial_round_view(coord: RunReader) -> RoundView | None:
     )
 
 
-def round_views(coord: RunReader, from_round: int = 1, limit: int = 0) -> Iterator[RoundView]:
+def round_views(
+    coord: RunReader, from_round: int = 1, limit: int = 0, *, with_clients: bool = True
+) -> Iterator[RoundView]:
     """Rounds from `from_round` on (at most `limit`, 0 = all); from_round 0 adds round 0 when evaluated.
 
     Lazily, one round at a time: a ListRounds page that fills its byte budget after two rounds of a
-    10,000-client run stops there instead of decoding every update of the other rounds it may hold."""
+    10,000-client run stops there instead of decoding every update of the other rounds it may hold.
+    Without clients (a summary) a round costs its record, a count and its traffic totals."""
     initial = initial_round_view(coord) if from_round == 0 else None
     if initial is not None:
         yield initial
@@ -168,6 +173,11 @@ def round_views(coord: RunReader, from_round: int = 1, limit: int = 0) -> Iterat
             return
         limit = limit - 1 if limit else 0
     for rec in coord.store.list_rounds(max(1, from_round), limit):
+        if not with_clients:
+            up, down = coord.traffic.round_totals(rec.round_id)
+            counts = len(rec.selected), coord.store.count_updates(rec.round_id)
+            yield _round_view(coord, rec, (), up, down, counts)
+            continue
         updates = {u.client_id: u for u in coord.store.list_updates(rec.round_id)}
         outcomes = {o.client_id: o for o in coord.store.list_outcomes(rec.round_id)}
         tasks = {t.client_id: t for t in coord.store.list_tasks(rec.round_id)}
@@ -196,24 +206,36 @@ def round_views(coord: RunReader, from_round: int = 1, limit: int = 0) -> Iterat
                     forward_passes=u.forward_passes if u else 0,
                 )
             )
-        end = rec.closed_at or coord.clock()
-        yield (
-            RoundView(
-                round_id=rec.round_id,
-                state=rec.state,
-                opened_at=rec.opened_at,
-                closed_at=rec.closed_at,
-                duration_s=max(0.0, end - rec.opened_at),
-                clients=tuple(clients),
-                mean_loss=rec.mean_loss,
-                bytes_up=sum(up for up, _ in traffic.values()),
-                bytes_down=sum(down for _, down in traffic.values()),
-                num_seeds=rec.num_seeds,
-                fingerprint=rec.fingerprint,
-                eval_metrics=coord.store.get_metrics(rec.round_id),
-                deadline_at=rec.deadline_at,
-            )
-        )
+        up, down = coord.traffic.round_totals(rec.round_id)
+        yield _round_view(coord, rec, tuple(clients), up, down, (len(clients), len(updates)))
+
+
+def _round_view(
+    coord: RunReader,
+    rec: RoundRecord,
+    clients: tuple[ClientRoundView, ...],
+    up: int,
+    down: int,
+    counts: tuple[int, int],
+) -> RoundView:
+    end = rec.closed_at or coord.clock()
+    return RoundView(
+        round_id=rec.round_id,
+        state=rec.state,
+        opened_at=rec.opened_at,
+        closed_at=rec.closed_at,
+        duration_s=max(0.0, end - rec.opened_at),
+        clients=clients,
+        mean_loss=rec.mean_loss,
+        bytes_up=up,
+        bytes_down=down,
+        num_seeds=rec.num_seeds,
+        fingerprint=rec.fingerprint,
+        eval_metrics=coord.store.get_metrics(rec.round_id),
+        deadline_at=rec.deadline_at,
+        num_selected=counts[0],
+        num_submitted=counts[1],
+    )
 
 
 def client_views(coord: RunReader, after: str = "", limit: int = 0) -> list[ClientView]:

@@ -27,6 +27,7 @@ class TrafficMeter:
         # Totals indexed the two ways status pages read them, so that a page costs its own rows and
         # not a pass over every (round, client) cell (10,000 clients x rounds of them)
         self._rounds: dict[int, dict[str, list[int]]] = defaultdict(dict)
+        self._round_totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # a summary's one lookup
         self._clients: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self._run_up = self._run_down = 0  # whole run, all clients: GetStatus reads them on every call
         for rec in store.list_traffic():
@@ -37,7 +38,11 @@ class TrafficMeter:
             self._add(client_id, round_id, bytes_up, bytes_down, pending=True)
 
     def _add(self, client_id: str, round_id: int, bytes_up: int, bytes_down: int, *, pending: bool) -> None:
-        targets = [self._rounds[round_id].setdefault(client_id, [0, 0]), self._clients[client_id]]
+        targets = [
+            self._rounds[round_id].setdefault(client_id, [0, 0]),
+            self._clients[client_id],
+            self._round_totals[round_id],
+        ]
         if pending:
             targets.append(self._pending[(round_id, client_id)])
         for target in targets:
@@ -69,6 +74,12 @@ class TrafficMeter:
     def by_round(self, round_id: int) -> dict[str, tuple[int, int]]:
         with self._lock:
             return {c: (up, down) for c, (up, down) in self._rounds.get(round_id, {}).items()}
+
+    def round_totals(self, round_id: int) -> tuple[int, int]:
+        """(bytes up, bytes down) of one round over every client."""
+        with self._lock:
+            up, down = self._round_totals.get(round_id, (0, 0))
+            return up, down
 
     def by_client(self, client_ids: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
         """Whole-run (up, down) per client: every client, or only those of `client_ids`."""

@@ -9,7 +9,9 @@
     "#9333ea", "#0d9488", "#ea580c", "#475569"];
 
   const $ = (id) => document.getElementById(id);
-  const state = { status: null, rounds: null, clients: null, skewMs: 0, charts: {}, refreshes: 0 };
+  // the client table shows one /api/clients page: `after` is its cursor, `back` the cursors before it
+  const state = { status: null, rounds: null, clients: null, skewMs: 0, charts: {}, refreshes: 0,
+    page: { after: "", back: [], firstIndex: 0 } };
   window.fedmezoDashboard = state; // for debugging and the browser test
 
   // ---- formatting ----
@@ -74,8 +76,9 @@
     if (refreshing) { again = true; return; }
     refreshing = true;
     try {
+      const page = `/api/clients?after=${encodeURIComponent(state.page.after)}`;
       const [status, rounds, clients] = await Promise.all(
-        [getJSON("/api/status"), getJSON("/api/rounds"), getJSON("/api/clients")]);
+        [getJSON("/api/status"), getJSON("/api/rounds"), getJSON(page)]);
       state.status = status; state.rounds = rounds; state.clients = clients;
       state.skewMs = status.server_time_unix_ms - Date.now();
       hideBanner();
@@ -210,6 +213,12 @@
     $("eval-empty").hidden = evaluated.length > 0;
   }
 
+  function weightsDtype() { // what the server's weight bytes hold: bf16-sr weights are bf16
+    const c = state.status.config;
+    if (c.mode === "full") return c.weights === "bf16-sr" ? "bf16" : "fp32";
+    return c.base_dtype === "fp32" ? "fp32" : `${c.base_dtype} base, fp32 adapters`;
+  }
+
   function renderMemory(clients) {
     const reported = clients.filter((c) => c.peak_memory_bytes > 0 || c.inference_peak_memory_bytes > 0);
     const labels = reported.map((c) => c.client_id);
@@ -230,7 +239,7 @@
     }
     if (weights) {
       datasets.push({
-        type: "line", label: "model weights (fp32)", data: reported.map(() => weights / scale),
+        type: "line", label: `model weights (${weightsDtype()})`, data: reported.map(() => weights / scale),
         borderColor: "#111827", borderDash: [6, 4], borderWidth: 2, pointRadius: 0, order: 1,
       });
     }
@@ -247,7 +256,7 @@
       ? "Grey: each client's measured peak of one plain forward pass (inference)."
       : "No client reported an inference peak: the dashed line (model weights) is the baseline.";
     $("memory-note").textContent = `${baseline} Model weights: ` +
-      (weights ? `${fmtBytes(weights)} (fp32, ${size.source}).` : `${size.source}.`);
+      (weights ? `${fmtBytes(weights)} (${weightsDtype()}, ${size.source}).` : `${size.source}.`);
   }
 
   function renderBytes(allRounds, response) {
@@ -309,6 +318,33 @@
       const td = cell("no clients yet"); td.colSpan = 9; tr.append(td); rows.push(tr);
     }
     body.replaceChildren(...rows);
+    renderPager(clients.length);
+  }
+
+  function renderPager(shown) {
+    const { page } = state;
+    const first = page.firstIndex;
+    const total = state.clients.total;
+    $("clients-range").textContent = shown
+      ? `clients ${(first + 1).toLocaleString()}–${(first + shown).toLocaleString()} of ${total.toLocaleString()}`
+      : `0 of ${total.toLocaleString()}`;
+    $("clients-prev").disabled = page.back.length === 0;
+    $("clients-next").disabled = !state.clients.next_after;
+  }
+  function turnPage(forward) {
+    const { page } = state;
+    if (forward) {
+      if (!state.clients.next_after) return;
+      page.back.push({ after: page.after, firstIndex: page.firstIndex });
+      page.firstIndex += state.clients.clients.length;
+      page.after = state.clients.next_after;
+    } else {
+      const previous = page.back.pop();
+      if (!previous) return;
+      page.after = previous.after;
+      page.firstIndex = previous.firstIndex;
+    }
+    refresh();
   }
 
   function render() {
@@ -339,6 +375,8 @@
       Chart.defaults.font.family = getComputedStyle(document.documentElement).fontFamily;
       Chart.defaults.plugins.legend.labels.boxWidth = 14;
     }
+    $("clients-prev").addEventListener("click", () => turnPage(false));
+    $("clients-next").addEventListener("click", () => turnPage(true));
     refresh();
     connectEvents();
     setInterval(tick, 1000);

@@ -36,6 +36,7 @@ from fastapi import FastAPI
 from fedmezo.dashboard.schemas import (
     ClientInfo,
     ClientRoundInfo,
+    ClientsPage,
     Event,
     EventPage,
     RoundInfo,
@@ -86,6 +87,8 @@ def _round(rid: int, state: str, clients: list[ClientRoundInfo], mean: float | N
         fingerprint="ab" * 32 if state != "open" else "",
         eval_metrics=kw.get("eval_metrics", {}),
         clients=clients,
+        num_selected=len(clients),
+        num_submitted=sum(c.submitted for c in clients),
     )
 
 
@@ -210,14 +213,22 @@ class FakeSource:
             last_event_cursor=self.events_list[-1].cursor if self.events_list else 0,
         )
 
-    def rounds(self, from_round: int = 0, limit: int = 0) -> list[RoundInfo]:
+    def rounds(self, from_round: int = 0, limit: int = 0, *, summary: bool = False) -> list[RoundInfo]:
         self._check()
         found = [r for r in self.rounds_list if r.round_id >= from_round]
-        return found[:limit] if limit else found
+        found = found[:limit] if limit else found
+        return [r.model_copy(update={"clients": []}) for r in found] if summary else found
 
     def clients(self) -> list[ClientInfo]:
         self._check()
         return list(self.clients_list)
+
+    def clients_page(self, after: str = "", limit: int = 0) -> ClientsPage:
+        self._check()
+        above = sorted((c for c in self.clients_list if c.client_id > after), key=lambda c: c.client_id)
+        page = above[:limit] if limit else above
+        more = limit and len(above) > limit
+        return ClientsPage(clients=page, next_after=page[-1].client_id if more else "")
 
     def events(self, after_cursor: int, limit: int = 0) -> EventPage:
         self._check()

@@ -10,6 +10,7 @@ import pytest
 from dashboard_helpers import EXPECTED_METRICS, parse_metrics, sse_messages
 from fastapi.testclient import TestClient
 
+from fedmezo.dashboard import app
 from fedmezo.dashboard.app import STATIC_DIR, create_app
 from fedmezo.dashboard.schemas import Event
 from fedmezo.dashboard.source import SourceRefused, SourceUnavailable
@@ -87,6 +88,39 @@ def test_clients(client: TestClient) -> None:
     assert a["in_sync"] and not b["in_sync"] and rejected["last_loss"] is None and not rejected["online"]
     assert a["peak_memory_bytes"] == 9_000_000 and a["fingerprint"] == "ab" * 32
     assert a["inference_peak_memory_bytes"] == 5_000_000 and b["inference_peak_memory_bytes"] == 0
+
+
+def test_clients_come_in_pages(client: TestClient) -> None:
+    first = client.get("/api/clients", params={"limit": 2}).json()
+    assert [c["client_id"] for c in first["clients"]] == ["c-a", "c-b"]
+    assert first["next_after"] == "c-b" and first["total"] == 3
+    rest = client.get("/api/clients", params={"after": first["next_after"], "limit": 2}).json()
+    assert [c["client_id"] for c in rest["clients"]] == ["c-rejected"] and rest["next_after"] == ""
+    for bad in ({"limit": 0}, {"limit": 1001}, {"after": "x" * 10_000}):
+        assert client.get("/api/clients", params=bad).status_code == 422, bad
+
+
+def test_a_large_run_gets_round_summaries(client: TestClient, fake_source: Any) -> None:
+    full = client.get("/api/rounds").json()["rounds"]  # 3 clients: per-client rows (auto)
+    summary = client.get("/api/rounds", params={"clients": "false"}).json()["rounds"]
+    assert full[2]["clients"] and not any(r["clients"] for r in summary)
+    for a, b in zip(full, summary, strict=True):  # what the charts read is the same either way
+        for key in (
+            "num_selected",
+            "num_submitted",
+            "cumulative_bytes",
+            "fedavg_cumulative_bytes",
+            "mean_loss",
+        ):
+            assert a[key] == b[key], key
+    assert [r["num_selected"] for r in summary] == [0, 2, 3, 2] and summary[2]["num_submitted"] == 3
+    template = fake_source.clients_list[0]
+    fake_source.clients_list += [
+        template.model_copy(update={"client_id": f"z{i:03d}"}) for i in range(app.PER_CLIENT_ROWS_MAX)
+    ]
+    assert not any(r["clients"] for r in client.get("/api/rounds").json()["rounds"])  # auto: too many
+    assert client.get("/api/rounds", params={"clients": "true"}).json()["rounds"][2]["clients"]
+    assert client.get("/api/rounds", params={"clients": "some"}).status_code == 422
 
 
 def test_healthz(client: TestClient) -> None:
@@ -216,10 +250,10 @@ def test_unreachable_server_gives_503_json(fake_source: Any, path: str) -> None:
 
 
 def test_refusal_gives_502(fake_source: Any) -> None:
-    def refuse() -> None:
+    def refuse(*args: Any) -> None:
         raise SourceRefused("UNAUTHENTICATED: missing bearer token")
 
-    fake_source.clients = refuse
+    fake_source.clients_page = refuse
     response = TestClient(create_app(fake_source)).get("/api/clients")
     assert response.status_code == 502 and response.json()["error"] == "status_service_error"
     assert "UNAUTHENTICATED" in response.json()["detail"]

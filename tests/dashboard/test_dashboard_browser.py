@@ -132,3 +132,35 @@ def test_banner_when_the_server_is_unreachable(browser: Any, unused_port: int, h
             page.close()
     finally:
         source.close()
+
+
+def test_the_client_table_pages_through_a_large_run(browser: Any, http_server: Any, fake_source: Any) -> None:
+    """250 clients: the table shows 100 at a time and pages with its buttons; the rounds come as
+    summaries (no per-client rows), and the charts still draw the mean loss."""
+    template = fake_source.clients_list[0]
+    fake_source.clients_list = [template.model_copy(update={"client_id": f"n{i:03d}"}) for i in range(250)]
+    with http_server(create_app(fake_source, event_poll_s=0.2)) as base:
+        page, errors = open_page(browser, f"{base}/")
+
+        def shown() -> tuple[str, str, int]:
+            rows = page.locator("#clients-body tr[data-client]")
+            first = rows.nth(0).get_attribute("data-client") or ""
+            return first, page.inner_text("#clients-range"), rows.count()
+
+        page.wait_for_selector('#clients-body tr[data-client="n000"]', timeout=TIMEOUT_MS)
+        assert shown() == ("n000", "clients 1–100 of 250", 100)
+        assert page.is_disabled("#clients-prev") and page.is_enabled("#clients-next")
+        page.click("#clients-next")
+        page.wait_for_selector('#clients-body tr[data-client="n100"]', timeout=TIMEOUT_MS)
+        assert shown() == ("n100", "clients 101–200 of 250", 100)
+        page.click("#clients-next")
+        page.wait_for_selector('#clients-body tr[data-client="n200"]', timeout=TIMEOUT_MS)
+        assert shown() == ("n200", "clients 201–250 of 250", 50) and page.is_disabled("#clients-next")
+        page.click("#clients-prev")
+        page.wait_for_selector('#clients-body tr[data-client="n100"]', timeout=TIMEOUT_MS)
+        assert shown()[1] == "clients 101–200 of 250"
+        rounds = page.evaluate("() => window.fedmezoDashboard.rounds.rounds")
+        assert rounds and not any(r["clients"] for r in rounds)  # summaries: 250 > 64 clients
+        assert page.evaluate("() => window.fedmezoDashboard.charts['chart-loss'].data.datasets.length") == 1
+        assert not errors, errors
+        page.close()

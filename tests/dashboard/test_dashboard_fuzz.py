@@ -93,9 +93,11 @@ def _fuzz(schema: Any, path: str, mode: GenerationMode, examples: int) -> None:
 def test_every_documented_operation_is_fuzzed() -> None:
     assert [f"{path} {mode.value}" for path, mode in OPERATIONS] == [
         "/api/clients positive",
+        "/api/clients negative",
         "/api/events positive",
         "/api/events negative",
         "/api/rounds positive",
+        "/api/rounds negative",
         "/api/status positive",
         "/healthz positive",
         "/metrics positive",

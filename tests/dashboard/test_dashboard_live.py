@@ -99,6 +99,24 @@ def test_clients_of_a_live_run(client: TestClient, live_run: Any) -> None:
     assert clients["client-1"]["device"] == "cuda:0 NVIDIA H100"
 
 
+def test_round_summaries_and_client_pages_of_a_live_run(client: TestClient) -> None:
+    """ListRounds summary=true and one ListClients page, against the real server."""
+    full = client.get("/api/rounds", params={"clients": "true"}).json()["rounds"]
+    summary = client.get("/api/rounds", params={"clients": "false"}).json()["rounds"]
+    assert [r["round_id"] for r in summary] == [r["round_id"] for r in full]
+    assert not any(r["clients"] for r in summary) and all(r["clients"] for r in full[1:])
+    for a, b in zip(full, summary, strict=True):
+        assert a["num_selected"] == len(a["clients"]) == b["num_selected"]
+        assert a["num_submitted"] == sum(c["submitted"] for c in a["clients"]) == b["num_submitted"]
+        for key in ("bytes_up", "bytes_down", "cumulative_bytes", "fedavg_cumulative_bytes", "mean_loss"):
+            assert a[key] == b[key], key
+    first = client.get("/api/clients", params={"limit": 2}).json()
+    assert len(first["clients"]) == 2 and first["total"] >= len(LIVE_CLIENTS) and first["next_after"]
+    rest = client.get("/api/clients", params={"after": first["next_after"], "limit": 1000}).json()
+    ids = [c["client_id"] for c in first["clients"] + rest["clients"]]
+    assert ids == sorted(ids) and len(ids) == first["total"] and rest["next_after"] == ""
+
+
 def test_metrics_of_a_live_run(client: TestClient) -> None:
     rounds = client.get("/api/rounds").json()["rounds"]
     samples = parse_metrics(client.get("/metrics").text)
