@@ -20,7 +20,7 @@ from fedmezo.fl.records import RunSettings
 from fedmezo.fl.train import StepDataset, device_label
 from fedmezo.memory import PeakMemory
 from fedmezo.zo import Backend, Batch, TrainableParams, causal_lm_loss, get_backend, warm_up
-from fedmezo.zo.weights import WEIGHT_FORMATS, Weights
+from fedmezo.zo.weights import WEIGHT_FORMATS, Weights, graph_safe
 
 __all__ = ["Workload", "build_workload", "measure_inference_peak", "resolve_device", "training_loss"]
 
@@ -120,6 +120,13 @@ def build_workload(
         dataset.num_examples,
         length,
     )
+    if not graph_safe(params):  # bf16-sr: perturbed weights are bound per forward, graphs cannot see them
+        if compile == "on" and target.type == "cuda":
+            raise ConfigError(
+                "--compile on cannot run a bf16-sr run: CUDA graphs replay the weights at captured "
+                "addresses and bf16-sr binds perturbed weights per forward; use --compile off or auto"
+            )
+        compile = "off"
     loss_of = training_loss(model, target, length, compile)
     backend = get_backend(target)
     warm_up(target, backend)  # the kernel loads now, not in the first round's first step

@@ -39,6 +39,7 @@ from fedmezo.fl.rounds import History, plan_round, remember
 from fedmezo.sim.config import DEMO_DATA, SimOptions
 from fedmezo.sim.methods import METHOD_CLASSES, finite_mean
 from fedmezo.zo import Backend, Batch, get_backend
+from fedmezo.zo.weights import graph_safe
 
 if TYPE_CHECKING:
     from fedmezo.sim.ray_pool import RayClientPool
@@ -140,7 +141,9 @@ class Simulation:
         if self.replica.params.device.type == "cuda":  # as a GPU client's daemon: bucketed, graphs unless off
             from fedmezo.zo.graphs import BucketedLoss
 
-            model, compiled = self.replica.loaded_model(), options.compile != "off"
+            model = self.replica.loaded_model()
+            # bf16-sr binds perturbed weights per forward: CUDA graphs would replay captured ones
+            compiled = options.compile != "off" and graph_safe(self.replica.params)
             self.loss_of = BucketedLoss(model, config.max_length, compiled=compiled)
         examples, held_out = client_data(options, config)
         self.pool: RayClientPool | None = None  # set by run() when options.ray: the clients on Ray actors

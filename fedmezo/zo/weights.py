@@ -20,7 +20,15 @@ from fedmezo.zo.interface import Backend
 from fedmezo.zo.mixed import ComputeCopy, CopyShift
 from fedmezo.zo.params import TrainableParams
 
-__all__ = ["WEIGHT_FORMATS", "Weights", "add_pairs", "close_perturbation", "perturbation", "weights_of"]
+__all__ = [
+    "WEIGHT_FORMATS",
+    "Weights",
+    "add_pairs",
+    "close_perturbation",
+    "graph_safe",
+    "perturbation",
+    "weights_of",
+]
 
 WEIGHT_FORMATS = ("fp32", BF16_SR)
 Weights = TrainableParams | Bf16Params
@@ -53,6 +61,13 @@ def perturbation(model: torch.nn.Module, params: Weights, backend: Backend | Non
     if isinstance(params.compute, ComputeCopy):
         return CopyShift(params.compute)
     return InPlace(params, backend)
+
+
+def graph_safe(params: Weights) -> bool:
+    """Whether forwards may be replayed as CUDA graphs. A graph replays the weights at the addresses it
+    captured, and bf16-sr's hooks bind a freshly made perturbed tensor per module and forward: a replay
+    would read stale weights, so those forwards run eager."""
+    return not isinstance(params, Bf16Params)
 
 
 def close_perturbation(move: Perturbation) -> None:
