@@ -10,6 +10,8 @@ for every format given the stream's seed) and evaluates the held-out loss every 
   fp32      θ fp32, perturbed in place (the client's default CPU path)
   bf16-sr   θ bf16, updates stochastically rounded, perturbed forwards made per module (bf16_shift)
   bf16-rn   θ bf16, updates rounded to nearest: the failure SR exists to avoid (updates erased)
+  fp32-bf16fwd  θ fp32, forwards from a bf16 compute copy (the GPU client's mixed precision): what bf16
+            forwards alone cost, so that bf16-sr's gap to fp32 splits into forwards and storage
 
 The run-to-run noise is the spread between fp32 runs on different streams (`--seeds`). Each run is a
 fresh process (its peak memory is its own: a training step's peak ÷ a plain forward's peak, both after
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import platform
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 SCRIPT = Path(__file__).resolve()
-FORMATS = ("fp32", "bf16-sr", "bf16-rn")
+FORMATS = ("fp32", "bf16-sr", "bf16-rn", "fp32-bf16fwd")
 CLIENT = "bench-bf16-weights"
 
 
@@ -55,6 +58,7 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
     from fedmezo.zo.bf16_shift import Bf16Shift
     from fedmezo.zo.bf16_weights import Bf16Params
     from fedmezo.zo.estimators import InPlace, Perturbation, estimate_step
+    from fedmezo.zo.mixed import ComputeCopy, CopyShift
 
     torch.manual_seed(0)
     loaded = load_model(args.model)
@@ -75,6 +79,9 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
     if fmt == "fp32":
         params: Any = TrainableParams.from_model(model)
         move = InPlace(params)
+    elif fmt == "fp32-bf16fwd":
+        params = TrainableParams.from_model(model)
+        move = CopyShift(ComputeCopy(model, params))
     else:
         params = Bf16Params.from_model(model)
         move = Bf16Shift(model, params)
@@ -110,7 +117,7 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
         result = estimate_step(
             "mezo",
             move,
-            lambda b=batch: causal_lm_loss(model, b),
+            functools.partial(causal_lm_loss, model, batch),
             seeds=[derive_seed(seed, 1, CLIENT, t)],
             eps=args.eps,
             lr=args.lr,
@@ -217,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(path)  # whole or absent: a killed run is redone, never half-read
         return 0
 
-    plan = [(fmt, seed) for seed in args.seeds for fmt in args.formats if fmt != "bf16-rn"]
+    plan = [(fmt, seed) for seed in args.seeds for fmt in args.formats if fmt in ("fp32", "bf16-sr")]
+    plan += [("fp32-bf16fwd", seed) for seed in args.rn_seeds if "fp32-bf16fwd" in args.formats]
     plan += [("bf16-rn", seed) for seed in args.rn_seeds if "bf16-rn" in args.formats]
     runs = []
     for fmt, seed in plan:
