@@ -54,7 +54,7 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
     from fedmezo.data.tokenize import collate, encode_example, pad_token_id
     from fedmezo.memory import PeakMemory
     from fedmezo.models import load_model
-    from fedmezo.zo import TrainableParams, causal_lm_loss, derive_seed
+    from fedmezo.zo import TrainableParams, causal_lm_loss, derive_seed, get_backend
     from fedmezo.zo.bf16_shift import Bf16Shift
     from fedmezo.zo.bf16_weights import Bf16Params
     from fedmezo.zo.estimators import InPlace, Perturbation, estimate_step
@@ -81,7 +81,8 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
         move = InPlace(params)
     elif fmt == "fp32-bf16fwd":
         params = TrainableParams.from_model(model)
-        move = CopyShift(ComputeCopy(model, params))
+        # the device's fast kernel: under tests' TRITON_INTERPRET=1 the default would be interpreted Triton
+        move = CopyShift(ComputeCopy(model, params, backend=get_backend(params.device)))
     else:
         params = Bf16Params.from_model(model)
         move = Bf16Shift(model, params)
