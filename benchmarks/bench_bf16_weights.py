@@ -249,12 +249,37 @@ def main(argv: list[str] | None = None) -> int:
         "curves": {f"{r['format']}/{r['seed']}": r["curve"] for r in runs},
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot_curves(runs, args.out / "curves.png")
     if args.json:
         print(json.dumps(summary))
     else:
         for fmt, row in summary["summary"].items():
             print(fmt, json.dumps(row))
     return 0
+
+
+STYLE = {"fp32": "-", "bf16-sr": "--", "bf16-rn": ":", "fp32-bf16fwd": "-."}
+
+
+def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
+    """Held-out loss against steps, one line per run: format by line style, stream by colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for run in runs:
+        steps, losses = zip(*run["curve"], strict=True)
+        ax.plot(steps, losses, STYLE.get(run["format"], "-"), color=f"C{run['seed']}",
+                label=f"{run['format']}, stream {run['seed']}")  # fmt: skip
+    ax.set_xlabel("MeZO steps (2 forwards each)")
+    ax.set_ylabel("held-out loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _run_path(args: argparse.Namespace, fmt: str, seed: int) -> Path:

@@ -39,6 +39,7 @@ def test_arms_resume_and_nearest_rounding_erases_small_updates(tmp_path: Path) -
     assert len({loss for _, loss in sr["curve"]}) > 1  # stochastic rounding: it did
     assert sr["memory_ratio"] > 0 and sr["inference_peak_bytes"] > 0
     summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (tmp_path / "curves.png").stat().st_size > 1000
     assert summary["summary"]["bf16-sr"]["start"] == summary["summary"]["bf16-rn"]["start"]
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")}
     assert bench.main(args) == 0  # type: ignore[attr-defined]  # everything cached: nothing reruns
