@@ -12,6 +12,8 @@ for every format given the stream's seed) and evaluates the held-out loss every 
   bf16-rn   θ bf16, updates rounded to nearest: the failure SR exists to avoid (updates erased)
   fp32-bf16fwd  θ fp32, forwards from a bf16 compute copy (the GPU client's mixed precision): what bf16
             forwards alone cost, so that bf16-sr's gap to fp32 splits into forwards and storage
+  bf16-sr-vec32  an experiment: matrices bf16-sr, the 1-D tensors (RMSNorm gains, ~1.0, whose bf16
+            ulp 2^-7 dwarfs MeZO's updates) kept fp32 with fp32 adds, their forwards reading bf16 copies
 
 The run-to-run noise is the spread between fp32 runs on different streams (`--seeds`). Each run is a
 fresh process (its peak memory is its own: a training step's peak ÷ a plain forward's peak, both after
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 SCRIPT = Path(__file__).resolve()
-FORMATS = ("fp32", "bf16-sr", "bf16-rn", "fp32-bf16fwd")
+FORMATS = ("fp32", "bf16-sr", "bf16-rn", "fp32-bf16fwd", "bf16-sr-vec32")
 CLIENT = "bench-bf16-weights"
 
 
@@ -83,6 +85,9 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
         params = TrainableParams.from_model(model)
         # the device's fast kernel: under tests' TRITON_INTERPRET=1 the default would be interpreted Triton
         move = CopyShift(ComputeCopy(model, params, backend=get_backend(params.device)))
+    elif fmt == "bf16-sr-vec32":
+        params = _Vec32(model)
+        move = params
     else:
         params = Bf16Params.from_model(model)
         move = Bf16Shift(model, params)
@@ -143,6 +148,74 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
         "memory_ratio": train_peak / inference_peak,
         "fingerprint": params.fingerprint(),
     }
+
+
+class _Vec32:
+    """bf16-sr-vec32's weights and Perturbation in one: matrices in a Bf16Params with its hooks, vectors
+    fp32 canonical (tensor ids after the matrices') whose bf16 copies the forwards read."""
+
+    def __init__(self, model: Any) -> None:
+        import torch
+
+        from fedmezo.zo.bf16_shift import Bf16Shift
+        from fedmezo.zo.bf16_weights import Bf16Params
+
+        self.vectors = {n: p for n, p in model.named_parameters() if p.dim() == 1}
+        self.canonical = {n: p.detach().float().clone() for n, p in self.vectors.items()}
+        for p in self.vectors.values():
+            p.requires_grad_(False)
+        self.matrices = Bf16Params.from_model(model)  # casts the model (and the vectors' copies) to bf16
+        self.hooks = Bf16Shift(model, self.matrices)
+        self.first_id = len(self.matrices.names)
+        self.numel = self.matrices.numel + sum(v.numel() for v in self.canonical.values())
+        self._torch = torch
+
+    def _signs(self, seed: int, index: int, numel: int) -> Any:
+        from fedmezo.zo.rng import rademacher
+
+        return rademacher(seed, self.first_id + index, numel).float()
+
+    def _bind(self, seed: int | None, value: float) -> None:
+        for index, (name, p) in enumerate(self.vectors.items()):
+            w = self.canonical[name]
+            if seed is not None:
+                v = self._torch.tensor(value, dtype=self._torch.float32)
+                w = w + self._torch.where(self._signs(seed, index, w.numel()) > 0, v, -v)
+            p.data = w.to(self._torch.bfloat16)
+
+    def shift(self, seed: int, value: float) -> None:
+        self.hooks.shift(seed, value)
+        self._bind(seed, value)
+
+    def reset(self) -> None:
+        self.hooks.reset()
+        self._bind(None, 0.0)
+
+    def update(self, seeds: Sequence[int], values: Sequence[float]) -> None:
+        self.hooks.update(seeds, values)
+        for seed, value in zip(seeds, values, strict=True):  # fp32 adds, in order, per element
+            v = self._torch.tensor(value, dtype=self._torch.float32)
+            for index, name in enumerate(self.vectors):
+                w = self.canonical[name]
+                w.add_(self._torch.where(self._signs(seed, index, w.numel()) > 0, v, -v))
+        self._bind(None, 0.0)
+
+    def snapshot(self) -> Any:
+        return self.matrices.snapshot(), {n: w.clone() for n, w in self.canonical.items()}
+
+    def restore(self, snapshot: Any) -> None:
+        self.matrices.restore(snapshot[0])
+        for name, w in snapshot[1].items():
+            self.canonical[name].copy_(w)
+        self._bind(None, 0.0)
+
+    def fingerprint(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256(self.matrices.fingerprint().encode())
+        for name in self.vectors:
+            digest.update(self.canonical[name].numpy().tobytes())
+        return digest.hexdigest()
 
 
 class _NearestUpdates:
@@ -227,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = [(fmt, seed) for seed in args.seeds for fmt in args.formats if fmt in ("fp32", "bf16-sr")]
     plan += [("fp32-bf16fwd", seed) for seed in args.rn_seeds if "fp32-bf16fwd" in args.formats]
+    plan += [("bf16-sr-vec32", seed) for seed in args.rn_seeds if "bf16-sr-vec32" in args.formats]
     plan += [("bf16-rn", seed) for seed in args.rn_seeds if "bf16-rn" in args.formats]
     runs = []
     for fmt, seed in plan:
