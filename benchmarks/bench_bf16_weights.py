@@ -332,7 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-STYLE = {"fp32": "-", "bf16-sr": "--", "bf16-rn": ":", "fp32-bf16fwd": "-."}
+STYLE: dict[str, Any] = {
+    "fp32": "-",
+    "bf16-sr": "--",
+    "bf16-rn": ":",
+    "fp32-bf16fwd": "-.",
+    "bf16-sr-vec32": (0, (6, 2, 1, 2, 1, 2)),
+}
 
 
 def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
@@ -345,7 +351,7 @@ def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for run in runs:
         steps, losses = zip(*run["curve"], strict=True)
-        ax.plot(steps, losses, STYLE.get(run["format"], "-"), color=f"C{run['seed']}",
+        ax.plot(steps, losses, linestyle=STYLE.get(run["format"], "-"), color=f"C{run['seed']}",
                 label=f"{run['format']}, stream {run['seed']}")  # fmt: skip
     ax.set_xlabel("MeZO steps (2 forwards each)")
     ax.set_ylabel("held-out loss")
