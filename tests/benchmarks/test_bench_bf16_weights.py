@@ -31,7 +31,7 @@ def test_arms_resume_and_nearest_rounding_erases_small_updates(tmp_path: Path) -
     assert bench.main([*args, "--json"]) == 0  # type: ignore[attr-defined]
     runs = {p.name: json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")}
     by_format = {r["format"]: r for r in runs.values()}
-    assert set(by_format) == {"fp32", "bf16-sr", "bf16-rn", "fp32-bf16fwd"}
+    assert set(by_format) == {"fp32", "bf16-sr", "bf16-rn", "fp32-bf16fwd", "bf16-sr-vec32"}
     theta0 = build_random_model(tiny_random_config())
     assert sum(p.numel() for p in theta0.parameters()) == by_format["bf16-sr"]["params"]
     rn, sr = by_format["bf16-rn"], by_format["bf16-sr"]
