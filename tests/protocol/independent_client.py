@@ -551,6 +551,35 @@ class SelfCheck:
             if result != c["result_f32_hex"] or shown != c["signs"]:
                 self.fail("apply", f"{result} != {c['result_f32_hex']} (signs {shown})")
 
+    def v_sr_apply_bf16(self, c: dict[str, Any]) -> None:
+        """§7.4: per pair, one fp32 add of ±v, then add 16 random bits (domain 1) below the kept half."""
+        t = c["tensor_id"]
+        w = np.array([int(h, 16) for h in c["initial_bf16_hex"]], dtype=np.uint32)  # bf16 bit patterns
+        n = w.size
+        for p in c["pairs"]:
+            seed, v = p["seed"], np.float32(hex_f32(p["value_f32_hex"]))
+            z = signs(seed, t, n)
+            words = block_words(seed, t, 0, -(-n // 8), 1)  # one domain-1 block per 8 elements
+            e = np.arange(n)
+            word = words[e // 8, (e % 8) // 2]
+            draws = np.where(e % 2 == 1, word >> np.uint32(16), word & np.uint32(0xFFFF))
+            with np.errstate(over="ignore"):
+                x = (w << np.uint32(16)).view(np.float32) + np.where(z, v, -v).astype(np.float32)
+            u = x.view(np.uint32).astype(np.uint64)
+            finite = np.isfinite(x)
+            kept = np.where(finite, (u + draws.astype(np.uint64)) >> np.uint64(16), u >> np.uint64(16))
+            kept = np.where(np.isnan(x), ((u >> np.uint64(16)) & np.uint64(0x8000)) | np.uint64(0x7FC0), kept)
+            w = kept.astype(np.uint32)
+            shown = "".join("+" if x else "-" for x in z)
+            if (
+                shown != p["signs"]
+                or [f"{int(r):04x}" for r in draws] != p["draws_hex"]
+                or [f"{int(x):04x}" for x in w] != p["after_bf16_hex"]
+            ):
+                self.fail(
+                    "sr_apply_bf16", f"pair {seed}: {[f'{int(x):04x}' for x in w]} != {p['after_bf16_hex']}"
+                )
+
     def v_fingerprint_spec(self, c: dict[str, Any]) -> None:
         n = c["numel"]
         words = (np.arange(n, dtype=np.uint64) * np.uint64(2654435761) % np.uint64(2**32)).astype(np.uint32)
