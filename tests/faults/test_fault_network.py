@@ -119,5 +119,5 @@ def test_client_behind_a_proxy_that_cuts_connections_finishes_in_sync(federation
     assert fed.client_fingerprints("c1")[rounds] == doc["fingerprint"]
     print(f"proxy: {proxy.connections} connections, {proxy.cuts} cut, {proxy.cuts_mid_transfer} mid-transfer")
     assert proxy.cuts >= 3 and proxy.cuts_mid_transfer >= 1, (proxy.connections, proxy.cuts)
-    log = fed.client_log("c1").lower()
-    assert "unavailable" in log or "retrying" in log, log
+    # Not asserted: that c1's log shows a failed call. A cut between calls is healed by gRPC's own
+    # reconnect without any RPC failing, so a run whose cuts all fell there logs nothing (CI saw it).
