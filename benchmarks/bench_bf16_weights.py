@@ -2,10 +2,13 @@
 
     python benchmarks/bench_bf16_weights.py                       # smollm2-135m, all runs, table
     python benchmarks/bench_bf16_weights.py --steps 40 --eval-every 20 --model tiny-random   # quick
+    python benchmarks/bench_bf16_weights.py --estimator fzoo --perturbations 8 --lr 3e-3 --steps 112 \
+        --eval-every 14 --seeds 0 1 2 --formats fp32 bf16-sr      # FZOO's step scale (1,008 forwards)
 
 Issue #14 asks whether bf16 weights with stochastic rounding (2 bytes per parameter) learn like fp32
-weights (4 bytes). Every run trains one data stream with MeZO (same lr, ε, batches and direction seeds
-for every format given the stream's seed) and evaluates the held-out loss every `--eval-every` steps:
+weights (4 bytes). Every run trains one data stream with MeZO or FZOO (`--estimator`; same lr, ε,
+batches and direction seeds for every format given the stream's seed) and evaluates the held-out loss
+every `--eval-every` steps:
 
   fp32      θ fp32, perturbed in place (the client's default CPU path)
   bf16-sr   θ bf16, updates stochastically rounded, perturbed forwards made per module (bf16_shift)
@@ -59,7 +62,7 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
     from fedmezo.zo import TrainableParams, causal_lm_loss, derive_seed, get_backend
     from fedmezo.zo.bf16_shift import Bf16Shift
     from fedmezo.zo.bf16_weights import Bf16Params
-    from fedmezo.zo.estimators import InPlace, Perturbation, estimate_step
+    from fedmezo.zo.estimators import InPlace, Perturbation, estimate_step, forwards_per_step
     from fedmezo.zo.mixed import ComputeCopy, CopyShift
 
     torch.manual_seed(0)
@@ -106,9 +109,15 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
     causal_lm_loss(model, probe)
     inference_peak = peak.peak_bytes()
     snapshot = params.snapshot()
-    estimate_step("mezo", move, lambda: causal_lm_loss(model, probe), seeds=[1], eps=args.eps, lr=0.0)
+    P = args.perturbations
+    probe_seeds = [list(range(1, P + 1)), list(range(P + 1, 2 * P + 1))]
+    estimate_step(
+        args.estimator, move, lambda: causal_lm_loss(model, probe), seeds=probe_seeds[0], eps=args.eps, lr=0.0
+    )
     peak.reset()
-    estimate_step("mezo", move, lambda: causal_lm_loss(model, probe), seeds=[2], eps=args.eps, lr=0.0)
+    estimate_step(
+        args.estimator, move, lambda: causal_lm_loss(model, probe), seeds=probe_seeds[1], eps=args.eps, lr=0.0
+    )
     train_peak = peak.peak_bytes()
     params.restore(snapshot)
     del snapshot
@@ -121,10 +130,10 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
         batch = batch_of([train[i] for i in order[t * args.batch_size : (t + 1) * args.batch_size]])
         tick = time.perf_counter()
         result = estimate_step(
-            "mezo",
+            args.estimator,
             move,
             functools.partial(causal_lm_loss, model, batch),
-            seeds=[derive_seed(seed, 1, CLIENT, t)],
+            seeds=[derive_seed(seed, 1, CLIENT, t * P + p) for p in range(P)],
             eps=args.eps,
             lr=args.lr,
         )
@@ -138,6 +147,9 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
     return {
         "format": fmt,
         "seed": seed,
+        "estimator": args.estimator,
+        "perturbations": P,
+        "forwards_per_step": forwards_per_step(args.estimator, P),
         "params": params.numel,
         "curve": curve,
         "train_losses": train_losses,
@@ -280,13 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--estimator", default="mezo", choices=("mezo", "fzoo"))
+    parser.add_argument("--perturbations", type=int, default=1, help="P: seeded directions per step")
     parser.add_argument("--eps", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=SCRIPT.parent / "bf16_weights")
     parser.add_argument("--run", nargs=2, metavar=("FORMAT", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
-    if args.eval_every <= 0 or args.steps <= 0:
-        parser.error("--steps and --eval-every must be positive")
+    if args.eval_every <= 0 or args.steps <= 0 or args.perturbations <= 0:
+        parser.error("--steps, --eval-every and --perturbations must be positive")
 
     if args.run:
         fmt, seed = args.run[0], int(args.run[1])
@@ -317,13 +331,16 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "lr": args.lr,
         "eps": args.eps,
+        "estimator": args.estimator,
+        "perturbations": args.perturbations,
         "batch_size": args.batch_size,
         "eval_examples": args.eval_examples,
         "summary": summarize(runs),
         "curves": {f"{r['format']}/{r['seed']}": r["curve"] for r in runs},
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    plot_curves(runs, args.out / "curves.png")
+    tag = _estimator_tag(args)
+    (args.out / f"summary{tag}.json").write_text(json.dumps(summary, indent=1))
+    plot_curves(runs, args.out / f"curves{tag}.png")
     if args.json:
         print(json.dumps(summary))
     else:
@@ -353,7 +370,8 @@ def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
         steps, losses = zip(*run["curve"], strict=True)
         ax.plot(steps, losses, linestyle=STYLE.get(run["format"], "-"), color=f"C{run['seed']}",
                 label=f"{run['format']}, stream {run['seed']}")  # fmt: skip
-    ax.set_xlabel("MeZO steps (2 forwards each)")
+    per_step = runs[0].get("forwards_per_step", 2) if runs else 2
+    ax.set_xlabel(f"{runs[0].get('estimator', 'mezo') if runs else 'mezo'} steps ({per_step} forwards each)")
     ax.set_ylabel("held-out loss")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -362,9 +380,16 @@ def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _estimator_tag(args: argparse.Namespace) -> str:
+    """'' for MeZO with one direction (the first sweep's file names), else e.g. '-fzoo-p8'."""
+    if args.estimator == "mezo" and args.perturbations == 1:
+        return ""
+    return f"-{args.estimator}-p{args.perturbations}"
+
+
 def _run_path(args: argparse.Namespace, fmt: str, seed: int) -> Path:
     key = f"{args.model}-s{args.steps}-lr{args.lr:g}-eps{args.eps:g}-b{args.batch_size}"
-    key += f"-e{args.eval_examples}x{args.eval_every}-L{args.max_length}"
+    key += f"-e{args.eval_examples}x{args.eval_every}-L{args.max_length}{_estimator_tag(args)}"
     return args.out / "runs" / f"{key}-{fmt}-seed{seed}.json"
 
 

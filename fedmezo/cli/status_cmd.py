@@ -31,6 +31,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--server", required=True, help="server address HOST:PORT")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="counts instead of per-client rows: rounds without their clients, no client list "
+        "(a few KiB and one page per 1,000 rounds, whatever the number of clients)",
+    )
     add_connection_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -50,20 +56,24 @@ def _nan_to_none(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def status_json(status: Any, config: Any, rounds: Sequence[Any], clients: Sequence[Any]) -> dict[str, Any]:
+def status_json(
+    status: Any, config: Any, rounds: Sequence[Any], clients: Sequence[Any] | None
+) -> dict[str, Any]:
     """The JSON document of `fedmezo status --json` from StatusService's replies (`rounds`: every
-    RoundInfo, all pages of ListRounds)."""
+    RoundInfo, all pages of ListRounds). `clients` None: the --summary document, which has no client
+    list and no per-client rows in its rounds (they were not read)."""
     from google.protobuf.json_format import MessageToDict
 
     from fedmezo.v1 import common_pb2
 
-    return {
+    doc = {
         "run_state": common_pb2.RunState.Name(status.run_state).removeprefix("RUN_STATE_").lower(),
         "rounds_completed": status.rounds_completed,
         "current_round": status.current_round,
         "total_rounds": status.total_rounds,
         "fingerprint": status.fingerprint.hex(),
         "clients_online": status.clients_online,
+        "clients_total": status.clients_total,
         "bytes_up": status.bytes_up,
         "bytes_down": status.bytes_down,
         "config": MessageToDict(config, preserving_proto_field_name=True),
@@ -85,7 +95,7 @@ def status_json(status: Any, config: Any, rounds: Sequence[Any], clients: Sequen
                 "bytes_down": c.bytes_down,
                 "last_heartbeat_unix_ms": c.last_heartbeat_unix_ms,
             }
-            for c in clients
+            for c in clients or ()
         ],
         "rounds": [
             {
@@ -95,6 +105,8 @@ def status_json(status: Any, config: Any, rounds: Sequence[Any], clients: Sequen
                 "bytes_up": r.bytes_up,
                 "bytes_down": r.bytes_down,
                 "participants": [c.client_id for c in r.clients if c.accepted],
+                "num_selected": r.num_selected,
+                "num_submitted": r.num_submitted,
                 "duration_s": r.duration_s,
                 "num_seeds": r.num_seeds,
                 "fingerprint": r.fingerprint.hex(),
@@ -117,6 +129,11 @@ def status_json(status: Any, config: Any, rounds: Sequence[Any], clients: Sequen
             for r in rounds
         ],
     }
+    if clients is None:
+        del doc["clients"]
+        for r in doc["rounds"]:
+            del r["participants"], r["clients"]
+    return doc
 
 
 def status_round_state(state: int) -> str:
@@ -158,8 +175,10 @@ def run(args: argparse.Namespace) -> int:
             kw: dict[str, Any] = {"timeout": RPC_DEADLINE_S, "metadata": metadata}
             status = stub.GetStatus(status_pb2.GetStatusRequest(), **kw)
             config = stub.GetRunConfig(status_pb2.GetRunConfigRequest(), **kw).config
-            rounds = list_all_rounds(lambda request: stub.ListRounds(request, **kw))
-            clients = list_all_clients(lambda request: stub.ListClients(request, **kw))
+            rounds = list_all_rounds(lambda request: stub.ListRounds(request, **kw), summary=args.summary)
+            clients = (
+                None if args.summary else list_all_clients(lambda request: stub.ListClients(request, **kw))
+            )
         except grpc.RpcError as exc:
             print(f"fedmezo status: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
             return EXIT_UNAVAILABLE
@@ -169,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{doc['run_state']}: {doc['rounds_completed']}/{doc['total_rounds']} rounds, "
-        f"fingerprint {doc['fingerprint'][:16]}, {doc['clients_online']} clients online"
+        f"fingerprint {doc['fingerprint'][:16]}, {doc['clients_online']} of {doc['clients_total']} "
+        "clients online"
     )
     for r in doc["rounds"]:
         loss = "-" if r["mean_loss"] is None else f"{r['mean_loss']:.4f}"
@@ -179,9 +199,10 @@ def run(args: argparse.Namespace) -> int:
             ev = f"  eval loss {evaluated['eval_loss']:.4f} exact match {evaluated['exact_match']:.1%}"
         print(
             f"  round {r['round']:>4} {r['state']:<8} loss {loss:>8}  "
+            f"{r['num_submitted']}/{r['num_selected']} submitted  "
             f"up {r['bytes_up']} B  down {r['bytes_down']} B{ev}"
         )
-    for c in doc["clients"]:
+    for c in doc.get("clients", ()):
         sync = "in sync" if c["in_sync"] else "NOT in sync"
         print(
             f"  client {c['id']:<16} {'online' if c['online'] else 'offline':<8} "

@@ -1,4 +1,5 @@
-"""`fedmezo status --json` fields, and the bytes a round costs per client (measured at the gRPC layer)."""
+"""`fedmezo status --json` fields (full and --summary), and the bytes a round costs per client (measured at
+the gRPC layer)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ ROUND_BUDGET_BYTES = 1024
 def test_status_json_and_bytes_per_client_per_round(
     tmp_path: Path, replica: Replica, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def main() -> dict:  # type: ignore[type-arg]
+    async def main() -> tuple[dict, dict, str]:  # type: ignore[type-arg]
         async with running_server(tmp_path, replica, rounds=2, local_steps=LOCAL_STEPS) as app:
             ids = ["client-0", "client-1", "client-2"]
             clients = [FakeClient(app.port, c, manifest=replica.manifest_sha256) for c in ids]
@@ -41,15 +42,16 @@ def test_status_json_and_bytes_per_client_per_round(
                     await c.report(r, msg.fingerprint)
             await app.coordinator.idle()
             capsys.readouterr()
-            code = await asyncio.to_thread(
-                cli_main, ["status", "--server", f"127.0.0.1:{app.port}", "--json", "--insecure"]
-            )
-            assert code == 0
+            status = ["status", "--server", f"127.0.0.1:{app.port}", "--insecure"]
+            outs = []
+            for extra in (["--json"], ["--json", "--summary"], ["--summary"]):
+                assert await asyncio.to_thread(cli_main, [*status, *extra]) == 0
+                outs.append(capsys.readouterr().out)
             for c in clients:
                 await c.close()
-            return json.loads(capsys.readouterr().out)
+            return json.loads(outs[0]), json.loads(outs[1]), outs[2]
 
-    doc = asyncio.run(main())
+    doc, summary, text = asyncio.run(main())
     assert doc["rounds_completed"] == 2 and doc["run_state"] == "finished"
     assert doc["fingerprint"] == replica.fingerprint().hex()
     assert {c["id"] for c in doc["clients"]} == {"client-0", "client-1", "client-2"}
@@ -65,3 +67,14 @@ def test_status_json_and_bytes_per_client_per_round(
             f"round {r['round']}: {per_client:.0f} B per client (up {r['bytes_up']}, down {r['bytes_down']})"
         )
         assert len(r["participants"]) == 3 and per_client <= ROUND_BUDGET_BYTES
+        assert r["num_selected"] == r["num_submitted"] == 3
+    # --summary: the same run as counts; no client list, no per-client rows, every other field equal
+    assert doc["clients_total"] == summary["clients_total"] == 3 and "clients" not in summary
+    assert [r["round"] for r in summary["rounds"]] == [r["round"] for r in doc["rounds"]]
+    for full, short in zip(doc["rounds"], summary["rounds"], strict=True):
+        assert "clients" not in short and "participants" not in short
+        assert {k: v for k, v in full.items() if k not in ("clients", "participants")} == short
+    assert {k: v for k, v in doc.items() if k not in ("clients", "rounds")} == {
+        k: v for k, v in summary.items() if k != "rounds"
+    }
+    assert "3 of 3 clients online" in text and "3/3 submitted" in text and "client-0" not in text
