@@ -18,6 +18,11 @@ every `--eval-every` steps:
   bf16-sr-vec32  an experiment: matrices bf16-sr, the 1-D tensors (RMSNorm gains, ~1.0, whose bf16
             ulp 2^-7 dwarfs MeZO's updates) kept fp32 with fp32 adds, their forwards reading bf16 copies
 
+`--round-steps τ` trains as a one-client federation does: τ local steps from θ_r, then θ_r restored and
+the round's τ·P pairs applied as one delta: the canonical trajectory (for bf16-sr one stochastic rounding
+per element per round, §7.4; for fp32 the per-step trajectory without the drift of its perturb-and-undo
+adds).
+
 The run-to-run noise is the spread between fp32 runs on different streams (`--seeds`). Each run is a
 fresh process (its peak memory is its own: a training step's peak ÷ a plain forward's peak, both after
 a warm-up, `PeakMemory`), and writes one JSON file under `--out`, so an interrupted sweep resumes.
@@ -64,6 +69,7 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
     from fedmezo.zo.bf16_weights import Bf16Params
     from fedmezo.zo.estimators import InPlace, Perturbation, estimate_step, forwards_per_step
     from fedmezo.zo.mixed import ComputeCopy, CopyShift
+    from fedmezo.zo.weights import add_pairs
 
     torch.manual_seed(0)
     loaded = load_model(args.model)
@@ -126,7 +132,13 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
     train_losses: list[float] = []
     start = time.perf_counter()
     step_seconds = 0.0
+    tau = args.round_steps
+    round_start: Any = None
+    delta_seeds: list[int] = []
+    delta_values: list[float] = []
     for t in range(args.steps):
+        if tau > 1 and t % tau == 0:
+            round_start = params.snapshot()
         batch = batch_of([train[i] for i in order[t * args.batch_size : (t + 1) * args.batch_size]])
         tick = time.perf_counter()
         result = estimate_step(
@@ -137,6 +149,14 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
             eps=args.eps,
             lr=args.lr,
         )
+        if tau > 1:
+            if not result.skipped:
+                delta_seeds += result.seeds
+                delta_values += [-args.lr * a for a in result.scalars]
+            if (t + 1) % tau == 0 or t + 1 == args.steps:  # the round's delta onto θ_r, in one apply
+                params.restore(round_start)
+                add_pairs(params, delta_seeds, delta_values)
+                delta_seeds, delta_values = [], []
         step_seconds += time.perf_counter() - tick
         train_losses.append(result.loss)
         if (t + 1) % args.eval_every == 0 or t + 1 == args.steps:
@@ -149,6 +169,7 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
         "seed": seed,
         "estimator": args.estimator,
         "perturbations": P,
+        "round_steps": tau,
         "forwards_per_step": forwards_per_step(args.estimator, P),
         "params": params.numel,
         "curve": curve,
@@ -294,13 +315,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--estimator", default="mezo", choices=("mezo", "fzoo"))
     parser.add_argument("--perturbations", type=int, default=1, help="P: seeded directions per step")
+    parser.add_argument(
+        "--round-steps", type=int, default=1, help="τ: local steps per round, the delta applied once a round"
+    )
     parser.add_argument("--eps", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=SCRIPT.parent / "bf16_weights")
     parser.add_argument("--run", nargs=2, metavar=("FORMAT", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
-    if args.eval_every <= 0 or args.steps <= 0 or args.perturbations <= 0:
-        parser.error("--steps, --eval-every and --perturbations must be positive")
+    if args.eval_every <= 0 or args.steps <= 0 or args.perturbations <= 0 or args.round_steps <= 0:
+        parser.error("--steps, --eval-every, --perturbations and --round-steps must be positive")
+    if args.round_steps > 1:
+        if args.eval_every % args.round_steps:
+            parser.error("--eval-every must be a multiple of --round-steps (evaluate θ between rounds)")
+        if set(args.formats) - {"fp32", "bf16-sr"}:
+            parser.error("--round-steps > 1 is for the fp32 and bf16-sr arms (pass --formats fp32 bf16-sr)")
 
     if args.run:
         fmt, seed = args.run[0], int(args.run[1])
@@ -333,12 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         "eps": args.eps,
         "estimator": args.estimator,
         "perturbations": args.perturbations,
+        "round_steps": args.round_steps,
         "batch_size": args.batch_size,
         "eval_examples": args.eval_examples,
         "summary": summarize(runs),
         "curves": {f"{r['format']}/{r['seed']}": r["curve"] for r in runs},
     }
-    tag = _estimator_tag(args)
+    tag = _estimator_tag(args) + (f"-tau{args.round_steps}" if args.round_steps > 1 else "")
     (args.out / f"summary{tag}.json").write_text(json.dumps(summary, indent=1))
     plot_curves(runs, args.out / f"curves{tag}.png")
     if args.json:
@@ -390,6 +420,8 @@ def _estimator_tag(args: argparse.Namespace) -> str:
 def _run_path(args: argparse.Namespace, fmt: str, seed: int) -> Path:
     key = f"{args.model}-s{args.steps}-lr{args.lr:g}-eps{args.eps:g}-b{args.batch_size}"
     key += f"-e{args.eval_examples}x{args.eval_every}-L{args.max_length}{_estimator_tag(args)}"
+    if args.round_steps > 1:
+        key += f"-tau{args.round_steps}"
     return args.out / "runs" / f"{key}-{fmt}-seed{seed}.json"
 
 

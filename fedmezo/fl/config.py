@@ -96,7 +96,8 @@ class RunConfig:
     weights: str = setting(
         "fp32",
         "fp32 | bf16-sr: the trained weights (mode=full); bf16-sr keeps them in bf16 (2 bytes per parameter, "
-        "half of fp32) and rounds every update stochastically so small updates survive in expectation; "
+        "half of fp32) and rounds each round delta stochastically (once per weight) so small updates "
+        "survive in expectation; "
         "part of the manifest",
     )
     rounds: int = setting(10, "total federated rounds")

@@ -115,9 +115,10 @@ def _word(x0, x1, x2, x3, q):
 
 @triton.jit
 def sr_apply_kernel(w_ptr, numel, tid, keys_ptr, vals_ptr, n_seeds, BLOCK: tl.constexpr):
-    """docs/protocol.md §7.4 on bf16 weights (int16 bit patterns, in place): per pair, one fp32 add of
-    ±v (sign: domain 0) and stochastic rounding (16 bits: domain 1). A first version: each element runs
-    its own two Philox blocks, 128x and 8x more than the block-shared layout of apply_kernel."""
+    """docs/protocol.md §7.4 on bf16 weights (int16 bit patterns, in place): per pair one fp32 add of ±v
+    (sign: domain 0), then one stochastic rounding (16 bits: domain 1 under the first pair's seed). A
+    first version: each element runs its own Philox blocks, 128x and 8x more than the block-shared
+    layout of apply_kernel."""
     e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     m = e < numel
     bits = tl.load(w_ptr + e, mask=m, other=0).to(tl.uint16, bitcast=True).to(tl.uint32) << 16
@@ -127,23 +128,25 @@ def sr_apply_kernel(w_ptr, numel, tid, keys_ptr, vals_ptr, n_seeds, BLOCK: tl.co
     d_lo, d_hi = (b & 0xFFFFFFFF).to(tl.uint32), (b >> 32).to(tl.uint32)
     r_lo, r_hi = (rb & 0xFFFFFFFF).to(tl.uint32), (rb >> 32).to(tl.uint32)
     zeros = tl.zeros((BLOCK,), dtype=tl.uint32)
+    x = bits.to(tl.float32, bitcast=True)
     for k in range(n_seeds):
         k0 = tl.load(keys_ptr + 2 * k).to(tl.uint32, bitcast=True)
         k1 = tl.load(keys_ptr + 2 * k + 1).to(tl.uint32, bitcast=True)
         v = tl.load(vals_ptr + k)
         x0, x1, x2, x3 = philox10(k0, k1, d_lo, t, zeros, d_hi)
         sign = (_word(x0, x1, x2, x3, (e >> 5) & 3) >> (e & 31).to(tl.uint32)) & 1
-        x = bits.to(tl.float32, bitcast=True) + tl.where(sign != 0, v, -v)
-        u = x.to(tl.uint32, bitcast=True)
-        y0, y1, y2, y3 = philox10(k0, k1, r_lo, t, zeros + 1, r_hi)
-        word = _word(y0, y1, y2, y3, (e & 7) >> 1)
-        draw = tl.where((e & 1) != 0, word >> 16, word & 0xFFFF)
-        finite = ((u >> 23) & 0xFF) != 0xFF
-        nan = (~finite) & ((u & 0x7FFFFF) != 0)
-        kept = tl.where(finite, (u.to(tl.uint64) + draw.to(tl.uint64)) >> 16, (u >> 16).to(tl.uint64))
-        kept = tl.where(nan, (((u >> 16) & 0x8000) | 0x7FC0).to(tl.uint64), kept)
-        bits = kept.to(tl.uint32) << 16
-    tl.store(w_ptr + e, (bits >> 16).to(tl.uint16).to(tl.int16, bitcast=True), mask=m)
+        x = x + tl.where(sign != 0, v, -v)
+    u = x.to(tl.uint32, bitcast=True)
+    k0 = tl.load(keys_ptr).to(tl.uint32, bitcast=True)
+    k1 = tl.load(keys_ptr + 1).to(tl.uint32, bitcast=True)
+    y0, y1, y2, y3 = philox10(k0, k1, r_lo, t, zeros + 1, r_hi)
+    word = _word(y0, y1, y2, y3, (e & 7) >> 1)
+    draw = tl.where((e & 1) != 0, word >> 16, word & 0xFFFF)
+    finite = ((u >> 23) & 0xFF) != 0xFF
+    nan = (~finite) & ((u & 0x7FFFFF) != 0)
+    kept = tl.where(finite, (u.to(tl.uint64) + draw.to(tl.uint64)) >> 16, (u >> 16).to(tl.uint64))
+    kept = tl.where(nan, tl.full((BLOCK,), 0x7FC0, tl.uint64), kept)
+    tl.store(w_ptr + e, kept.to(tl.uint16).to(tl.int16, bitcast=True), mask=m)
 
 
 @triton.jit

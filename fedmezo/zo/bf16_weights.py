@@ -3,10 +3,11 @@
 fp32 θ costs 4 bytes per parameter, twice bf16 inference. Here θ itself is bf16, in one flat buffer in
 manifest order; the model's trainable tensors are views of it, as with TrainableParams. Rounding every
 update to nearest would erase it (a MeZO step, lr·g ~ 1e-6, is far below half a bf16 ulp of a typical
-weight), so θ moves only by `apply`: per (seed, c) pair and element one fp32 add of ±c, then stochastic
-rounding with bits drawn from the pair's seed in Philox domain 1. Unbiased, and the same bits on every
-backend (reference, numba, Triton), so replicas stay identical. The fingerprint is fedmezo-fp-v1 of the
-buffer's bytes read as uint32 words (two bf16 per word, a zero half padding an odd count).
+weight), so θ moves only by `apply`: per element the pairs' fp32 adds of ±c in order, then one
+stochastic rounding with bits drawn from the first pair's seed in Philox domain 1 (a round delta is one
+apply: one rounding per element per round). Unbiased, and the same bits on every backend (reference,
+numba, Triton), so replicas stay identical. The fingerprint is fedmezo-fp-v1 of the buffer's bytes
+read as uint32 words (two bf16 per word, a zero half padding an odd count).
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ class Bf16Params:
             yield name, self.view(seg).view(shape)
 
     def apply(self, seeds: Sequence[int], values: Sequence[float]) -> None:
-        """θ ← SR(θ ± c) for each (seed, c) in the order given (§7.4): every element sees the pairs in
-        order, so applying tensor by tensor is the same as pair by pair."""
+        """θ ← SR(θ ± c_1 ± … ± c_K) (§7.4): fp32 adds in the order given, one rounding per element. One
+        call is one rounding: a round delta MUST be applied in one call (replicas agree only then)."""
         check_seeds(seeds, values)
         if not seeds:
             return

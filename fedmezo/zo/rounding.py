@@ -1,11 +1,14 @@
 """Stochastic rounding fp32 → bf16 with portable random bits: the reference for bf16 canonical weights
-(issue #14 item 2; docs/protocol.md §7.4, not yet a run setting).
+(`weights = bf16-sr`, docs/protocol.md §7.4).
 
 Round-to-nearest erases every update smaller than half a bf16 ulp, and a MeZO step (lr · g ~ 1e-6 on
 weights ~ 1e-2, whose ulp is ~ 6e-5) is nearly always that small. Rounding up with probability equal to
-the discarded fraction keeps each update in expectation. The 16 random bits of element e come from
-Philox4x32-10 in domain 1 (DOMAIN_ROUNDING) keyed by the pair's seed: block e div 8, output word
-(e mod 8) div 2, its low half for even e and its high half for odd e. So every backend rounds alike.
+the discarded fraction keeps each update in expectation. An apply (a round delta, or one local step)
+adds all its pairs to an fp32 copy of each element first and rounds once: the rounding noise then
+grows with |Σ ±c| rather than Σ |c| (√K less variance for K pairs of random sign). The 16 random bits
+of element e come from Philox4x32-10 in domain 1 (DOMAIN_ROUNDING) keyed by the first pair's seed:
+block e div 8, output word (e mod 8) div 2, its low half for even e and its high half for odd e. So
+every backend rounds alike.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = [
     "perturbed_bf16",
     "rounding_bits",
     "sr_apply_bf16",
+    "sr_sum_bf16",
     "stochastic_round_bf16",
 ]
 
@@ -43,30 +47,38 @@ def stochastic_round_bf16(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
     """bf16(x) rounded away from zero with probability (discarded low 16 bits) / 2^16, toward zero
     otherwise: add the draw to the fp32 bit pattern and truncate (the sign is not touched, so this is
     unbiased for either sign). Values already in bf16 are exact whatever the draw; ±inf stay; NaN becomes
-    the quiet NaN of its sign; a finite value can round to ±inf only from within an ulp of fp32's max."""
+    0x7FC0 (no sign: CUDA's arithmetic does not keep a NaN's sign, x86's does); a finite value can round
+    to ±inf only from within an ulp of fp32's max."""
     if x.dtype != torch.float32 or bits.shape != x.shape:
         raise ValueError("x must be fp32 and bits must have its shape")
     u = x.contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     finite = torch.isfinite(x)
     rounded = torch.where(finite, (u + bits.to(torch.int64)) >> 16, u >> 16)
     nan = torch.isnan(x)
-    rounded = torch.where(nan, (u >> 16 & 0x8000) | _QUIET_NAN, rounded)
+    rounded = torch.where(nan, _QUIET_NAN, rounded)
     as_int16 = torch.where(rounded >= 0x8000, rounded - 0x10000, rounded).to(torch.int16)
     return as_int16.view(torch.bfloat16)
 
 
-def sr_apply_bf16(w: torch.Tensor, pairs: Sequence[tuple[int, float]], tensor_id: int) -> torch.Tensor:
-    """§7.3 on a bf16 tensor: for each (seed, coefficient) in order, w ← SR(fp32(w) ± fp32(c)), the sign
-    from z(seed) and the rounding bits from the same seed in domain 1. Returns the new bf16 tensor."""
+def sr_sum_bf16(w: torch.Tensor, pairs: Sequence[tuple[int, float]], tensor_id: int) -> torch.Tensor:
+    """The fp32 value §7.4 rounds: fp32(w), then for each (seed, coefficient) in order one binary32 add
+    of ±fp32(c) (the sign from z(seed)), exactly §7.3's adds on an fp32 copy."""
     if w.dtype != torch.bfloat16:
         raise ValueError("w must be bf16")
-    flat = w.reshape(-1)
+    x = w.reshape(-1).float()
     for seed, coefficient in pairs:
         v = torch.tensor(float(np.float32(coefficient)), dtype=torch.float32)
-        signs = rademacher(seed, tensor_id, flat.numel())
-        moved = flat.float() + torch.where(signs > 0, v, -v)  # one fp32 add per element, as in §7.3
-        flat = stochastic_round_bf16(moved, rounding_bits(seed, tensor_id, flat.numel()))
-    return flat.reshape(w.shape)
+        x = x + torch.where(rademacher(seed, tensor_id, x.numel()) > 0, v, -v)
+    return x
+
+
+def sr_apply_bf16(w: torch.Tensor, pairs: Sequence[tuple[int, float]], tensor_id: int) -> torch.Tensor:
+    """§7.4 on a bf16 tensor: w ← SR(fp32(w) ± c_1 ± … ± c_K) with one rounding, its bits drawn from the
+    first pair's seed in domain 1. No pairs: w unchanged. Returns the new bf16 tensor."""
+    if not pairs:
+        return w.clone()
+    x = sr_sum_bf16(w, pairs, tensor_id)
+    return stochastic_round_bf16(x, rounding_bits(pairs[0][0], tensor_id, x.numel())).reshape(w.shape)
 
 
 def perturbed_bf16(w: torch.Tensor, seed: int, value: float, tensor_id: int) -> torch.Tensor:

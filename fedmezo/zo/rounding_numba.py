@@ -1,6 +1,7 @@
-"""§7.4 on CPU with numba: bf16 weights, one fp32 add per (element, pair), then the pair's stochastic
-rounding, block by block in registers; and the perturbed copy a forward reads (round to nearest even).
-Bit for bit `rounding.sr_apply_bf16` and `rounding.perturbed_bf16` (tests hold them to that)."""
+"""§7.4 on CPU with numba: bf16 weights, one fp32 add per (element, pair), then one stochastic rounding
+under the first pair's seed, block by block in registers; and the perturbed copy a forward reads
+(round to nearest even). Bit for bit `rounding.sr_apply_bf16` and `rounding.perturbed_bf16` (tests
+hold them to that)."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ def _sr_apply(w, tensor_id, seeds_lo, seeds_hi, values):  # type: ignore[no-unty
         count = min(128, n - start)
         x = np.empty(128, np.float32)
         bits = x.view(np.uint32)
+        for i in range(count):
+            bits[i] = _U32(w[start + i]) << _U32(16)
         for k in range(seeds_lo.size):
-            for i in range(count):
-                bits[i] = _U32(w[start + i]) << _U32(16)
             d = philox_block(seeds_lo[k], seeds_hi[k], tensor_id, b, DOMAIN_DIRECTION)
             v = values[k]
             for i in range(count):  # one fp32 add each: +v where the sign bit is set, else -v
@@ -40,21 +41,21 @@ def _sr_apply(w, tensor_id, seeds_lo, seeds_hi, values):  # type: ignore[no-unty
                     x[i] = x[i] + v
                 else:
                     x[i] = x[i] + (-v)
-            for j in range(_ROUND_BLOCKS):
-                if j * 8 >= count:
-                    break
-                r = philox_block(seeds_lo[k], seeds_hi[k], tensor_id, b * _ROUND_BLOCKS + j, DOMAIN_ROUNDING)
-                for h in range(min(8, count - j * 8)):
-                    i = j * 8 + h
-                    word = r[h // 2]
-                    draw = (word >> _U32(16)) if h % 2 else (word & _U32(0xFFFF))
-                    u = bits[i]
-                    if (u >> _U32(23)) & _U32(0xFF) != _U32(0xFF):  # finite: add the draw, truncate
-                        w[start + i] = np.uint16((numba.uint64(u) + numba.uint64(draw)) >> numba.uint64(16))
-                    elif u & _U32(0x7FFFFF):  # NaN: the quiet NaN of its sign
-                        w[start + i] = np.uint16(((u >> _U32(16)) & _U32(0x8000)) | _U32(0x7FC0))
-                    else:  # ±inf
-                        w[start + i] = np.uint16(u >> _U32(16))
+        for j in range(_ROUND_BLOCKS):  # one rounding of the sum, bits from the first pair's seed
+            if j * 8 >= count:
+                break
+            r = philox_block(seeds_lo[0], seeds_hi[0], tensor_id, b * _ROUND_BLOCKS + j, DOMAIN_ROUNDING)
+            for h in range(min(8, count - j * 8)):
+                i = j * 8 + h
+                word = r[h // 2]
+                draw = (word >> _U32(16)) if h % 2 else (word & _U32(0xFFFF))
+                u = bits[i]
+                if (u >> _U32(23)) & _U32(0xFF) != _U32(0xFF):  # finite: add the draw, truncate
+                    w[start + i] = np.uint16((numba.uint64(u) + numba.uint64(draw)) >> numba.uint64(16))
+                elif u & _U32(0x7FFFFF):  # NaN: 0x7FC0
+                    w[start + i] = np.uint16(0x7FC0)
+                else:  # ±inf
+                    w[start + i] = np.uint16(u >> _U32(16))
 
 
 def sr_apply_bf16_numba(w: torch.Tensor, pairs: Sequence[tuple[int, float]], tensor_id: int) -> None:

@@ -46,7 +46,8 @@ def weights_of(model: torch.nn.Module, weights: str = "fp32") -> Weights:
 def add_pairs(
     params: Weights, seeds: Sequence[int], values: Sequence[float], backend: Backend | None = None
 ) -> None:
-    """θ ← θ + Σ value·z(seed) in the given order: §7.3's fp32 adds, or §7.4's rounded ones."""
+    """θ ← θ + Σ value·z(seed) in the given order: §7.3's fp32 adds, or §7.4's fp32 adds and one
+    stochastic rounding (so a round delta goes in one call)."""
     if isinstance(params, Bf16Params):
         params.apply(seeds, values)
     else:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from fedmezo.models import build_random_model, tiny_random_config
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_bf16_weights.py"
@@ -44,3 +46,21 @@ def test_arms_resume_and_nearest_rounding_erases_small_updates(tmp_path: Path) -
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")}
     assert bench.main(args) == 0  # type: ignore[attr-defined]  # everything cached: nothing reruns
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*.json")} == stamps
+
+
+def test_fzoo_rounds_apply_one_delta_per_round(tmp_path: Path) -> None:
+    bench = _bench()
+    args = ["--model", "tiny-random", "--steps", "4", "--eval-every", "2", "--eval-examples", "8",
+            "--estimator", "fzoo", "--perturbations", "2", "--lr", "1e-3", "--round-steps", "2",
+            "--seeds", "0", "--formats", "fp32", "bf16-sr", "--out", str(tmp_path)]  # fmt: skip
+    assert bench.main(args) == 0  # type: ignore[attr-defined]
+    runs = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs").glob("*-fzoo-p2-tau2-*.json"))]
+    assert {r["format"] for r in runs} == {"fp32", "bf16-sr"}
+    for run in runs:
+        assert run["forwards_per_step"] == 3 and run["round_steps"] == 2
+        assert [step for step, _ in run["curve"]] == [0, 2, 4]  # θ between rounds only
+        assert run["curve"][-1][1] != run["curve"][0][1]  # the round deltas moved θ
+    assert (tmp_path / "summary-fzoo-p2-tau2.json").exists()
+    bad = [*args[:5], "3", *args[6:]]  # --eval-every 3 falls inside a round
+    with pytest.raises(SystemExit):
+        bench.main(bad)  # type: ignore[attr-defined]

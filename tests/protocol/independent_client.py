@@ -552,33 +552,31 @@ class SelfCheck:
                 self.fail("apply", f"{result} != {c['result_f32_hex']} (signs {shown})")
 
     def v_sr_apply_bf16(self, c: dict[str, Any]) -> None:
-        """§7.4: per pair, one fp32 add of ±v, then add 16 random bits (domain 1) below the kept half."""
+        """§7.4: one apply: per pair one fp32 add of ±v to fp32(w), then once 16 random bits (domain 1,
+        the first pair's seed) added below the kept half."""
         t = c["tensor_id"]
         w = np.array([int(h, 16) for h in c["initial_bf16_hex"]], dtype=np.uint32)  # bf16 bit patterns
         n = w.size
+        x = (w << np.uint32(16)).view(np.float32)
         for p in c["pairs"]:
             seed, v = p["seed"], np.float32(hex_f32(p["value_f32_hex"]))
             z = signs(seed, t, n)
-            words = block_words(seed, t, 0, -(-n // 8), 1)  # one domain-1 block per 8 elements
-            e = np.arange(n)
-            word = words[e // 8, (e % 8) // 2]
-            draws = np.where(e % 2 == 1, word >> np.uint32(16), word & np.uint32(0xFFFF))
             with np.errstate(over="ignore"):
-                x = (w << np.uint32(16)).view(np.float32) + np.where(z, v, -v).astype(np.float32)
-            u = x.view(np.uint32).astype(np.uint64)
-            finite = np.isfinite(x)
-            kept = np.where(finite, (u + draws.astype(np.uint64)) >> np.uint64(16), u >> np.uint64(16))
-            kept = np.where(np.isnan(x), ((u >> np.uint64(16)) & np.uint64(0x8000)) | np.uint64(0x7FC0), kept)
-            w = kept.astype(np.uint32)
+                x = x + np.where(z, v, -v).astype(np.float32)
             shown = "".join("+" if x else "-" for x in z)
-            if (
-                shown != p["signs"]
-                or [f"{int(r):04x}" for r in draws] != p["draws_hex"]
-                or [f"{int(x):04x}" for x in w] != p["after_bf16_hex"]
-            ):
-                self.fail(
-                    "sr_apply_bf16", f"pair {seed}: {[f'{int(x):04x}' for x in w]} != {p['after_bf16_hex']}"
-                )
+            sums = [f"{int(u):08x}" for u in x.view(np.uint32)]
+            if shown != p["signs"] or sums != p["sum_f32_hex"]:
+                self.fail("sr_apply_bf16", f"pair {seed}: sums {sums} != {p['sum_f32_hex']}")
+        words = block_words(c["pairs"][0]["seed"], t, 0, -(-n // 8), 1)  # one domain-1 block per 8 elements
+        e = np.arange(n)
+        word = words[e // 8, (e % 8) // 2]
+        draws = np.where(e % 2 == 1, word >> np.uint32(16), word & np.uint32(0xFFFF))
+        u = x.view(np.uint32).astype(np.uint64)
+        kept = np.where(np.isfinite(x), (u + draws.astype(np.uint64)) >> np.uint64(16), u >> np.uint64(16))
+        kept = np.where(np.isnan(x), np.uint64(0x7FC0), kept)
+        result = [f"{int(k):04x}" for k in kept]
+        if [f"{int(r):04x}" for r in draws] != c["draws_hex"] or result != c["result_bf16_hex"]:
+            self.fail("sr_apply_bf16", f"{result} != {c['result_bf16_hex']}")
 
     def v_fingerprint_spec(self, c: dict[str, Any]) -> None:
         n = c["numel"]

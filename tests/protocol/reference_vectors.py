@@ -50,7 +50,7 @@ from fedmezo.zo.fingerprint import (
 from fedmezo.zo.layout import FlatBuffer, segments_of
 from fedmezo.zo.philox import philox4x32
 from fedmezo.zo.rng import DOMAIN_DIRECTION, DOMAIN_INIT, direction_words
-from fedmezo.zo.rounding import rounding_bits, sr_apply_bf16
+from fedmezo.zo.rounding import rounding_bits, sr_apply_bf16, sr_sum_bf16
 from fedmezo.zo.values import to_fp32
 
 __all__ = ["APPROX_TOLERANCE", "compute_vectors", "f32_hex", "tiny_random_params"]
@@ -218,26 +218,32 @@ def _bf16_hex(t: torch.Tensor) -> list[str]:
 
 
 def _sr_apply_vector() -> dict[str, Any]:
-    """§7.4 on one bf16 tensor of 9 elements (two rounding blocks, the second partial): per pair the
-    signs, the 16-bit rounding draws, and the weights after that pair."""
+    """§7.4 on one bf16 tensor of 9 elements (two rounding blocks, the second partial), one apply of two
+    pairs: per pair its signs and the fp32 sums after its adds; then the draws (the first pair's seed)
+    and the rounded weights."""
     initial = torch.tensor(
         [1.0, -0.0, 3.0e-3, -2.5, 1.0e-2, 0.1, -0.1, 65504.0, 1.0e-40], dtype=torch.float32
     ).bfloat16()
     pairs = [(7, to_fp32(1.0e-3)), (2**64 - 1, to_fp32(-3.0e-4))]
     tensor_id = 3
-    steps, w = [], initial
-    for seed, value in pairs:
-        w = sr_apply_bf16(w, [(seed, value)], tensor_id)
+    steps = []
+    for k, (seed, value) in enumerate(pairs):
+        x = sr_sum_bf16(initial, pairs[: k + 1], tensor_id)
         steps.append(
             {
                 "seed": seed,
                 "value_f32_hex": f32_hex(value),
                 "signs": "".join("+" if z > 0 else "-" for z in rademacher(seed, tensor_id, 9).tolist()),
-                "draws_hex": [f"{int(r):04x}" for r in rounding_bits(seed, tensor_id, 9).tolist()],
-                "after_bf16_hex": _bf16_hex(w),
+                "sum_f32_hex": [_h32(u & 0xFFFFFFFF) for u in x.view(torch.int32).tolist()],
             }
         )
-    return {"tensor_id": tensor_id, "initial_bf16_hex": _bf16_hex(initial), "pairs": steps}
+    return {
+        "tensor_id": tensor_id,
+        "initial_bf16_hex": _bf16_hex(initial),
+        "pairs": steps,
+        "draws_hex": [f"{int(r):04x}" for r in rounding_bits(pairs[0][0], tensor_id, 9).tolist()],
+        "result_bf16_hex": _bf16_hex(sr_apply_bf16(initial, pairs, tensor_id)),
+    }
 
 
 def _fingerprint_spec_vector() -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Stochastic rounding to bf16 (issue #14 item 2's reference): portable bits, exact where bf16 is exact,
-unbiased, and small updates survive in expectation where round-to-nearest erases them."""
+"""Stochastic rounding to bf16 (§7.4's reference): portable bits, exact where bf16 is exact, unbiased,
+small updates survive in expectation where round-to-nearest erases them, and an apply of many pairs
+rounds once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from fedmezo.zo.rng import DOMAIN_ROUNDING, direction_words, rademacher
-from fedmezo.zo.rounding import rounding_bits, sr_apply_bf16, stochastic_round_bf16
+from fedmezo.zo.rounding import rounding_bits, sr_apply_bf16, sr_sum_bf16, stochastic_round_bf16
 
 
 def test_bits_are_the_halves_of_domain_1_words() -> None:
@@ -33,6 +34,9 @@ def test_values_bf16_holds_are_exact_and_specials_stay() -> None:
     special = torch.tensor([math.inf, -math.inf, math.nan, -math.nan])
     out = stochastic_round_bf16(special, torch.full((4,), 0xFFFF, dtype=torch.int32)).float()
     assert out[0] == math.inf and out[1] == -math.inf and out[2:].isnan().all()
+    # NaN of either sign is 0x7FC0: CUDA's arithmetic does not keep a NaN's sign
+    bits = stochastic_round_bf16(special, torch.zeros(4, dtype=torch.int32)).view(torch.int16) & 0xFFFF
+    assert bits[2:].tolist() == [0x7FC0, 0x7FC0]
     # a finite value rounds up to inf only from within an ulp of fp32's largest
     top = torch.tensor([3.4028235e38])
     assert stochastic_round_bf16(top, torch.tensor([0xFFFF], dtype=torch.int32)).float()[0] == math.inf
@@ -51,10 +55,13 @@ def test_rounding_is_unbiased(x: float) -> None:
 
 
 def test_small_updates_survive_in_expectation() -> None:
-    """1,000 updates of +1e-4 each on weights of 1.0 (bf16 ulp 2^-7: each update is 1/78 of it)."""
+    """1,000 applies of one ±1e-4 pair each on weights of 1.0 (bf16 ulp 2^-7: each is 1/78 of it)."""
     w = torch.ones(4096, dtype=torch.bfloat16)
     pairs = [(seed, 1e-4) for seed in range(1000)]
-    out = sr_apply_bf16(w, pairs, tensor_id=0).double()
+    out = w
+    for pair in pairs:  # each apply rounds: the update survives only through the rounding's odds
+        out = sr_apply_bf16(out, [pair], tensor_id=0)
+    out = out.double()
     # z(s) is ±1, so each element moves by a random walk of ±1e-4 steps: its mean over elements and
     # steps is 0, but the spread is what round-to-nearest would erase entirely
     nearest = w.float()
@@ -65,16 +72,36 @@ def test_small_updates_survive_in_expectation() -> None:
     assert abs(out.mean().item() - 1.0) < 1e-3
 
 
-def test_sr_apply_is_one_fp32_add_then_the_seeds_rounding_per_pair() -> None:
+def test_sr_apply_is_fp32_adds_in_order_then_one_rounding_by_the_first_seed() -> None:
     w = (torch.arange(64, dtype=torch.float32) / 64).bfloat16()
     pairs = [(1, 1e-3), (2, -2e-3)]
-    expected = w.float()
-    for seed, c in pairs:  # §7.4 written out: signs of z(seed), one fp32 add, the seed's rounding bits
+    moved = w.float()
+    for seed, c in pairs:  # §7.4 written out: signs of z(seed), one fp32 add each, in order
         v = torch.tensor(float(np.float32(c)))
-        moved = expected + torch.where(rademacher(seed, 5, 64) > 0, v, -v)
-        expected = stochastic_round_bf16(moved, rounding_bits(seed, 5, 64)).float()
+        moved = moved + torch.where(rademacher(seed, 5, 64) > 0, v, -v)
+    assert torch.equal(sr_sum_bf16(w, pairs, 5).view(torch.int32), moved.view(torch.int32))
+    expected = stochastic_round_bf16(moved, rounding_bits(1, 5, 64))  # the first pair's seed's bits
     got = sr_apply_bf16(w, pairs, tensor_id=5)
-    assert got.dtype == torch.bfloat16 and torch.equal(got.float(), expected)
-    assert not torch.equal(sr_apply_bf16(w, [(3, 1e-3), (2, -2e-3)], 5).float(), expected)
+    assert got.dtype == torch.bfloat16 and torch.equal(got.view(torch.int16), expected.view(torch.int16))
+    other_first = stochastic_round_bf16(moved, rounding_bits(2, 5, 64))
+    assert not torch.equal(other_first.view(torch.int16), expected.view(torch.int16))
+    no_pairs = sr_apply_bf16(w, [], 5)  # nothing to add: no rounding either
+    assert torch.equal(no_pairs.view(torch.int16), w.view(torch.int16))
     with pytest.raises(ValueError, match="bf16"):
         sr_apply_bf16(w.float(), pairs, 5)
+
+
+def test_one_rounding_per_apply_is_less_noise_than_one_per_pair() -> None:
+    """64 pairs of ±3e-4 on weights near 0.5 (ulp 2^-9 ≈ 2e-3): rounding the sum once leaves an error of
+    about √(ulp·|Σ|) per element; rounding after every pair about √(ulp·Σ|c|), √(64·π/2)^(1/2) ≈ 3x more."""
+    n = 8192
+    w = torch.full((n,), 0.5, dtype=torch.bfloat16)
+    pairs = [(100 + k, 3e-4) for k in range(64)]
+    exact = sr_sum_bf16(w, pairs, 2).double()  # fp32 adds of 3e-4 at 0.5: rounding error ≪ ulp
+    once = sr_apply_bf16(w, pairs, 2).double()
+    each = w
+    for pair in pairs:
+        each = sr_apply_bf16(each, [pair], 2)
+    err_once, err_each = (once - exact).std().item(), (each.double() - exact).std().item()
+    assert abs((once - exact).mean().item()) < 5 * err_once / math.sqrt(n)  # still unbiased
+    assert err_once < 0.5 * err_each, (err_once, err_each)
