@@ -19,8 +19,8 @@ from fedmezo.client.errors import ConfigError
 from fedmezo.fl.records import RunSettings
 from fedmezo.fl.train import StepDataset, device_label
 from fedmezo.memory import PeakMemory
-from fedmezo.zo import Backend, Batch, TrainableParams, causal_lm_loss, get_backend, warm_up
-from fedmezo.zo.weights import WEIGHT_FORMATS, Weights, graph_safe
+from fedmezo.zo import Backend, Batch, TrainableParams, causal_lm_loss, get_backend
+from fedmezo.zo.weights import WEIGHT_FORMATS, Weights, graph_safe, warm_up_weights
 
 __all__ = ["Workload", "build_workload", "measure_inference_peak", "resolve_device", "training_loss"]
 
@@ -129,7 +129,7 @@ def build_workload(
         compile = "off"
     loss_of = training_loss(model, target, length, compile)
     backend = get_backend(target)
-    warm_up(target, backend)  # the kernel loads now, not in the first round's first step
+    warm_up_weights(params, backend)  # the kernels load now, not in the first round's first step
     inference_peak = measure_inference_peak(model, dataset, settings.batch_size, target)
     logger.info(
         "inference peak memory (one forward, batch %d): %.1f MiB", settings.batch_size, inference_peak / 2**20

@@ -23,8 +23,8 @@ from safetensors.torch import save_file
 
 from fedmezo.fl.errors import StoreError, SyncFailed
 from fedmezo.fl.records import CheckpointRecord
-from fedmezo.zo import Backend, RoundDelta, warm_up
-from fedmezo.zo.weights import Weights, add_pairs
+from fedmezo.zo import Backend, RoundDelta
+from fedmezo.zo.weights import Weights, add_pairs, warm_up_weights
 
 if TYPE_CHECKING:
     from fedmezo.fl.config import RunConfig
@@ -119,8 +119,8 @@ class Replica:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def warm_up(self) -> None:
-        """Load the delta and fingerprint kernels now, not during round 1's close (about a second on CPU)."""
-        warm_up(self.params.device, self.backend)
+        """Load the delta, fingerprint (and bf16-sr) kernels now, not during round 1's close."""
+        warm_up_weights(self.params, self.backend)
 
     # --- the only ways θ changes ---
     def apply(self, delta: RoundDelta) -> None:

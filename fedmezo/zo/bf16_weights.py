@@ -127,6 +127,13 @@ class Bf16Params:
         for seg in self.segments:
             self.kernels.sr_apply(self.view(seg), pairs, seg.tensor_id)
 
+    def warm_up(self) -> None:
+        """Run both kernels once on a scratch tensor: numba compiles or loads them (seconds on CPU) and
+        Triton compiles, now rather than in the first round. Never on θ itself."""
+        scratch = torch.zeros(256, dtype=torch.bfloat16, device=self.device)
+        self.kernels.sr_apply(scratch, [(1, 1.0)], 0)
+        self.kernels.perturbed(scratch, 1, 1.0, 0)
+
     def snapshot(self) -> torch.Tensor:
         """A host copy of θ (bf16, bit for bit)."""
         return self.flat.detach().to("cpu", copy=True)

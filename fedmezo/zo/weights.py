@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fedmezo.zo.backend import get_backend
+from fedmezo.zo.backend import get_backend, warm_up
 from fedmezo.zo.bf16_shift import Bf16Shift
 from fedmezo.zo.bf16_weights import BF16_SR, Bf16Params
 from fedmezo.zo.estimators import InPlace, Perturbation
@@ -27,6 +27,7 @@ __all__ = [
     "close_perturbation",
     "graph_safe",
     "perturbation",
+    "warm_up_weights",
     "weights_of",
 ]
 
@@ -77,3 +78,11 @@ def close_perturbation(move: Perturbation) -> None:
         move.close()
     else:
         move.reset()
+
+
+def warm_up_weights(params: Weights, backend: Backend | None = None) -> None:
+    """Load every kernel this format's training and replay use (delta, fingerprint, and for bf16-sr the
+    rounding and perturbed-copy kernels) before the first round pays for it."""
+    warm_up(params.device, backend)
+    if isinstance(params, Bf16Params):
+        params.warm_up()

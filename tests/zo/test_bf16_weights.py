@@ -11,6 +11,7 @@ from fedmezo.zo import TrainableParams
 from fedmezo.zo.bf16_weights import BF16_SR, Bf16Params, bf16_kernels
 from fedmezo.zo.rounding import sr_apply_bf16
 from fedmezo.zo.triton_kernel import triton_available
+from fedmezo.zo.weights import warm_up_weights
 
 PAIRS = [(12345, 3e-4), (2**64 - 1, -1e-3), (7, 2e-6)]
 
@@ -95,3 +96,16 @@ def test_bad_pairs_leave_theta_untouched() -> None:
     with pytest.raises(ValueError):
         params.apply([-1], [1e-3])
     assert torch.equal(params.flat.view(torch.int16), before.view(torch.int16))
+
+
+def test_warm_up_runs_both_kernels_and_leaves_theta_alone() -> None:
+    calls: list[str] = []
+    numba = bf16_kernels("cpu", "numba")
+    seen = bf16_kernels("cpu", "numba")
+    seen.sr_apply = lambda w, pairs, t: (calls.append("sr_apply"), numba.sr_apply(w, pairs, t))[1]
+    seen.perturbed = lambda w, s, v, t: (calls.append("perturbed"), numba.perturbed(w, s, v, t))[1]
+    model = build_random_model(tiny_random_config())
+    params = Bf16Params.from_model(model, seen)
+    before = params.fingerprint()
+    warm_up_weights(params)
+    assert calls == ["sr_apply", "perturbed"] and params.fingerprint() == before
