@@ -56,6 +56,26 @@ def test_a_shift_is_seen_by_the_forward_and_leaves_theta() -> None:
     assert causal_lm_loss(model, batch()) == base
 
 
+def test_each_tensor_is_derived_once_per_forward_the_tied_one_too() -> None:
+    model, params, move = replica()
+    made: list[int] = []
+    kernel = params.kernels.perturbed
+
+    def counting(w: torch.Tensor, seed: int, value: float, tensor_id: int) -> torch.Tensor:
+        made.append(tensor_id)
+        return kernel(w, seed, value, tensor_id)
+
+    params.kernels.perturbed = counting
+    for value, new_shift in ((1e-2, True), (-1e-2, True), (-1e-2, False)):  # also a shift's 2nd forward
+        if new_shift:
+            move.shift(5, value)
+        made.clear()
+        loss = causal_lm_loss(model, batch())
+        assert sorted(made) == list(range(len(params.names)))  # once each, the tied embedding too
+        assert not move._shared  # the tied copy went with its last user: nothing held between forwards
+        assert loss == explicit_loss(params, 5, value)
+
+
 def test_update_drops_the_shift_and_rounds_stochastically() -> None:
     model, params, move = replica()
     expected = Bf16Params.from_model(build_random_model(tiny_random_config()))
