@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_base_dtype.py"
+from helpers.scripts import script_module
 
 
 def test_each_base_reports_its_weights_and_both_peaks() -> None:
-    spec = importlib.util.spec_from_file_location("bench_base_dtype", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    try:
-        spec.loader.exec_module(bench)
+    with script_module("benchmarks/bench_base_dtype.py") as bench:
         modes = ["fp32", "bf16", "nf4", "full-fp32", "full-bf16-sr"]
         report = bench.run("tiny-random", modes, batch_size=2, seq_len=16, device="cpu")
-    finally:
-        sys.modules.pop(spec.name, None)
     fp32, bf16, nf4 = (report["bases"][b] for b in ("fp32", "bf16", "nf4"))
     assert bf16["stored_weight_bytes"] * 2 == fp32["stored_weight_bytes"]  # the base halves
     assert nf4["stored_weight_bytes"] < bf16["stored_weight_bytes"]  # linear layers in 4 bits

@@ -7,22 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers.scripts import load_script
 
 from fedmezo.models import build_random_model, tiny_random_config
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_bf16_weights.py"
-
 
 def _bench() -> object:
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("bench_bf16_weights", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_bf16_weights.py")
 
 
 def test_arms_resume_and_nearest_rounding_erases_small_updates(tmp_path: Path) -> None:

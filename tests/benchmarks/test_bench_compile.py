@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+from helpers.scripts import ROOT, load_script
 
 from fedmezo.zo.graphs import bucket_length
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_compile.py"
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    sys.path.insert(0, str(SCRIPT.parent))
-    spec = importlib.util.spec_from_file_location("bench_compile", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    return load_script("benchmarks/bench_compile.py")
 
 
 def test_random_dataset_spans_the_buckets(bench: ModuleType) -> None:

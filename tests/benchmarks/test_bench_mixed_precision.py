@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
+from helpers.scripts import load_script
 
 from fedmezo.models import load_model
 from fedmezo.zo import TrainableParams
 from fedmezo.zo.mixed import ComputeCopy, mezo_step_mixed
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_mixed_precision.py"
 
 
 @pytest.fixture(autouse=True)
@@ -26,11 +23,7 @@ def numba_compute_copy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_mixed_precision", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_mixed_precision.py")
 
 
 def test_compare_on_tiny_random_matches_the_client_step(bench: ModuleType) -> None:

@@ -7,26 +7,17 @@ in every round, and bounded in every round when that rule is off.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_poisoning.py"
+from helpers.scripts import script_module
 
 
 def test_quick_run_honest_clients_cost_nothing_and_the_attacker_is_bounded(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_poisoning", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench
-    try:
-        spec.loader.exec_module(bench)
-        output = tmp_path / "poisoning.json"
+    output = tmp_path / "poisoning.json"
+    with script_module("benchmarks/bench_poisoning.py") as bench:
         assert bench.main(["--quick", "--estimators", "mezo", "--output", str(output)]) == 0
-    finally:
-        sys.modules.pop(spec.name, None)
     runs = json.loads(output.read_text())["results"]["mezo"]["runs"]
     assert runs["honest-on"]["fingerprints"] == runs["honest-off"]["fingerprints"]
     assert all(b == [] for b in runs["honest-on"]["bounded"])

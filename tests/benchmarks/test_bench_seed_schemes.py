@@ -6,31 +6,22 @@ downlink is the same for every N; per-client seeds: N·τ·P coefficients, a dow
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers.scripts import script_module
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_seed_schemes.py"
 TAU = 20
 
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[ModuleType]:
-    spec = importlib.util.spec_from_file_location("bench_seed_schemes", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+    with script_module("benchmarks/bench_seed_schemes.py") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def run(bench: ModuleType, tmp_path: Path, *extra: str) -> dict[str, Any]:

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_zo.py"
+from helpers.scripts import load_script
 
 
 def test_fingerprint_only_reports_both_hashes(capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("bench_zo", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/bench_zo.py")
     argv = ["--model", "tiny-random", "--device", "cpu", "--fingerprint-only", "--repeats", "1", "--json"]
     assert bench.main(argv) == 0
     row = json.loads(capsys.readouterr().out)["devices"]["cpu"]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -37,12 +36,7 @@ QUICK_TIMEOUT_S = 45 * 60
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("experiments", ROOT / "benchmarks" / "experiments.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["experiments"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/experiments.py")
 
 
 experiments = _load()
