@@ -203,6 +203,50 @@ class ServerProcess:
             return self.process.wait()
 
 
+class StatusReplicaProcess:
+    """`fedmezo status-server` over the server's state dir (--status-replica): the pollers read it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [
+            sys.executable, "-m", "fedmezo.cli.main", "status-server", "--insecure", "--host=127.0.0.1",
+            f"--port={self.port}", f"--state-dir={self.workdir / 'state'}",
+        ]  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMEZO_")}
+        with open(self.workdir / "status-server.log", "wb") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        give_up = time.monotonic() + START_TIMEOUT_S
+        with grpc.insecure_channel(self.target) as channel:
+            stub = status_pb2_grpc.StatusServiceStub(channel)
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"status-server exited with {self.process.returncode}")
+                try:
+                    stub.GetRunConfig(status_pb2.GetRunConfigRequest(), timeout=2.0)
+                    return
+                except grpc.RpcError:
+                    if time.monotonic() > give_up:
+                        raise RuntimeError(f"status-server not ready in {START_TIMEOUT_S:.0f} s") from None
+                    time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
 # --- one simulated client ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LoadSettings:
@@ -537,7 +581,9 @@ class OperatorPoller:
                     self.reply_bytes["ListClients"].append(reply.ByteSize())
 
 
-def run_load(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
+def run_load(
+    args: argparse.Namespace, server: ServerProcess, status_target: str | None = None
+) -> dict[str, Any]:
     """Start the generators, show progress, collect and merge their samples."""
     config = server.run_config()
     heartbeat_s = config.heartbeat_interval_s if args.heartbeat else 0.0
@@ -564,8 +610,11 @@ def run_load(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
     rss_before, _ = proc_memory_mib(server.process.pid)
     started = time.monotonic()
     go.set()
-    poller = OperatorPoller(server.target, args.status_poll_s) if args.status_poll_s > 0 else None
-    if poller:
+    pollers = [
+        OperatorPoller(status_target or server.target, args.status_poll_s)
+        for _ in range(args.status_pollers if args.status_poll_s > 0 else 0)
+    ]
+    for poller in pollers:
         poller.start()
     parts: list[dict[str, Any]] = []
     next_progress = 0.0
@@ -589,7 +638,7 @@ def run_load(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
         if any(w.exitcode not in (None, 0) for w in workers):
             raise RuntimeError("a load generator crashed")
     wall_s = time.monotonic() - started
-    if poller:
+    for poller in pollers:
         poller.stop()
     if not args.quiet:
         print(_progress(counters, args.clients, args.rounds, started), file=sys.stderr, flush=True)
@@ -598,12 +647,16 @@ def run_load(args: argparse.Namespace, server: ServerProcess) -> dict[str, Any]:
     merged = _merge(parts)
     merged["wall_s"] = wall_s
     merged["operator_reply_bytes"] = {}
-    if poller:
+    for poller in pollers:
         for name, values in poller.latency_ms.items():
-            merged["latency_ms"][name] = values
+            merged["latency_ms"].setdefault(name, []).extend(values)
         for name, count in poller.errors.items():
             merged["errors"][name] = merged["errors"].get(name, 0) + count
-        merged["operator_reply_bytes"] = {k: max(v) for k, v in poller.reply_bytes.items() if v}
+        for name, sizes in poller.reply_bytes.items():
+            if sizes:
+                merged["operator_reply_bytes"][name] = max(
+                    merged["operator_reply_bytes"].get(name, 0), *sizes
+                )
     merged["server_cpu_s"] = proc_cpu_s(server.process.pid) - cpu_before
     merged["server_rss_before_mib"] = rss_before
     merged["server_rss_mib"], merged["server_peak_rss_mib"] = proc_memory_mib(server.process.pid)
@@ -675,6 +728,8 @@ def summarize(
             r.bytes_down / max(len(r.clients), 1) for r in rounds if r.state == status_pb2.ROUND_STATE_CLOSED
         ],
         "status_poll_s": args.status_poll_s,
+        "status_pollers": args.status_pollers if args.status_poll_s > 0 else 0,
+        "status_target": "replica" if args.status_replica else "server",
         "operator_reply_bytes": merged["operator_reply_bytes"],  # the largest reply of each kind
         "server_cpu_s": merged["server_cpu_s"],
         "server_rss_before_mib": merged["server_rss_before_mib"],
@@ -727,7 +782,10 @@ def print_table(report: dict[str, Any]) -> None:
     print("downlink per client per round (server's count): " + ", ".join(f"{b:,.0f} B" for b in down))
     if report["operator_reply_bytes"]:
         sizes = ", ".join(f"{k} {v:,} B" for k, v in report["operator_reply_bytes"].items())
-        print(f"operator polling every {report['status_poll_s']:g} s, largest replies: {sizes}")
+        print(
+            f"operator polling every {report['status_poll_s']:g} s by {report['status_pollers']} "
+            f"poller(s) on the {report['status_target']}, largest replies: {sizes}"
+        )
 
 
 def raise_fd_limit() -> None:
@@ -788,14 +846,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--status-poll-s", type=float, default=0.0,
         help="poll GetStatus, ListRounds and ListClients every S seconds like a dashboard (0 = no poller)",
     )  # fmt: skip
+    parser.add_argument("--status-pollers", type=int, default=1, help="operator pollers (threads) at once")
+    parser.add_argument(
+        "--status-replica", action="store_true",
+        help="the pollers read a `fedmezo status-server` over the state dir instead of the server",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seeds the synthetic scalars and timings")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="give up after this long")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server log, state)")
     args = parser.parse_args(argv)
-    if args.clients < 1 or args.rounds < 1 or args.local_steps < 1 or args.procs < 1:
-        parser.error("--clients, --rounds, --local-steps and --procs must be >= 1")
+    if min(args.clients, args.rounds, args.local_steps, args.procs, args.status_pollers) < 1:
+        parser.error("--clients, --rounds, --local-steps, --procs and --status-pollers must be >= 1")
     args.procs = min(args.procs, args.clients)
     return args
 
@@ -808,16 +871,21 @@ def main(argv: list[str] | None = None) -> int:
         workdir, args.clients, args.rounds, args.local_steps, args.heartbeat_s, args.seed_scheme,
         tuple(args.server_arg),
     )  # fmt: skip
+    replica = StatusReplicaProcess(workdir) if args.status_replica else None
     try:
         if not args.quiet:
             print(f"starting fedmezo server ({MODEL}) in {workdir}", file=sys.stderr)
         server.start()
-        merged = run_load(args, server)
+        if replica is not None:
+            replica.start()
+        merged = run_load(args, server, replica.target if replica else None)
         report = summarize(args, merged, server.rounds_closed(), server.publish_times())
     except Exception:
         print(f"server log tail:\n{server.log_tail()}", file=sys.stderr)
         raise
     finally:
+        if replica is not None:
+            replica.close()
         code = server.close()
         if not args.keep:
             import shutil

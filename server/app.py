@@ -31,9 +31,9 @@ from fedmezo.server.coordinator import Coordinator
 from fedmezo.server.interceptors import REQUEST_TIMEOUT_S, RequestInterceptor
 from fedmezo.server.limits import RateLimiter, StreamSlots
 from fedmezo.server.model_state import CHECKPOINTS_DIR
-from fedmezo.server.servicer import FederationServicer, StatusServicer
+from fedmezo.server.servicer import FederationServicer, StatusServicer, run_config_pb
 from fedmezo.server.sqlite_store import SqliteStore
-from fedmezo.server.store import Store
+from fedmezo.server.store import STATUS_CONFIG_KEY, STATUS_STARTED_KEY, Store
 from fedmezo.v1 import federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
 
 __all__ = ["GRACE_S", "MAX_RECEIVE_MESSAGE_BYTES", "ServerApp", "build_app", "serve"]
@@ -44,6 +44,7 @@ logger = logging.getLogger("fedmezo.server.app")
 # abuse -> RESOURCE_EXHAUSTED; checkpoint chunks are 1 MiB.
 MAX_RECEIVE_MESSAGE_BYTES = MAX_MESSAGE_BYTES
 GRACE_S = 5.0  # in-flight RPCs get this long to finish on SIGTERM
+STATUS_PUBLISH_S = 2.0  # how stale a status replica's "online" may be (status_replica.py)
 KEEPALIVE_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),  # ping idle connections: notice dead edge clients
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -102,6 +103,7 @@ class ServerApp:
     auth: Authenticator | None = None
     _ticker: asyncio.Task[None] | None = None
     _token_watch: asyncio.Task[None] | None = None
+    _publisher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.server.start()
@@ -111,7 +113,20 @@ class ServerApp:
         self._ticker = loop.create_task(self.coordinator.run())
         if self.auth is not None and self.auth.watches_file:
             self._token_watch = loop.create_task(self._watch_tokens(self.auth))
+        self._publisher = loop.create_task(self._publish_status())
         logger.info("serving on port %d", self.port)
+
+    async def _publish_status(self) -> None:
+        """Every STATUS_PUBLISH_S, who is online and the byte counts, for `fedmezo status-server` (a
+        read replica). A store that fails here stops the server, as it would at the next write anyway."""
+        while True:
+            await asyncio.sleep(STATUS_PUBLISH_S)
+            changes = self.coordinator.presence.take_changes()  # on the loop, which changes them
+            try:  # the writes (one with an fsync) off the loop
+                await asyncio.to_thread(self.coordinator.publish_status, changes)
+            except StoreError as exc:
+                self.coordinator.fail(exc)
+                return
 
     async def _watch_tokens(self, auth: Authenticator) -> None:
         """Notice a changed tokens file even when no call arrives: its reload wakes the waiting calls,
@@ -123,14 +138,14 @@ class ServerApp:
     async def stop(self, grace: float = GRACE_S) -> None:
         """Stop taking work, let in-flight RPCs finish, flush accounting, close the store."""
         await self.health.enter_graceful_shutdown()
-        for task in (self._token_watch, self._ticker):
+        for task in (self._token_watch, self._publisher, self._ticker):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.server.stop(grace)
         await self.coordinator.idle()
-        self.coordinator.traffic.flush()
+        self.coordinator.publish_status()  # the byte counts, and for a replica how presence ended
         self.coordinator.store.close()
         logger.info("server stopped")
 
@@ -153,6 +168,9 @@ def build_app(
         config, store, replica, clock=clock, checkpoint_dir=state_dir / CHECKPOINTS_DIR, evaluator=evaluator
     )
     coordinator.start()
+    # What a status replica serves as GetRunConfig, and the start time: it has no model to build them
+    store.set_meta(STATUS_CONFIG_KEY, run_config_pb(coordinator).SerializeToString().hex())
+    store.set_meta(STATUS_STARTED_KEY, repr(coordinator.started_at))
     if config.tokens:
         auth = Authenticator.from_file(config.tokens, readers=config.status_reader_ids)
     else:

@@ -45,7 +45,7 @@ from fedmezo.server.deltas import DeltaCache
 from fedmezo.server.durability import GroupCommit
 from fedmezo.server.eval_runner import EvalRunner
 from fedmezo.server.model_state import CHECKPOINTS_DIR, locate_checkpoint, prune_checkpoints
-from fedmezo.server.presence import ClientLive, Presence
+from fedmezo.server.presence import ClientLive, Presence, PresenceRecord
 from fedmezo.server.round_close import commit_close
 from fedmezo.server.run_start import history_of_round, start_run
 from fedmezo.server.signals import Signals, wait_or_timeout
@@ -339,6 +339,15 @@ class Coordinator:
             self.fail(exc)
         elif exc is not None:
             logger.error("round transition failed", exc_info=exc)
+
+    def publish_status(self, presence: list[PresenceRecord] | None = None) -> None:
+        """Write the byte counts and `presence` (default: the clients seen since the last call) for a
+        read replica of the status service (status_replica.py): two small transactions, whatever the
+        number of clients. Thread-safe given `presence` taken on the event loop."""
+        if presence is None:
+            presence = self.presence.take_changes()
+        self.traffic.flush()
+        self.store.put_presence(presence, self.clock())
 
     def fail(self, exc: errors.StoreError) -> None:
         """The store failed while serving: record the first failure and ask the server to stop."""

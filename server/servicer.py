@@ -22,7 +22,7 @@ from fedmezo.server.config import MAX_STREAMS_PER_CLIENT
 from fedmezo.server.coordinator import Coordinator
 from fedmezo.server.limits import RateLimiter, StreamSlots, peer_host
 from fedmezo.server.status_codes import grpc_code
-from fedmezo.server.status_view import client_views, round_views, status_view
+from fedmezo.server.status_view import StatusSource, client_views, round_views, status_view
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
 
 __all__ = [
@@ -48,7 +48,7 @@ ROUNDS_PAGE_BYTES = 2 << 20
 Resp = TypeVar("Resp")
 
 
-async def _refuse(context: grpc.aio.ServicerContext, exc: errors.FedmezoError, coord: Coordinator) -> None:
+async def _refuse(context: grpc.aio.ServicerContext, exc: errors.FedmezoError, coord: StatusSource) -> None:
     """The single mapping from our exceptions to gRPC status codes (aborts the RPC)."""
     if isinstance(exc, errors.Refusal):
         context.set_trailing_metadata(((REASON_METADATA_KEY, exc.reason),))
@@ -100,22 +100,21 @@ def run_config_pb(coord: Coordinator) -> common_pb2.RunConfig:
 
 
 class _Servicer:
-    """What both services hold: the run, the authenticator, the per-client limits, the run config."""
+    """What both services hold: the authenticator, the per-client limits, the run config."""
 
     def __init__(
         self,
-        coord: Coordinator,
         auth: Authenticator,
-        rate: RateLimiter | None = None,
-        slots: StreamSlots | None = None,
-        unauthenticated: RateLimiter | None = None,
+        rate: RateLimiter | None,
+        slots: StreamSlots | None,
+        unauthenticated: RateLimiter | None,
+        config_pb: common_pb2.RunConfig,
     ) -> None:
-        self._coord = coord
         self._auth = auth
         self._rate = rate if rate is not None else RateLimiter(0.0, 1)
         self._slots = slots if slots is not None else StreamSlots(MAX_STREAMS_PER_CLIENT)
         self._unauthenticated = unauthenticated if unauthenticated is not None else RateLimiter(0.0, 1)
-        self._config_pb = run_config_pb(coord)
+        self._config_pb = config_pb
 
     def _authenticated(self, context: grpc.aio.ServicerContext, authenticate: Callable[[], str]) -> str:
         """`authenticate()`, with the caller's peer address charged for each failure: once its bucket
@@ -137,7 +136,8 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         slots: StreamSlots | None = None,
         unauthenticated: RateLimiter | None = None,
     ) -> None:
-        super().__init__(coord, auth, rate, slots, unauthenticated)
+        super().__init__(auth, rate, slots, unauthenticated, run_config_pb(coord))
+        self._coord = coord
         self._delta_messages: dict[int, federation_pb2.StreamRoundDeltasResponse] = {}
 
     def _delta_message(self, record: DeltaRecord) -> federation_pb2.StreamRoundDeltasResponse:
@@ -291,7 +291,25 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
 
 
 class StatusServicer(_Servicer, status_pb2_grpc.StatusServiceServicer):
-    """Read-only: nothing here changes the run."""
+    """Read-only: nothing here changes the run. Serves from the running server's coordinator, or from a
+    read replica of its store (`config_pb`: the run config that replica read)."""
+
+    def __init__(
+        self,
+        source: StatusSource,
+        auth: Authenticator,
+        rate: RateLimiter | None = None,
+        slots: StreamSlots | None = None,
+        unauthenticated: RateLimiter | None = None,
+        *,
+        config_pb: common_pb2.RunConfig | None = None,
+    ) -> None:
+        if config_pb is None:
+            if not isinstance(source, Coordinator):
+                raise TypeError("a status source other than the coordinator must bring its config_pb")
+            config_pb = run_config_pb(source)
+        super().__init__(auth, rate, slots, unauthenticated, config_pb)
+        self._coord = source
 
     def _check(self, context: Any, *, per_client: bool = False) -> str:
         """The reader's identity ("" without tokens: nothing to key a limit by), charged one request."""

@@ -35,6 +35,7 @@ from fedmezo.fl.records import (
     UpdateRecord,
     mean_loss,
 )
+from fedmezo.server.presence import PresenceRecord
 from fedmezo.server.sqlite_db import (
     SCHEMA_VERSION,
     SqliteDatabase,
@@ -43,7 +44,7 @@ from fedmezo.server.sqlite_db import (
     nan_to_null,
     null_to_nan,
 )
-from fedmezo.server.store import Store, _check_close
+from fedmezo.server.store import TRAFFIC_FLUSHES_KEY, Store, _check_close
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -405,11 +406,37 @@ class SqliteStore(Store):
                 "bytes_up = bytes_up + excluded.bytes_up, bytes_down = bytes_down + excluded.bytes_down",
                 rows,
             )
+            # a counter a status replica watches, so it re-reads the traffic table only when it changed
+            db.execute(
+                f"INSERT INTO meta(key, value) VALUES ('{TRAFFIC_FLUSHES_KEY}', '1') ON CONFLICT(key) "
+                "DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)"
+            )
 
     def list_traffic(self) -> list[TrafficRecord]:
         return [
             TrafficRecord(*r) for r in self._db.query("SELECT * FROM traffic ORDER BY round_id, client_id")
         ]
+
+    # --- presence ---
+    def put_presence(self, records: Sequence[PresenceRecord], published_at: float) -> None:
+        rows = [(r.client_id, r.last_seen, r.model_version, r.activity, int(r.polling)) for r in records]
+        with self._db.transaction(defer_sync=True) as db:
+            db.executemany("INSERT OR REPLACE INTO presence VALUES (?,?,?,?,?)", rows)
+            db.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('presence_published_at', ?)",
+                (repr(published_at),),
+            )
+
+    def list_presence(self) -> tuple[list[PresenceRecord], float]:
+        if not self._db.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name='presence'"):
+            return [], 0.0  # a file from a server that predates publishing presence
+        rows = self._db.query("SELECT * FROM presence ORDER BY client_id")
+        published = self.get_meta("presence_published_at")
+        records = [
+            PresenceRecord(c, seen, version, activity, bool(polling))
+            for c, seen, version, activity, polling in rows
+        ]
+        return records, float(published) if published else 0.0
 
     # --- checkpoints ---
     def add_checkpoint(self, record: CheckpointRecord) -> None:

@@ -3,12 +3,14 @@ meter. Plain dataclasses: convert.py turns them into protobuf, the CLI into JSON
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from fedmezo.fl.config import RunConfig
+from fedmezo.fl.errors import StoreError
 from fedmezo.fl.records import ClientUpdateStats, RoundRecord, RoundState, RunState
 from fedmezo.server.presence import Presence
 from fedmezo.server.store import Store
@@ -19,6 +21,7 @@ __all__ = [
     "ClientView",
     "RoundView",
     "RunReader",
+    "StatusSource",
     "StatusView",
     "client_views",
     "initial_round_view",
@@ -44,6 +47,18 @@ class RunReader(Protocol):
     def fingerprint_at(self, version: int) -> bytes | None: ...
 
     def run_state(self) -> RunState: ...
+
+
+class StatusSource(RunReader, Protocol):
+    """What the status service serves from: the running server, or a read replica of its store."""
+
+    def changed(self) -> asyncio.Event:
+        """Set at the next change worth waking an event stream for."""
+        ...
+
+    def fail(self, exc: StoreError) -> None:
+        """The store failed while serving a status call."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,14 @@ from fedmezo.fl.records import (
     UpdateOutcome,
     UpdateRecord,
 )
+from fedmezo.server.presence import PresenceRecord
 
-__all__ = ["MemoryStore", "Store"]
+__all__ = ["STATUS_CONFIG_KEY", "STATUS_STARTED_KEY", "TRAFFIC_FLUSHES_KEY", "MemoryStore", "Store"]
+
+# meta keys the server writes at start for a read replica of its status service (status_replica.py)
+STATUS_CONFIG_KEY = "status_run_config"  # the RunConfig message GetRunConfig sends, serialized, hex
+STATUS_STARTED_KEY = "status_started_at"  # when this server process started (GetStatus.started_at)
+TRAFFIC_FLUSHES_KEY = "traffic_flushes"  # SqliteStore: counts add_traffic calls (a replica's cue)
 
 
 class Store(ABC):
@@ -105,6 +111,16 @@ class Store(ABC):
     def add_traffic(self, records: Iterable[TrafficRecord]) -> None: ...
     @abstractmethod
     def list_traffic(self) -> list[TrafficRecord]: ...
+
+    # --- presence: published for read replicas of the status service, never read by the server ---
+    @abstractmethod
+    def put_presence(self, records: Sequence[PresenceRecord], published_at: float) -> None:
+        """Replace these clients' rows and stamp the publication (no fsync needed: a crash loses only
+        who was online)."""
+
+    @abstractmethod
+    def list_presence(self) -> tuple[list[PresenceRecord], float]:
+        """Every published row, and when the last publication ran (0.0: never)."""
 
     # --- checkpoints ---
     @abstractmethod
@@ -198,6 +214,8 @@ class MemoryStore(Store):
         self._metrics: dict[int, dict[str, float]] = {}
         self._fingerprints: dict[str, FingerprintRecord] = {}
         self._traffic: dict[tuple[int, str], TrafficRecord] = {}
+        self._presence: dict[str, PresenceRecord] = {}
+        self._presence_at = 0.0
         self._checkpoints: dict[int, CheckpointRecord] = {}
         self._events: list[EventRecord] = []
 
@@ -336,6 +354,15 @@ class MemoryStore(Store):
 
     def list_traffic(self) -> list[TrafficRecord]:
         return [self._traffic[k] for k in sorted(self._traffic)]
+
+    def put_presence(self, records: Sequence[PresenceRecord], published_at: float) -> None:
+        with self._lock:
+            self._presence.update((r.client_id, r) for r in records)
+            self._presence_at = published_at
+
+    def list_presence(self) -> tuple[list[PresenceRecord], float]:
+        with self._lock:
+            return [self._presence[c] for c in sorted(self._presence)], self._presence_at
 
     def add_checkpoint(self, record: CheckpointRecord) -> None:
         with self._lock:

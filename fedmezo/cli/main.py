@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "fedmezo.cli.client_cmd",
     "fedmezo.cli.server_cmd",
     "fedmezo.cli.status_cmd",
+    "fedmezo.cli.status_server_cmd",
     "fedmezo.cli.export_cmd",
     "fedmezo.cli.dashboard_cmd",
     "fedmezo.cli.demo_cmd",

@@ -18,6 +18,8 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_server.py"
 CLIENTS = 20
 ROUNDS = 2
 LOCAL_STEPS = 2
+# two dashboards' worth of polling, read from `fedmezo status-server` over the server's state dir
+POLL_FROM_A_REPLICA = ["--status-poll-s=0.3", "--status-pollers=2", "--status-replica"]
 
 
 @pytest.mark.parametrize("scheme", ["per-client", "shared"])
@@ -27,7 +29,7 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str) -> None:
         [
             sys.executable, str(BENCH), f"--clients={CLIENTS}", f"--rounds={ROUNDS}",
             f"--local-steps={LOCAL_STEPS}", "--train-s=0.5", "--procs=2", "--json", "--quiet",
-            f"--seed-scheme={scheme}", *(["--status-poll-s=0.3"] if scheme == "shared" else []),
+            f"--seed-scheme={scheme}", *(POLL_FROM_A_REPLICA if scheme == "shared" else []),
             # every simulated client holds its own connection, as a daemon does: with a shared one, the
             # 20 clients' long-polls would overrun this per-connection stream limit and be refused
             "--server-arg=--max-streams-per-connection=4",
@@ -43,7 +45,9 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str) -> None:
     for key in ("p50_submit_ms", "p99_submit_ms", "round_close_s"):
         assert math.isfinite(report[key]), (key, report[key])
     assert 0 < report["p50_submit_ms"] <= report["p99_submit_ms"] < 10_000
-    assert 0 <= report["round_close_s"] < 30
+    # from the last update's acknowledgement: that ack follows the update's fsync, and on a loaded machine
+    # the round's delta (published when the update was stored) can reach a client a few ms before it
+    assert -1 < report["round_close_s"] < 30
     # Every client's every update was acknowledged, counted by the server, and every client ended
     # in sync with the server's fingerprint; nothing failed or was retried.
     assert report["submits_expected"] == CLIENTS * ROUNDS
@@ -83,3 +87,4 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str) -> None:
         for name in ("GetStatus", "ListRounds page", "ListRounds (all pages)", "ListClients"):
             assert rpc[f"operator {name}"]["n"] >= 2, name
         assert report["operator_reply_bytes"]["ListClients"] > CLIENTS * 20  # one entry per client
+        assert report["status_target"] == "replica" and report["status_pollers"] == 2
