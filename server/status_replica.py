@@ -72,6 +72,7 @@ class ReplicaRun:
         self.presence = Presence(clock, self.config.heartbeat_timeout_s)
         self.traffic = TrafficMeter(self.store)
         self._initial = bytes.fromhex(self.store.get_meta("initial_fingerprint") or "")
+        self._fingerprints: dict[int, bytes] = {}
         self._traffic_at = self.store.get_meta(TRAFFIC_FLUSHES_KEY)
         self._cursor = self.store.last_event_cursor()
         self._signals = Signals()
@@ -83,10 +84,17 @@ class ReplicaRun:
         return self.store.rounds_completed()
 
     def fingerprint_at(self, version: int) -> bytes | None:
+        """θ's fingerprint after `version` rounds; a closed round's never changes, so it is kept (a
+        ListClients page asks once per client)."""
         if version == 0:
             return self._initial or None
-        rec = self.store.get_round(version)
-        return rec.fingerprint if rec is not None and rec.state != RoundState.OPEN else None
+        known = self._fingerprints.get(version)
+        if known is None:
+            rec = self.store.get_round(version)
+            if rec is None or rec.state == RoundState.OPEN:
+                return None
+            known = self._fingerprints[version] = rec.fingerprint
+        return known
 
     def run_state(self) -> RunState:
         if self.rounds_completed >= self.config.rounds:
