@@ -31,6 +31,7 @@ from fedmezo.server.coordinator import Coordinator
 from fedmezo.server.interceptors import REQUEST_TIMEOUT_S, RequestInterceptor
 from fedmezo.server.limits import RateLimiter, StreamSlots
 from fedmezo.server.model_state import CHECKPOINTS_DIR
+from fedmezo.server.presence import PresenceRecord
 from fedmezo.server.servicer import FederationServicer, StatusServicer, run_config_pb
 from fedmezo.server.sqlite_store import SqliteStore
 from fedmezo.server.store import STATUS_CONFIG_KEY, STATUS_STARTED_KEY, Store
@@ -44,7 +45,6 @@ logger = logging.getLogger("fedmezo.server.app")
 # abuse -> RESOURCE_EXHAUSTED; checkpoint chunks are 1 MiB.
 MAX_RECEIVE_MESSAGE_BYTES = MAX_MESSAGE_BYTES
 GRACE_S = 5.0  # in-flight RPCs get this long to finish on SIGTERM
-STATUS_PUBLISH_S = 2.0  # how stale a status replica's "online" may be (status_replica.py)
 KEEPALIVE_OPTIONS = (
     ("grpc.keepalive_time_ms", 30_000),  # ping idle connections: notice dead edge clients
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -113,20 +113,28 @@ class ServerApp:
         self._ticker = loop.create_task(self.coordinator.run())
         if self.auth is not None and self.auth.watches_file:
             self._token_watch = loop.create_task(self._watch_tokens(self.auth))
-        self._publisher = loop.create_task(self._publish_status())
+        if self.coordinator.config.status_publish_s > 0:
+            self._publisher = loop.create_task(self._publish_status(self.coordinator.config.status_publish_s))
         logger.info("serving on port %d", self.port)
 
-    async def _publish_status(self) -> None:
-        """Every STATUS_PUBLISH_S, who is online and the byte counts, for `fedmezo status-server` (a
-        read replica). A store that fails here stops the server, as it would at the next write anyway."""
+    async def _publish_status(self, every_s: float) -> None:
+        """Every `every_s`, who is online and the byte counts, for `fedmezo status-server` (a read
+        replica). Best effort: a failed publication is logged and retried (its presence rows again);
+        a store that cannot take writes stops the server at its next essential write, with that
+        write's error."""
+        failing = False
+        changes: list[PresenceRecord] = []
         while True:
-            await asyncio.sleep(STATUS_PUBLISH_S)
-            changes = self.coordinator.presence.take_changes()  # on the loop, which changes them
+            await asyncio.sleep(every_s)
+            changes += self.coordinator.presence.take_changes()  # on the loop, which changes them
             try:  # the writes (one with an fsync) off the loop
                 await asyncio.to_thread(self.coordinator.publish_status, changes)
             except StoreError as exc:
-                self.coordinator.fail(exc)
-                return
+                if not failing:
+                    logger.warning("cannot publish status for read replicas (will retry): %s", exc)
+                failing = True
+                continue
+            failing, changes = False, []
 
     async def _watch_tokens(self, auth: Authenticator) -> None:
         """Notice a changed tokens file even when no call arrives: its reload wakes the waiting calls,
@@ -145,7 +153,10 @@ class ServerApp:
                     await task
         await self.server.stop(grace)
         await self.coordinator.idle()
-        self.coordinator.publish_status()  # the byte counts, and for a replica how presence ended
+        if self.coordinator.config.status_publish_s > 0:
+            self.coordinator.publish_status()  # the byte counts, and for a replica how presence ended
+        else:
+            self.coordinator.traffic.flush()
         self.coordinator.store.close()
         logger.info("server stopped")
 
@@ -169,8 +180,10 @@ def build_app(
     )
     coordinator.start()
     # What a status replica serves as GetRunConfig, and the start time: it has no model to build them
-    store.set_meta(STATUS_CONFIG_KEY, run_config_pb(coordinator).SerializeToString().hex())
-    store.set_meta(STATUS_STARTED_KEY, repr(coordinator.started_at))
+    coordinator.status_meta = {
+        STATUS_CONFIG_KEY: run_config_pb(coordinator).SerializeToString().hex(),
+        STATUS_STARTED_KEY: repr(coordinator.started_at),
+    }  # written with the first publication (none when publishing is off)
     if config.tokens:
         auth = Authenticator.from_file(config.tokens, readers=config.status_reader_ids)
     else:

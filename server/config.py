@@ -110,6 +110,12 @@ class ServerConfig(RunConfig):
         "calls one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS; more wait "
         "in the client); raise it behind a proxy that carries many clients on one connection",
     )
+    status_publish_s: float = setting(
+        2.0,
+        "seconds between publications of who is online and the byte counts to the state database, "
+        "for `fedmezo status-server` (a read replica); 0 = off (the replica then shows bytes as of "
+        "the last round close and nobody online)",
+    )
     status_readers: str = setting(
         "",
         "comma-separated token identities that may list rounds, clients and events (every client's "
@@ -125,7 +131,7 @@ class ServerConfig(RunConfig):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be a finite number > 0")
-        for name in ("rate_limit_rps", "unauthenticated_rps"):
+        for name in ("rate_limit_rps", "unauthenticated_rps", "status_publish_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 problems.append(f"{name} must be a finite number >= 0 (0 = off)")

@@ -116,6 +116,9 @@ class Coordinator:
         # Set when the store failed while serving (full or read-only disk, a damaged file): the server
         # must stop, since every later write would fail too and nothing it accepts could be kept.
         self.failure: errors.StoreError | None = None
+        # meta a read replica needs that only this process knows (its RunConfig message, start time):
+        # written with the first status publication (server.app), so a run without one writes nothing
+        self.status_meta: dict[str, str] = {}
         self.failed = asyncio.Event()
 
     # --- startup ---
@@ -346,6 +349,9 @@ class Coordinator:
         number of clients. Thread-safe given `presence` taken on the event loop."""
         if presence is None:
             presence = self.presence.take_changes()
+        for key, value in list(self.status_meta.items()):  # the run config and start time, once
+            self.store.set_meta(key, value)
+            del self.status_meta[key]
         self.traffic.flush()
         self.store.put_presence(presence, self.clock())
 

@@ -3,8 +3,8 @@
 Operators' dashboards and `fedmezo status` polls then never take the event loop, the GIL or the SQLite
 lock of the server the clients talk to (issue #15: horizontal reads). Everything the status views read
 is in the store already, except two things the server keeps in memory and publishes for this: who is
-online and the byte counts (both every STATUS_PUBLISH_S, `Coordinator.publish_status`). So a replica is
-a few seconds behind on those two (STATUS_PUBLISH_S + REFRESH_S); rounds,
+online and the byte counts (both every `--status-publish-s`, 2 s by default: `Coordinator.publish_status`).
+So a replica is a few seconds behind on those two (status_publish_s + REFRESH_S); rounds,
 updates, clients, fingerprints and events are read as the server committed them (SQLite WAL readers
 see every committed transaction and never block the writer).
 """
@@ -41,12 +41,17 @@ from fedmezo.server.store import STATUS_CONFIG_KEY, STATUS_STARTED_KEY, TRAFFIC_
 from fedmezo.server.traffic import TrafficMeter
 from fedmezo.v1 import common_pb2, status_pb2, status_pb2_grpc
 
-__all__ = ["REFRESH_S", "ReplicaRun", "StatusReplicaApp", "build_status_app", "serve_status"]
+__all__ = ["REFRESH_S", "NotPublished", "ReplicaRun", "StatusReplicaApp", "build_status_app", "serve_status"]
 
 logger = logging.getLogger("fedmezo.server.status_replica")
 
 REFRESH_S = 1.0  # how often presence, byte counts and the event cursor are re-read
+FIRST_PUBLICATION_WAIT_S = 30.0  # a replica started with its server waits this long for its config
 STATUS_SERVICE = status_pb2.DESCRIPTOR.services_by_name["StatusService"].full_name
+
+
+class NotPublished(ConfigError):
+    """The state database exists, but its server has not published what a replica needs (yet)."""
 
 
 class ReplicaRun:
@@ -60,9 +65,9 @@ class ReplicaRun:
         stored_pb = self.store.get_meta(STATUS_CONFIG_KEY)
         stored_config = self.store.get_meta("config")
         if stored_pb is None or stored_config is None:
-            raise ConfigError(
-                f"{path} holds no published run config: its server is still starting, or predates "
-                "status replicas (restart it with this fedmezo version)"
+            raise NotPublished(
+                f"{path} holds no published run config: its server has not published yet (every "
+                "--status-publish-s, 2 s by default; 0 turns it off), or predates status replicas"
             )
         self.config_pb = common_pb2.RunConfig.FromString(bytes.fromhex(stored_pb))
         known = {f.name for f in dataclasses.fields(ServerConfig)}
@@ -212,7 +217,16 @@ def build_status_app(config: ServerConfig, clock: Callable[[], float] = time.tim
 
 async def serve_status(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
-    app = build_status_app(config)
+    give_up = time.monotonic() + FIRST_PUBLICATION_WAIT_S
+    while True:
+        try:
+            app = build_status_app(config)
+            break
+        except NotPublished as exc:
+            if time.monotonic() > give_up:
+                raise
+            logger.info("waiting for the server's first publication: %s", exc)
+            await asyncio.sleep(1.0)
     await app.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

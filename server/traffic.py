@@ -54,9 +54,17 @@ class TrafficMeter:
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, defaultdict(lambda: [0, 0])
-        self._store.add_traffic(
-            TrafficRecord(r, c, up, down) for (r, c), (up, down) in sorted(pending.items())
-        )
+        try:
+            self._store.add_traffic(
+                TrafficRecord(r, c, up, down) for (r, c), (up, down) in sorted(pending.items())
+            )
+        except BaseException:
+            with self._lock:  # not stored: keep it for the next flush (the write rolled back whole)
+                for key, (up, down) in pending.items():
+                    cell = self._pending[key]
+                    cell[0] += up
+                    cell[1] += down
+            raise
 
     def run_totals(self) -> tuple[int, int]:
         """(bytes up, bytes down) over the whole run and every client."""
