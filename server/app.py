@@ -211,14 +211,18 @@ def build_app(
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    return ServerApp(server, coordinator, health, bind(server, config), auth)
+
+
+def bind(server: grpc.aio.Server, config: ServerConfig) -> int:
+    """Listen on config.host:port, plaintext with --insecure, else TLS (mutual with a client CA);
+    returns the port (the one chosen, for port 0)."""
     address = f"{config.host}:{config.port}"
     if config.insecure:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(
-            address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-        )
-    return ServerApp(server, coordinator, health, port, auth)
+        return server.add_insecure_port(address)
+    return server.add_secure_port(
+        address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+    )
 
 
 async def serve(config: ServerConfig) -> int:

@@ -28,8 +28,14 @@ from grpc_health.v1.health import aio as health_aio
 from fedmezo.fl.errors import ConfigError, StoreError
 from fedmezo.fl.records import RoundState, RunState
 from fedmezo.server import grpc_logs
-from fedmezo.server.app import MAX_RECEIVE_MESSAGE_BYTES, STATE_DB, UNARY_LIMIT_SLACK_S, transport_options
-from fedmezo.server.auth import TOKENS_CHECK_S, Authenticator, server_credentials
+from fedmezo.server.app import (
+    MAX_RECEIVE_MESSAGE_BYTES,
+    STATE_DB,
+    UNARY_LIMIT_SLACK_S,
+    bind,
+    transport_options,
+)
+from fedmezo.server.auth import TOKENS_CHECK_S, Authenticator
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.interceptors import REQUEST_TIMEOUT_S, RequestInterceptor
 from fedmezo.server.limits import RateLimiter, StreamSlots
@@ -205,14 +211,7 @@ def build_status_app(config: ServerConfig, clock: Callable[[], float] = time.tim
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    address = f"{config.host}:{config.port}"
-    if config.insecure:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(
-            address, server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-        )
-    return StatusReplicaApp(server, run, health, port, auth)
+    return StatusReplicaApp(server, run, health, bind(server, config), auth)
 
 
 async def serve_status(config: ServerConfig) -> int:

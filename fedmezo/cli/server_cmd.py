@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Callable
 
-__all__ = ["EXIT_CONFIG", "EXIT_STATE", "register"]
+__all__ = ["EXIT_CONFIG", "EXIT_STATE", "exit_code_of", "register"]
 
 logger = logging.getLogger("fedmezo.server")
 
@@ -27,14 +28,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedmezo.fl.errors import ConfigError, StoreError
     from fedmezo.server.app import serve
     from fedmezo.server.config import load_config
 
     flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose")}
+    return exit_code_of(lambda: asyncio.run(serve(load_config(flags))))
+
+
+def exit_code_of(start: Callable[[], int]) -> int:
+    """`start()`'s code, or EXIT_CONFIG / EXIT_STATE with the error as one log line."""
+    from fedmezo.fl.errors import ConfigError, StoreError
+
     try:
-        config = load_config(flags)
-        return asyncio.run(serve(config))
+        return start()
     except ConfigError as exc:
         logger.error("%s", exc)
         return EXIT_CONFIG

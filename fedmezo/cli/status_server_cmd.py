@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 
-from fedmezo.cli.server_cmd import EXIT_CONFIG, EXIT_STATE
+from fedmezo.cli.server_cmd import exit_code_of
 
 __all__ = ["DEFAULT_PORT", "register"]
 
-logger = logging.getLogger("fedmezo.status_server")
 
 DEFAULT_PORT = 50052
 
@@ -43,11 +41,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedmezo.fl.errors import ConfigError, StoreError
     from fedmezo.server.config import ServerConfig
     from fedmezo.server.status_replica import serve_status
 
-    try:
+    def start() -> int:
         config = ServerConfig(
             state_dir=args.state_dir,
             host=args.host,
@@ -60,9 +57,5 @@ def run(args: argparse.Namespace) -> int:
             status_readers=args.status_readers,
         ).validate()
         return asyncio.run(serve_status(config))
-    except ConfigError as exc:
-        logger.error("%s", exc)
-        return EXIT_CONFIG
-    except StoreError as exc:
-        logger.error("state error: %s", exc)
-        return EXIT_STATE
+
+    return exit_code_of(start)
