@@ -64,6 +64,7 @@ SERVER_PROCESS_KEYS = frozenset(
         "unauthenticated_burst",
         "max_streams_per_connection",
         "status_readers",
+        "status_publish_s",
     }
 )
 METHODS = ("fedmezo", "fedmezo-full", "fedavg")
