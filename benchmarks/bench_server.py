@@ -59,6 +59,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
@@ -155,20 +156,8 @@ class ServerProcess:
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        give_up = time.monotonic() + START_TIMEOUT_S
-        with grpc.insecure_channel(self.target) as channel:
-            stub = status_pb2_grpc.StatusServiceStub(channel)
-            while True:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-                try:
-                    stub.GetRunConfig(status_pb2.GetRunConfigRequest(), timeout=2.0)
-                    return
-                except grpc.RpcError:
-                    if time.monotonic() > give_up:
-                        raise RuntimeError(f"server not ready in {START_TIMEOUT_S:.0f} s") from None
-                    time.sleep(0.2)
+        assert self.process is not None
+        wait_for_status(self.target, self.process, "server", self.log_tail)
 
     def run_config(self) -> common_pb2.RunConfig:
         with grpc.insecure_channel(self.target) as channel:
@@ -203,6 +192,25 @@ class ServerProcess:
             return self.process.wait()
 
 
+def wait_for_status(
+    target: str, process: subprocess.Popen[bytes], what: str, log_tail: Callable[[], str]
+) -> None:
+    """Until `target` answers GetRunConfig; `process` exiting or START_TIMEOUT_S passing is an error."""
+    give_up = time.monotonic() + START_TIMEOUT_S
+    with grpc.insecure_channel(target) as channel:
+        stub = status_pb2_grpc.StatusServiceStub(channel)
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode}:\n{log_tail()}")
+            try:
+                stub.GetRunConfig(status_pb2.GetRunConfigRequest(), timeout=2.0)
+                return
+            except grpc.RpcError:
+                if time.monotonic() > give_up:
+                    raise RuntimeError(f"{what} not ready in {START_TIMEOUT_S:.0f} s") from None
+                time.sleep(0.2)
+
+
 class StatusReplicaProcess:
     """`fedmezo status-server` over the server's state dir (--status-replica): the pollers read it."""
 
@@ -223,19 +231,7 @@ class StatusReplicaProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMEZO_")}
         with open(self.workdir / "status-server.log", "wb") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        give_up = time.monotonic() + START_TIMEOUT_S
-        with grpc.insecure_channel(self.target) as channel:
-            stub = status_pb2_grpc.StatusServiceStub(channel)
-            while True:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"status-server exited with {self.process.returncode}")
-                try:
-                    stub.GetRunConfig(status_pb2.GetRunConfigRequest(), timeout=2.0)
-                    return
-                except grpc.RpcError:
-                    if time.monotonic() > give_up:
-                        raise RuntimeError(f"status-server not ready in {START_TIMEOUT_S:.0f} s") from None
-                    time.sleep(0.2)
+        wait_for_status(self.target, self.process, "status-server", lambda: "")
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
