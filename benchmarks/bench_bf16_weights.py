@@ -23,7 +23,8 @@ the round's τ·P pairs applied as one delta: the canonical trajectory (for bf16
 per element per round, §7.4; for fp32 the per-step trajectory without the drift of its perturb-and-undo
 adds).
 
-The run-to-run noise is the spread between fp32 runs on different streams (`--seeds`). Each run is a
+The run-to-run noise is the spread between fp32 runs on different streams (`--seeds`), or between fp32
+runs on the same batches with other directions (`--direction-salt k`: ZO's own noise). Each run is a
 fresh process (its peak memory is its own: a training step's peak ÷ a plain forward's peak, both after
 a warm-up, `PeakMemory`), and writes one JSON file under `--out`, so an interrupted sweep resumes.
 """
@@ -49,6 +50,7 @@ from typing import Any
 SCRIPT = Path(__file__).resolve()
 FORMATS = ("fp32", "bf16-sr", "bf16-rn", "fp32-bf16fwd", "bf16-sr-vec32")
 CLIENT = "bench-bf16-weights"
+DIRECTION_SALT = 1_000_003  # --direction-salt k draws directions from stream seed + k·this
 
 
 def _trim() -> None:
@@ -81,6 +83,7 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
         return collate([encode_example(tokenizer, ex, args.max_length) for ex in examples], pad)
 
     rng = random.Random(seed)
+    direction_stream = seed + DIRECTION_SALT * args.direction_salt  # same batches, other directions
     order = [rng.randrange(len(train)) for _ in range(args.steps * args.batch_size)]
     eval_batches = [
         batch_of(held_out[i : i + args.batch_size])
@@ -145,7 +148,7 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
             args.estimator,
             move,
             functools.partial(causal_lm_loss, model, batch),
-            seeds=[derive_seed(seed, 1, CLIENT, t * P + p) for p in range(P)],
+            seeds=[derive_seed(direction_stream, 1, CLIENT, t * P + p) for p in range(P)],
             eps=args.eps,
             lr=args.lr,
         )
@@ -167,6 +170,7 @@ def run_one(args: argparse.Namespace, fmt: str, seed: int) -> dict[str, Any]:
     return {
         "format": fmt,
         "seed": seed,
+        "direction_salt": args.direction_salt,
         "estimator": args.estimator,
         "perturbations": P,
         "round_steps": tau,
@@ -319,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         "--round-steps", type=int, default=1, help="τ: local steps per round, the delta applied once a round"
     )
     parser.add_argument("--eps", type=float, default=1e-3)
+    parser.add_argument(
+        "--direction-salt",
+        type=int,
+        default=0,
+        help="k > 0: the same batches with other directions (fp32 against fp32 with k: ZO's own noise)",
+    )
     parser.add_argument("--out", type=Path, default=SCRIPT.parent / "bf16_weights")
     parser.add_argument("--run", nargs=2, metavar=("FORMAT", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -369,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "curves": {f"{r['format']}/{r['seed']}": r["curve"] for r in runs},
     }
     tag = _estimator_tag(args) + (f"-tau{args.round_steps}" if args.round_steps > 1 else "")
+    tag += f"-dir{args.direction_salt}" if args.direction_salt else ""
     (args.out / f"summary{tag}.json").write_text(json.dumps(summary, indent=1))
     plot_curves(runs, args.out / f"curves{tag}.png")
     if args.json:
@@ -422,6 +433,8 @@ def _run_path(args: argparse.Namespace, fmt: str, seed: int) -> Path:
     key += f"-e{args.eval_examples}x{args.eval_every}-L{args.max_length}{_estimator_tag(args)}"
     if args.round_steps > 1:
         key += f"-tau{args.round_steps}"
+    if args.direction_salt:
+        key += f"-dir{args.direction_salt}"
     return args.out / "runs" / f"{key}-{fmt}-seed{seed}.json"
 
 
