@@ -11,10 +11,15 @@ load-generator processes, each driving its share of the clients as asyncio corou
 channel (one TCP connection) per client. A simulated client does what the real daemon
 (fedmezo.client.daemon) does, without a model:
 
-    Join -> repeat { GetTask (long-poll) -> "train" (sleep uniform(LO, HI), --train-s LO:HI) ->
-                     SubmitUpdate(tau synthetic fp32 scalars) -> StreamRoundDeltas(follow) until its
-                     round's delta -> ReportFingerprint (echoing the server's fingerprint) }
-    and a Heartbeat every heartbeat_interval_s in the background.
+    Join -> repeat { GetTask(max_deltas, fingerprint of an unreported version) (long-poll: it
+                     brings the deltas of the rounds closed meanwhile with the next task) ->
+                     "train" (sleep uniform(LO, HI), --train-s LO:HI) ->
+                     SubmitUpdate(tau synthetic fp32 scalars, base fingerprint) }
+         -> ReportFingerprint of the final version
+    and a Heartbeat every heartbeat_interval_s while no long-poll is in flight (`--flow lean`, the
+    daemon's loop: two calls per round). `--flow classic` is the loop of clients that poll with
+    max_deltas = 0: GetTask -> train -> SubmitUpdate -> StreamRoundDeltas(follow) until its round's
+    delta -> ReportFingerprint, with a Heartbeat every interval whatever else is in flight.
 
 `--train-s LO:HI` stands for the clients' training time: real clients finish their tau MeZO steps at
 different moments (seconds to minutes apart), so updates arrive spread over that window, and none
@@ -79,6 +84,7 @@ ROUND_DEADLINE_S = 600.0  # never reached: quorum 1.0 closes a round at its last
 HEARTBEAT_TIMEOUT_FACTOR = 6.0  # silence (in intervals) before the server counts a client offline
 RETRIES = 5  # UNAVAILABLE is retried like the real client does; every retry is counted
 RETRY_BASE_S = 0.2
+MAX_DELTAS = 16  # what the daemon asks a poll to bring (ProtocolLimits.max_deltas_per_task)
 PROGRESS_EVERY_S = 0.5
 STOP_GRACE_S = 15.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -252,6 +258,7 @@ class LoadSettings:
     train_s: tuple[float, float]
     heartbeat_s: float
     seed: int
+    flow: str = "lean"
 
 
 @dataclass
@@ -291,6 +298,9 @@ class SimClient:
         self.stub = federation_pb2_grpc.FederationServiceStub(self.channel)
         self.rng = random.Random(f"{settings.seed}/{client_id}")
         self.version = 0
+        self.fingerprint = b""  # the server's fingerprint at self.version (what a replica would hold)
+        self.reported = -1  # the latest version whose fingerprint the server judged
+        self.polling = False  # a long-poll is in flight: the lean client sends no heartbeat then
         self.activity = federation_pb2.CLIENT_ACTIVITY_IDLE
         self.closing = False  # our own shutdown cancels a heartbeat in flight: not an error
 
@@ -318,7 +328,7 @@ class SimClient:
             await asyncio.sleep(start_delay)
             joined = await self.call("Join", self.stub.Join, self._join_request())
             self.counters[JOINED] += 1
-            self.version = joined.rounds_completed
+            self.version, self.fingerprint = joined.rounds_completed, bytes(joined.fingerprint)
             if self.settings.heartbeat_s > 0:
                 heartbeat = asyncio.get_running_loop().create_task(self._heartbeats())
             while await self._one_poll():
@@ -344,18 +354,54 @@ class SimClient:
             client_version="bench_server",
         )
 
+    @property
+    def lean(self) -> bool:
+        return self.settings.flow == "lean"
+
     async def _one_poll(self) -> bool:
         """One GetTask and whatever follows; False once the run is finished."""
         request = federation_pb2.GetTaskRequest(
             client_id=self.client_id, known_version=self.version, wait_s=LONG_POLL_S
         )
-        poll = await self.call("GetTask", self.stub.GetTask, request, LONG_POLL_S + RPC_TIMEOUT_S)
+        unreported = self.lean and self.version > self.reported
+        if self.lean:
+            request.max_deltas = MAX_DELTAS
+            request.fingerprint = self.fingerprint if unreported else b""
+        self.polling = True
+        try:
+            poll = await self.call("GetTask", self.stub.GetTask, request, LONG_POLL_S + RPC_TIMEOUT_S)
+        finally:
+            self.polling = False
+        if unreported:
+            self._judged(poll.sync_action != federation_pb2.SYNC_ACTION_RESYNC)
+        for delta in poll.deltas:
+            if delta.round_id == self.version + 1:
+                self.version, self.fingerprint = delta.round_id, bytes(delta.fingerprint)
+                self.samples.delta_at[delta.round_id].append(time.monotonic())
+        if self.lean and poll.rounds_completed > self.version:  # too far behind for the poll's deltas
+            await self._follow_deltas(poll.rounds_completed, follow=False)
         if poll.status == federation_pb2.TASK_STATUS_RUN_FINISHED:
+            if self.lean:
+                await self._report()
             return False
         if poll.status == federation_pb2.TASK_STATUS_ASSIGNED:
             self.samples.assigned_at[poll.task.round_id].append(time.monotonic())
             await self._do_task(poll.task)
         return True
+
+    def _judged(self, in_sync: bool) -> None:
+        """The server judged the fingerprint of self.version (version 0 is not a round's: not counted)."""
+        if self.version > 0:
+            self.samples.in_sync += int(in_sync)
+            self.counters[SYNCED] += 1
+        self.reported = self.version
+
+    async def _report(self) -> None:
+        report = federation_pb2.ReportFingerprintRequest(
+            client_id=self.client_id, model_version=self.version, fingerprint=self.fingerprint
+        )
+        answer = await self.call("ReportFingerprint", self.stub.ReportFingerprint, report)
+        self._judged(answer.in_sync)
 
     async def _do_task(self, task: federation_pb2.Task) -> None:
         self.activity = federation_pb2.CLIENT_ACTIVITY_TRAINING
@@ -370,6 +416,9 @@ class SimClient:
             peak_memory_bytes=1 << 28,
             device="sim",
         )
+        base = self.lean and self.version > self.reported
+        if base:
+            update.base_fingerprint = self.fingerprint
         start = time.monotonic()
         response = await self.call("SubmitUpdate", self.stub.SubmitUpdate, update)
         self.samples.submitted_at[task.round_id].append(time.monotonic())
@@ -377,31 +426,32 @@ class SimClient:
         if response.status == federation_pb2.UPDATE_STATUS_ACCEPTED:
             self.samples.accepted += 1
         self.counters[SUBMITTED] += 1
+        if base and response.status == federation_pb2.UPDATE_STATUS_ACCEPTED:
+            self._judged(True)  # an update whose base fingerprint differs is refused ("diverged")
+        if self.lean:
+            self.activity = federation_pb2.CLIENT_ACTIVITY_IDLE  # the next poll brings the round
+            return
         self.activity = federation_pb2.CLIENT_ACTIVITY_SYNCING
-        fingerprint = await self._follow_deltas(task.round_id)
-        report = federation_pb2.ReportFingerprintRequest(
-            client_id=self.client_id, model_version=self.version, fingerprint=fingerprint
-        )
-        answer = await self.call("ReportFingerprint", self.stub.ReportFingerprint, report)
-        self.samples.in_sync += int(answer.in_sync)
-        self.counters[SYNCED] += 1
+        await self._follow_deltas(task.round_id, follow=True)
+        await self._report()
         self.activity = federation_pb2.CLIENT_ACTIVITY_IDLE
 
-    async def _follow_deltas(self, round_id: int) -> bytes:
-        """StreamRoundDeltas(follow) until round_id's delta; returns the server's fingerprint after it."""
+    async def _follow_deltas(self, round_id: int, *, follow: bool) -> None:
+        """StreamRoundDeltas until round_id's delta (follow: waiting for it to close)."""
         request = federation_pb2.StreamRoundDeltasRequest(
-            client_id=self.client_id, from_round=self.version + 1, follow=True
+            client_id=self.client_id, from_round=self.version + 1, follow=follow
         )
         start = time.monotonic()
         call = self.stub.StreamRoundDeltas(request, timeout=ROUND_DEADLINE_S)
         try:
             async for message in call:
-                self.version = message.round_id
+                self.version, self.fingerprint = message.round_id, bytes(message.fingerprint)
                 if message.round_id >= round_id:
                     now = time.monotonic()
                     self.samples.delta_at[round_id].append(now)
-                    self.samples.latency_ms["StreamRoundDeltas (wait)"].append((now - start) * 1e3)
-                    return bytes(message.fingerprint)
+                    name = "StreamRoundDeltas (wait)" if follow else "StreamRoundDeltas (catch-up)"
+                    self.samples.latency_ms[name].append((now - start) * 1e3)
+                    return
         except grpc.aio.AioRpcError as exc:
             self.samples.errors[f"StreamRoundDeltas:{exc.code().name}"] += 1
             raise
@@ -413,6 +463,9 @@ class SimClient:
         """What the daemon's heartbeat thread sends, first after one interval (jittered start)."""
         await asyncio.sleep(self.rng.uniform(0.0, self.settings.heartbeat_s))
         while True:
+            if self.polling and self.lean:  # a waiting GetTask keeps the client online
+                await asyncio.sleep(self.settings.heartbeat_s)
+                continue
             request = federation_pb2.HeartbeatRequest(
                 client_id=self.client_id, model_version=self.version, activity=self.activity
             )
@@ -584,7 +637,13 @@ def run_load(
     config = server.run_config()
     heartbeat_s = config.heartbeat_interval_s if args.heartbeat else 0.0
     settings = LoadSettings(
-        server.target, bytes(config.manifest_sha256), config.rng_spec, args.train_s, heartbeat_s, args.seed
+        server.target,
+        bytes(config.manifest_sha256),
+        config.rng_spec,
+        args.train_s,
+        heartbeat_s,
+        args.seed,
+        args.flow,
     )
     ids = [f"sim-{i:05d}" for i in range(args.clients)]
     ctx = mp.get_context("spawn")  # a clean interpreter: no grpc state inherited across fork
@@ -701,6 +760,7 @@ def summarize(
         "rounds": args.rounds,
         "local_steps": args.local_steps,
         "seed_scheme": args.seed_scheme,
+        "flow": args.flow,
         "procs": args.procs,
         "join_rate": args.join_rate,
         "train_s": list(args.train_s),
@@ -816,6 +876,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="tau: scalars per update; the server's delta apply costs params x clients x tau x 0.22 ns",
     )  # fmt: skip
     parser.add_argument("--procs", type=int, default=1, help="load-generator processes")
+    parser.add_argument(
+        "--flow", choices=("lean", "classic"), default="lean",
+        help="lean: the daemon's two calls per round (the poll brings the deltas); classic: poll, submit, "
+        "follow the delta stream, report the fingerprint (max_deltas = 0 clients)",
+    )  # fmt: skip
     parser.add_argument(
         "--seed-scheme", choices=("per-client", "shared"), default="per-client",
         help="the server's seed scheme; shared keeps a round's delta at tau seeds whatever the clients",

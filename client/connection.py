@@ -187,9 +187,15 @@ class GrpcServerLink:
         )
         return int(self._unary(self._federation.Heartbeat, request).rounds_completed)
 
-    def get_task(self, *, known_version: int, wait_s: float) -> TaskResult:
+    def get_task(
+        self, *, known_version: int, wait_s: float, max_deltas: int = 0, fingerprint: bytes = b""
+    ) -> TaskResult:
         request = federation_pb2.GetTaskRequest(
-            client_id=self._settings.client_id, known_version=known_version, wait_s=wait_s
+            client_id=self._settings.client_id,
+            known_version=known_version,
+            wait_s=wait_s,
+            max_deltas=max_deltas,
+            fingerprint=fingerprint,
         )
         response = self._unary(self._federation.GetTask, request, wait_s + self._settings.rpc_deadline_s)
         result = wire.task_result_from_pb(response)
@@ -197,8 +203,10 @@ class GrpcServerLink:
             raise Refused("UNKNOWN", vocabulary.BAD_TASK_STATUS, f"unknown task status {response.status}")
         return result
 
-    def submit(self, update: Update) -> None:
-        self._unary(self._federation.SubmitUpdate, wire.update_to_pb(self._settings.client_id, update))
+    def submit(self, update: Update, *, base_fingerprint: bytes = b"") -> None:
+        request = wire.update_to_pb(self._settings.client_id, update)
+        request.base_fingerprint = base_fingerprint
+        self._unary(self._federation.SubmitUpdate, request)
 
     def report_fingerprint(self, *, model_version: int, fingerprint: bytes) -> bool:
         """True when the server finds this replica in sync; False: it asks for a resync."""

@@ -1,4 +1,9 @@
-"""The client loop: join → catch up → wait for a task → train → submit → apply the round → report.
+"""The client loop: join → catch up → repeat {poll for a task (it brings the rounds closed meanwhile)
+→ train → submit}.
+
+Two calls per round in the steady state: `GetTask` asks for the closed rounds' deltas (`max_deltas`) and
+carries the fingerprint of a version not yet reported; `SubmitUpdate` carries the fingerprint of the θ it
+trained from. A client that fell further behind than one poll's deltas catches up by replay or checkpoint.
 
 Failures are sorted by the error tree: `Unavailable` (server down or restarting) reconnects forever
 with backoff, re-joining and catching up; `Refused` answers about one request are logged and the
@@ -22,8 +27,16 @@ from fedmezo.client.state import SavedReplica, load_replica, save_replica
 from fedmezo.client.sync import ReplicaSync
 from fedmezo.client.workload import Workload
 from fedmezo.fl import vocabulary
-from fedmezo.fl.errors import IncompatibleClient, NotJoined, NotSelected, RoundClosed, StoreError, WrongRound
-from fedmezo.fl.records import Activity, RunSettings, Task, TaskStatus, Update
+from fedmezo.fl.errors import (
+    Diverged,
+    IncompatibleClient,
+    NotJoined,
+    NotSelected,
+    RoundClosed,
+    StoreError,
+    WrongRound,
+)
+from fedmezo.fl.records import Activity, RunSettings, Task, TaskResult, TaskStatus, Update
 from fedmezo.fl.replica import Replica
 from fedmezo.fl.seeds import SHARED, SeedPlan
 from fedmezo.fl.train import train_task
@@ -76,6 +89,8 @@ class Daemon:
     _needs_resync: bool = False  # the replica failed to verify: download a checkpoint on reconnect
     _connected_once: bool = False  # joined since the last failure: the backoff starts over
     _heartbeat_stop: threading.Event = field(default_factory=threading.Event)
+    _reported: int = -1  # the latest version whose fingerprint the server judged in sync
+    _polling: bool = False  # a GetTask long-poll is in flight: the server already counts us online
 
     # -- the outer loop: reconnect forever ------------------------------------------------------------
     def run(self) -> Outcome:
@@ -157,6 +172,7 @@ class Daemon:
                 f"this client joined {self.settings.run_id!r}; restart the client",
             )
         self._connected_once = True
+        self._reported = -1  # a (re)started server may have gone back: report again
         logger.info(
             "joined run %s: server at version %d, local replica at %d",
             self.settings.run_id,
@@ -178,9 +194,10 @@ class Daemon:
             if self.stop.is_set():
                 raise Stopped("stop requested")
             self._set_activity(Activity.IDLE)
-            poll = self.link.get_task(known_version=replica.version, wait_s=self.long_poll_s)
+            poll = self._poll()
             if poll.status is TaskStatus.RUN_FINISHED:
                 self._catch_up(poll.rounds_completed)
+                self._report()  # the final version, for the operator (no later call would carry it)
                 logger.info(
                     "run finished at version %d, fingerprint %s", replica.version, self._fingerprint()
                 )
@@ -190,6 +207,36 @@ class Daemon:
                 continue
             assert poll.task is not None
             self._do_task(poll.task)
+
+    def _poll(self) -> TaskResult:
+        """One GetTask long-poll: it reports a version not yet reported and brings the rounds that closed
+        meanwhile, which are applied here (each checked against the server's fingerprint)."""
+        assert self.replica is not None
+        version = self.replica.version
+        unreported = version > self._reported
+        fingerprint = bytes.fromhex(self._fingerprint()) if unreported else b""
+        self._polling = True
+        try:
+            poll = self.link.get_task(
+                known_version=version,
+                wait_s=self.long_poll_s,
+                max_deltas=vocabulary.MAX_DELTAS_PER_TASK,
+                fingerprint=fingerprint,
+            )
+        finally:
+            self._polling = False
+        if unreported:
+            if poll.in_sync is False:
+                raise SyncFailed(f"server reports a fingerprint mismatch at version {version}")
+            self._reported = version
+        if poll.deltas:
+            self._set_activity(Activity.SYNCING)
+            for delta in poll.deltas:
+                if delta.round_id == self.replica.version + 1:
+                    self._sync().apply(delta)  # raises SyncFailed unless θ now has delta.fingerprint
+                    proven = delta.fingerprint.hex() or self._fingerprint()
+                    logger.info("model version %d fingerprint %s", delta.round_id, proven)
+        return poll
 
     def _save(self) -> None:
         """Keep the canonical replica for the next start (never a diverged one)."""
@@ -234,12 +281,14 @@ class Daemon:
         assert self.replica is not None
         if self.replica.version == 0:
             return
+        version = self.replica.version
+        if version <= self._reported:
+            return
         fingerprint = self._fingerprint()
-        logger.info("model version %d fingerprint %s", self.replica.version, fingerprint)
-        if not self.link.report_fingerprint(
-            model_version=self.replica.version, fingerprint=bytes.fromhex(fingerprint)
-        ):
-            raise SyncFailed(f"server reports a fingerprint mismatch at version {self.replica.version}")
+        logger.info("model version %d fingerprint %s", version, fingerprint)
+        if not self.link.report_fingerprint(model_version=version, fingerprint=bytes.fromhex(fingerprint)):
+            raise SyncFailed(f"server reports a fingerprint mismatch at version {version}")
+        self._reported = version
 
     def _do_task(self, task: Task) -> None:
         assert self.replica is not None and self.workload is not None
@@ -256,9 +305,15 @@ class Daemon:
             self._pending = update
         else:
             logger.info("resending the update of round %d", task.round_id)
+        # θ_{r-1} (restored bit for bit after training), unless the poll that brought the task reported it
+        base = bytes.fromhex(self._fingerprint()) if replica.version > self._reported else b""
         try:
-            self.retry.call(lambda: self.link.submit(update), what=f"submit round {task.round_id}")
+            self.retry.call(
+                lambda: self.link.submit(update, base_fingerprint=base), what=f"submit round {task.round_id}"
+            )
         except Refused as exc:
+            if exc.reason == Diverged.reason:
+                raise SyncFailed(f"server refused round {task.round_id}: {exc}") from exc
             if exc.reason in _LATE_REASONS:
                 logger.warning("round %d update not counted: %s", task.round_id, exc.reason)
             elif exc.code == "ALREADY_EXISTS":
@@ -266,6 +321,7 @@ class Daemon:
             else:
                 raise
         else:
+            self._reported = max(self._reported, replica.version)  # the base fingerprint was in sync
             self.rounds_trained += 1
             logger.info(
                 "round %d: submitted %d scalars, mean loss %.4f, %.3f s/step",
@@ -274,10 +330,7 @@ class Daemon:
                 sum(update.losses) / max(len(update.losses), 1),
                 update.step_time_s,
             )
-        self._set_activity(Activity.IDLE)
-        self._sync().replay(self.link, until=task.round_id, follow=True)  # returns once the round closed
-        if replica.version >= task.round_id:
-            self._report()
+        self._set_activity(Activity.IDLE)  # the next poll brings this round's delta with the next task
 
     def _train(self, task: Task) -> Update:
         assert self.workload is not None
@@ -324,6 +377,8 @@ class Daemon:
         """Heartbeat every interval until stopped; failures are only logged (the main loop reconnects)."""
         interval = self.settings.heartbeat_interval_s if self.settings else DEFAULT_HEARTBEAT_INTERVAL_S
         while not self._heartbeat_stop.wait(interval) and not self.stop.is_set():
+            if self._polling:
+                continue  # a waiting GetTask keeps us online and says we are idle at our version
             progress = self._progress
             try:
                 self.link.heartbeat(

@@ -43,9 +43,17 @@ class ServerLink(Protocol):
         """Returns the server's rounds_completed."""
         ...
 
-    def get_task(self, *, known_version: int, wait_s: float) -> TaskResult: ...
+    def get_task(
+        self, *, known_version: int, wait_s: float, max_deltas: int = 0, fingerprint: bytes = b""
+    ) -> TaskResult:
+        """Long-poll for work; with max_deltas > 0 the answer carries the rounds closed since
+        known_version (at most that many), and `fingerprint` (of known_version) is checked on the way."""
+        ...
 
-    def submit(self, update: Update) -> None: ...
+    def submit(self, update: Update, *, base_fingerprint: bytes = b"") -> None:
+        """`base_fingerprint`: of the θ the update was trained from (refused as "diverged" if not the
+        server's)."""
+        ...
 
     def report_fingerprint(self, *, model_version: int, fingerprint: bytes) -> bool:
         """True when the server finds this replica in sync; False: resync from a checkpoint."""

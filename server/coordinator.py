@@ -23,6 +23,7 @@ from fedmezo.fl import errors
 from fedmezo.fl.bounds import Scales
 from fedmezo.fl.evaluation import Evaluator
 from fedmezo.fl.records import (
+    Activity,
     ClientRecord,
     DeltaRecord,
     FingerprintRecord,
@@ -32,6 +33,7 @@ from fedmezo.fl.records import (
     RoundRecord,
     RoundState,
     RunState,
+    Task,
     TaskRecord,
     TaskResult,
     TaskStatus,
@@ -40,6 +42,7 @@ from fedmezo.fl.records import (
 from fedmezo.fl.replica import Replica
 from fedmezo.fl.rounds import History, check_join, check_update, close_round, plan_round, task_for
 from fedmezo.fl.selection import CloseDecision, decide_close
+from fedmezo.fl.vocabulary import MAX_DELTAS_PER_TASK
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.deltas import DeltaCache
 from fedmezo.server.durability import GroupCommit
@@ -215,34 +218,65 @@ class Coordinator:
         return task
 
     async def get_task(
-        self, client_id: str, known_version: int, wait_s: float, *, still_allowed: Check = _nothing
+        self,
+        client_id: str,
+        known_version: int,
+        wait_s: float,
+        *,
+        max_deltas: int = 0,
+        fingerprint: bytes = b"",
+        still_allowed: Check = _nothing,
     ) -> TaskResult:
-        """Long-poll for work; returns early when the model version moves past known_version.
+        """Long-poll for work. With max_deltas k > 0 the answer carries the rounds closed after
+        known_version (at most k; it comes early once k closed), so a client needs no delta stream and no
+        fingerprint report per round; with k = 0 it comes as soon as one round closed, without them.
+        `fingerprint` (of known_version) is judged and recorded first, as report_fingerprint does.
         `still_allowed` runs at every wake-up and raises (a Refusal) to end the poll: a revoked token."""
         self._joined(client_id)
+        in_sync = None
+        if fingerprint:
+            in_sync = self._record_fingerprint(client_id, known_version, fingerprint)
+            await self.commit.durable()
+        limit = min(max_deltas, MAX_DELTAS_PER_TASK)
         give_up = self.clock() + max(0.0, min(wait_s, self.config.max_wait_s))
         with self.presence.polling(client_id) as live:
-            live.model_version = known_version
+            live.model_version, live.activity = known_version, Activity.IDLE
             self._schedule_tick()
             while True:
                 changed = self.signals.round_changed()
                 still_allowed()
+                done = self.rounds_completed
                 if self.finished:
-                    return TaskResult(TaskStatus.RUN_FINISHED, self.rounds_completed)
+                    return self._answer(TaskStatus.RUN_FINISHED, known_version, limit, in_sync)
                 task = self.current_task(client_id)
                 if task is not None:
                     round_ = self.store.open_round_record()  # current_task: the task's round is open
                     left = max(0.0, round_.deadline_at - self.clock()) if round_ else 0.0
-                    return TaskResult(
-                        TaskStatus.ASSIGNED, self.rounds_completed, task_for(self.config, task, left)
-                    )
+                    assigned = task_for(self.config, task, left)
+                    return self._answer(TaskStatus.ASSIGNED, known_version, limit, in_sync, assigned)
                 remaining = give_up - self.clock()
-                if self.rounds_completed > known_version or remaining <= 0:
-                    return TaskResult(TaskStatus.NO_TASK, self.rounds_completed)
+                if done - known_version >= max(limit, 1) or remaining <= 0:
+                    return self._answer(TaskStatus.NO_TASK, known_version, limit, in_sync)
                 await wait_or_timeout(changed, min(remaining, RECHECK_S))
 
-    async def submit_update(self, client_id: str, update: Update) -> int:
-        """Validate completely, then store durably; returns the round id acknowledged (once on disk)."""
+    def _answer(
+        self,
+        status: TaskStatus,
+        known_version: int,
+        limit: int,
+        in_sync: bool | None,
+        task: Task | None = None,
+    ) -> TaskResult:
+        """A poll's answer, with the deltas after known_version when there are 1..limit of them."""
+        done = self.rounds_completed
+        missing = range(known_version + 1, done + 1)
+        deltas = tuple(self._deltas.get(r, done) for r in missing) if len(missing) <= limit else ()
+        return TaskResult(status, done, task, deltas, in_sync)
+
+    async def submit_update(self, client_id: str, update: Update, *, base_fingerprint: bytes = b"") -> int:
+        """Validate completely, then store durably; returns the round id acknowledged (once on disk).
+        `base_fingerprint` (of version round_id - 1, the θ it trained from) is recorded as a report of that
+        version; a mismatch refuses the update (`Diverged`): it was trained from a wrong θ."""
         client = self._joined(client_id)
         self._seen(client_id)
         existing = self.store.get_update(update.round_id, client_id)
@@ -267,6 +301,13 @@ class Coordinator:
         if task is None:
             raise errors.NotSelected(f"{client_id} has no task in round {update.round_id}")
         check_update(update, task, self.config.perturbations)
+        base = update.round_id - 1
+        if base_fingerprint and not self._record_fingerprint(client_id, base, base_fingerprint):
+            await self.commit.durable()  # the mismatch is recorded; the update is not
+            raise errors.Diverged(
+                f"{client_id} trained round {update.round_id} from a θ whose fingerprint is not the "
+                f"server's at version {base}: resync from a checkpoint"
+            )
         event = self._event(
             "update_accepted", f"mean loss {candidate.mean_loss:.4f}", update.round_id, client_id
         )
@@ -280,6 +321,12 @@ class Coordinator:
     async def report_fingerprint(self, client_id: str, version: int, fingerprint: bytes) -> bool:
         """Record whether a client's replica matches ours at `version`; returns in_sync."""
         self._joined(client_id)
+        in_sync = self._record_fingerprint(client_id, version, fingerprint)
+        await self.commit.durable()
+        return in_sync
+
+    def _record_fingerprint(self, client_id: str, version: int, fingerprint: bytes) -> bool:
+        """Judge and store one fingerprint report (durable at the next commit); returns in_sync."""
         in_sync, tell = self.versions.judge(client_id, version, fingerprint)  # every report is stored
         self._seen(client_id).model_version = version  # only a valid report moves the shown version
         events = (
@@ -291,7 +338,6 @@ class Coordinator:
         self.commit.wrote()
         if tell:
             logger.warning("client %s diverged at version %d: asked to resync", client_id, version)
-        await self.commit.durable()
         return in_sync
 
     async def round_deltas(

@@ -207,9 +207,14 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         still_allowed = self._still_allowed(context, request.client_id)
         with self._slots.hold(client):
             result = await self._coord.get_task(
-                client, request.known_version, request.wait_s, still_allowed=still_allowed
+                client,
+                request.known_version,
+                request.wait_s,
+                max_deltas=request.max_deltas,
+                fingerprint=request.fingerprint,
+                still_allowed=still_allowed,
             )
-        response = wire.task_result_to_pb(result)
+        response = wire.task_result_to_pb(result, [self._delta_message(d) for d in result.deltas])
         round_id = (
             result.task.round_id
             if result.status == TaskStatus.ASSIGNED and result.task
@@ -225,7 +230,7 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
         update = wire.update_from_pb(
             request, max_steps=config.local_steps, perturbations=config.perturbations
         )
-        round_id = await self._coord.submit_update(client, update)
+        round_id = await self._coord.submit_update(client, update, base_fingerprint=request.base_fingerprint)
         response = federation_pb2.SubmitUpdateResponse(
             status=federation_pb2.UPDATE_STATUS_ACCEPTED, round_id=round_id
         )
@@ -236,8 +241,9 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
     async def ReportFingerprint(self, request: Any, context: Any) -> federation_pb2.ReportFingerprintResponse:
         client = self._who(context, request.client_id)
         in_sync = await self._coord.report_fingerprint(client, request.model_version, request.fingerprint)
-        action = federation_pb2.SYNC_ACTION_NONE if in_sync else federation_pb2.SYNC_ACTION_RESYNC
-        response = federation_pb2.ReportFingerprintResponse(in_sync=in_sync, action=action)
+        response = federation_pb2.ReportFingerprintResponse(
+            in_sync=in_sync, action=wire.sync_action_to_pb(in_sync)
+        )
         self._count(client, request.model_version, request, response)
         return response
 

@@ -16,6 +16,7 @@ _GRPC_CODES: tuple[tuple[type[errors.Refusal], grpc.StatusCode], ...] = (
     (errors.IncompatibleClient, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.RoundClosed, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.NotSelected, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Diverged, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.WrongRound, grpc.StatusCode.OUT_OF_RANGE),
     (errors.InvalidUpdate, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),

@@ -18,6 +18,7 @@ FedmezoError
     ├── InvalidRequest           a field out of its range: over-long text, an integer SQLite cannot hold
     ├── ConflictingUpdate        a different update for a round the client already answered
     ├── NoCheckpoint             no checkpoint to download
+    ├── Diverged                 an update trained from a θ whose fingerprint is not the server's
     └── LimitExceeded            a per-client limit that keeps one caller from exhausting the server
         ├── RateLimited          more requests than the client's token bucket allows
         ├── TooManyStreams       too many long-polls / streams open at once
@@ -39,6 +40,7 @@ from fedmezo.v1 import common_pb2
 __all__ = [
     "ConfigError",
     "ConflictingUpdate",
+    "Diverged",
     "FedmezoError",
     "IncompatibleClient",
     "InvalidRequest",
@@ -136,6 +138,10 @@ class ConflictingUpdate(Refusal, reason_value=common_pb2.REFUSAL_REASON_CONFLICT
 
 class NoCheckpoint(Refusal, reason_value=common_pb2.REFUSAL_REASON_NO_CHECKPOINT):
     """No checkpoint to download."""
+
+
+class Diverged(Refusal, reason_value=common_pb2.REFUSAL_REASON_DIVERGED):
+    """An update whose base fingerprint is not the server's at round_id - 1: trained from a wrong θ."""
 
 
 class LimitExceeded(Refusal, reason_value=common_pb2.REFUSAL_REASON_LIMIT_EXCEEDED):

@@ -193,6 +193,9 @@ class TaskResult:
     status: TaskStatus
     rounds_completed: int
     task: Task | None = None
+    # the rounds after the poll's known_version, in order, when the poll asked for deltas (max_deltas)
+    deltas: tuple[DeltaRecord, ...] = ()
+    in_sync: bool | None = None  # the poll's fingerprint against the server's; None: none was sent
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 - The limits every peer enforces: the `ProtocolLimits` custom file option of common.proto, read from
   the generated descriptor (FINGERPRINT_BYTES, MAX_MESSAGE_BYTES, MAX_TEXT_CHARS, MAX_STORED_INT,
-  MAX_EVENT_CURSOR, MAX_CLIENT_ID_CHARS).
+  MAX_EVENT_CURSOR, MAX_CLIENT_ID_CHARS, MAX_DELTAS_PER_TASK).
 - The refusal reasons: the `RefusalReason` enum. On the wire (trailing metadata REASON_METADATA_KEY) a
   reason is the value's name without its prefix, in lower case (`reason_name`); each
   `fedmezo.fl.errors.Refusal` subclass names its value, and the reasons no Refusal carries are below.
@@ -26,6 +26,7 @@ __all__ = [
     "INTERNAL",
     "MALFORMED_REQUEST",
     "MAX_CLIENT_ID_CHARS",
+    "MAX_DELTAS_PER_TASK",
     "MAX_EVENT_CURSOR",
     "MAX_MESSAGE_BYTES",
     "MAX_STORED_INT",
@@ -47,6 +48,7 @@ MAX_TEXT_CHARS: Final[int] = _LIMITS.max_text_chars  # device names, versions, s
 MAX_STORED_INT: Final[int] = _LIMITS.max_stored_int  # SQLite INTEGER is signed 64-bit
 MAX_EVENT_CURSOR: Final[int] = _LIMITS.max_event_cursor  # event cursors are SQLite integers
 MAX_CLIENT_ID_CHARS: Final[int] = _LIMITS.max_client_id_chars  # a payload client_id (no tokens file)
+MAX_DELTAS_PER_TASK: Final[int] = _LIMITS.max_deltas_per_task  # round deltas one GetTask answer carries
 
 _REASON_PREFIX = "REFUSAL_REASON_"
 

@@ -16,6 +16,7 @@ MAX_STORED_INT, MAX_EVENT_CURSOR, MAX_CLIENT_ID_CHARS, REASON_METADATA_KEY.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from fedmezo.fl.errors import InvalidRequest, InvalidUpdate
@@ -68,6 +69,7 @@ __all__ = [
     "run_settings_from_pb",
     "run_state_from_pb",
     "run_state_to_pb",
+    "sync_action_to_pb",
     "task_from_pb",
     "task_result_from_pb",
     "task_result_to_pb",
@@ -319,13 +321,22 @@ def task_from_pb(task: federation_pb2.Task) -> Task:
     )
 
 
-def task_result_to_pb(result: TaskResult) -> federation_pb2.GetTaskResponse:
+def task_result_to_pb(
+    result: TaskResult, deltas: Sequence[federation_pb2.StreamRoundDeltasResponse] = ()
+) -> federation_pb2.GetTaskResponse:
+    """`deltas`: result.deltas as messages (the server builds each round's once, for every poll)."""
     resp = federation_pb2.GetTaskResponse(
-        status=_TASK_STATUS[result.status], rounds_completed=result.rounds_completed
+        status=_TASK_STATUS[result.status], rounds_completed=result.rounds_completed, deltas=deltas
     )
     if result.task is not None:
         resp.task.CopyFrom(task_to_pb(result.task))
+    if result.in_sync is not None:
+        resp.sync_action = sync_action_to_pb(result.in_sync)
     return resp
+
+
+def sync_action_to_pb(in_sync: bool) -> federation_pb2.SyncAction:
+    return federation_pb2.SYNC_ACTION_NONE if in_sync else federation_pb2.SYNC_ACTION_RESYNC
 
 
 def task_result_from_pb(resp: federation_pb2.GetTaskResponse) -> TaskResult | None:
@@ -334,7 +345,11 @@ def task_result_from_pb(resp: federation_pb2.GetTaskResponse) -> TaskResult | No
     if status is None:
         return None
     task = task_from_pb(resp.task) if status is TaskStatus.ASSIGNED else None
-    return TaskResult(status, resp.rounds_completed, task)
+    in_sync = None
+    if resp.sync_action != federation_pb2.SYNC_ACTION_UNSPECIFIED:
+        in_sync = resp.sync_action != federation_pb2.SYNC_ACTION_RESYNC
+    deltas = tuple(delta_from_pb(m) for m in resp.deltas)
+    return TaskResult(status, resp.rounds_completed, task, deltas, in_sync)
 
 
 # --- SubmitUpdate ---

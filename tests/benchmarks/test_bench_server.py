@@ -22,14 +22,16 @@ LOCAL_STEPS = 2
 POLL_FROM_A_REPLICA = ["--status-poll-s=0.3", "--status-pollers=2", "--status-replica"]
 
 
-@pytest.mark.parametrize("scheme", ["per-client", "shared"])
-def test_bench_server_json_report_is_complete_and_sane(scheme: str) -> None:
+@pytest.mark.parametrize(
+    ("scheme", "flow"), [("per-client", "classic"), ("shared", "lean")], ids=["per-client", "shared"]
+)
+def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     done = subprocess.run(
         [
             sys.executable, str(BENCH), f"--clients={CLIENTS}", f"--rounds={ROUNDS}",
             f"--local-steps={LOCAL_STEPS}", "--train-s=0.5", "--procs=2", "--json", "--quiet",
-            f"--seed-scheme={scheme}", *(POLL_FROM_A_REPLICA if scheme == "shared" else []),
+            f"--seed-scheme={scheme}", f"--flow={flow}", *(POLL_FROM_A_REPLICA if scheme == "shared" else []),
             # every simulated client holds its own connection, as a daemon does: with a shared one, the
             # 20 clients' long-polls would overrun this per-connection stream limit and be refused
             "--server-arg=--max-streams-per-connection=4",
@@ -61,9 +63,14 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str) -> None:
     rpc = report["rpc"]
     assert rpc["Join"]["n"] == CLIENTS
     assert rpc["SubmitUpdate"]["n"] == CLIENTS * ROUNDS
-    assert rpc["ReportFingerprint"]["n"] == CLIENTS * ROUNDS
-    assert rpc["StreamRoundDeltas (wait)"]["n"] == CLIENTS * ROUNDS
     assert rpc["GetTask"]["n"] >= CLIENTS * (ROUNDS + 1)  # a task per round, then RUN_FINISHED
+    if flow == "classic":  # each round followed on a delta stream and its fingerprint reported
+        assert rpc["ReportFingerprint"]["n"] == CLIENTS * ROUNDS
+        assert rpc["StreamRoundDeltas (wait)"]["n"] == CLIENTS * ROUNDS
+    else:  # the polls brought every delta; versions were reported by the updates, the last one at the end
+        assert rpc["ReportFingerprint"]["n"] == CLIENTS
+        assert not any(name.startswith("StreamRoundDeltas") for name in rpc)
+        assert rpc["GetTask"]["n"] <= CLIENTS * (ROUNDS + 2)  # no extra poll per round close
     for row in rpc.values():
         assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert [r["round"] for r in report["per_round"]] == list(range(1, ROUNDS + 1))
@@ -73,7 +80,7 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str) -> None:
     assert report["server_peak_rss_mib"] >= report["server_rss_before_mib"]
     assert report["loadgen_cpu_s"] > 0
     assert report["server_exit_code"] == 0
-    assert report["seed_scheme"] == scheme
+    assert report["seed_scheme"] == scheme and report["flow"] == flow
     down = report["downlink_per_client_per_round_bytes"]
     assert len(down) == ROUNDS and all(b > 0 for b in down)
     # A per-client delta lists every participant's τ seeds (8 bytes each at least): it grows with the

@@ -39,9 +39,8 @@ def test_bf16_client_matches_fp32_server_every_round(device_name: str) -> None:
 
     daemon = Daemon(server, "me", bf16_workload, RetryPolicy(sleep=lambda _s: False), progress_bar=False)
     assert daemon.run() is Outcome.FINISHED
-    by_round = {d.round_id: d.fingerprint for d in server.deltas}
-    assert [v for v, _ in server.fingerprints] == [1, 2, 3]
-    assert all(by_round[v] == fp for v, fp in server.fingerprints)
+    assert [v for v, _ in server.fingerprints] == [0, 1, 2, 3]
+    assert all(server.fingerprint_at(v) == fp for v, fp in server.fingerprints)
     params = daemon.replica.params if daemon.replica is not None else None
     assert params is not None and params.compute is copies[0]
     assert torch.equal(copies[0].copy, params.flat.to(torch.bfloat16))  # the copy followed every write

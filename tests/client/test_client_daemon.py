@@ -30,8 +30,7 @@ def _assert_in_sync(daemon: Daemon, server: FakeServer) -> None:
     assert daemon.replica.version == server.rounds_done
     assert daemon.replica.params.fingerprint() == server.params.fingerprint()
     # every reported fingerprint equals the server's after that round
-    by_round = {d.round_id: d.fingerprint for d in server.deltas}
-    assert server.fingerprints and all(by_round[v] == fp for v, fp in server.fingerprints)
+    assert server.fingerprints and all(server.fingerprint_at(v) == fp for v, fp in server.fingerprints)
 
 
 def test_trains_every_round_and_stays_bit_identical() -> None:
@@ -40,7 +39,30 @@ def test_trains_every_round_and_stays_bit_identical() -> None:
     assert daemon.run() is Outcome.FINISHED
     assert [u.round_id for u in server.submitted] == [1, 2, 3]
     assert all(len(u.projected_grads) == 4 and len(u.losses) == 4 for u in server.submitted)
-    assert [v for v, _ in server.fingerprints] == [1, 2, 3]
+    assert [v for v, _ in server.fingerprints] == [0, 1, 2, 3]
+    _assert_in_sync(daemon, server)
+
+
+def test_a_round_costs_two_calls_the_poll_brings_the_deltas() -> None:
+    """Steady state: GetTask (with the closed rounds' deltas and an unreported version's fingerprint)
+    and SubmitUpdate (with its base fingerprint); no delta stream, one fingerprint report at the end."""
+    server = make_fake_server(rounds=3)
+    assert _daemon(server).run() is Outcome.FINISHED
+    rounds = server.calls[server.calls.index("join") + 1 :]
+    assert rounds == ["get_task", "submit"] * 3 + ["get_task", "report_fingerprint"]
+
+
+@pytest.mark.parametrize("bad_version", [0, 1], ids=["poll-fingerprint", "submit-base-fingerprint"])
+def test_a_diverged_fingerprint_resyncs_from_a_checkpoint(bad_version: int) -> None:
+    """The server judges a fingerprint diverged, carried by the poll (version 0) or by the update's base
+    (version 1, refused as "diverged"): the client downloads the checkpoint, replays, and trains on."""
+    server = make_fake_server(rounds=2)
+    server.save_checkpoint()  # version 0
+    server.bad_versions = {bad_version}
+    daemon = _daemon(server)
+    assert daemon.run() is Outcome.FINISHED
+    assert "download_checkpoint" in server.calls
+    assert [u.round_id for u in server.submitted] == [1, 2]
     _assert_in_sync(daemon, server)
 
 
@@ -100,10 +122,10 @@ def test_late_update_is_dropped_and_the_round_still_applied() -> None:
     server.failures = {"submit": [Refused("FAILED_PRECONDITION", "round_closed", "late")]}
     original = server.submit
 
-    def close_then_refuse(update: object) -> None:
+    def close_then_refuse(update: object, **kw: bytes) -> None:
         if server.failures.get("submit"):
             server.close_round(None)  # the round closed without us
-        original(update)  # type: ignore[arg-type]
+        original(update, **kw)  # type: ignore[arg-type]
 
     server.submit = close_then_refuse  # type: ignore[method-assign]
     daemon = _daemon(server)
@@ -125,8 +147,8 @@ def test_stop_request_ends_the_loop() -> None:
     daemon = _daemon(server)
     original = server.submit
 
-    def submit_then_stop(update: object) -> None:
-        original(update)  # type: ignore[arg-type]
+    def submit_then_stop(update: object, **kw: bytes) -> None:
+        original(update, **kw)  # type: ignore[arg-type]
         daemon.stop.set()
 
     server.submit = submit_then_stop  # type: ignore[method-assign]

@@ -102,6 +102,13 @@ class FakeServer:
     calls: list[str] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
     joins: list[dict[str, object]] = field(default_factory=list)  # the keyword arguments of each join
+    bad_versions: set[int] = field(default_factory=set)  # versions whose next report is judged diverged
+
+    def __post_init__(self) -> None:
+        self.theta0 = bytes.fromhex(self.params.fingerprint())
+
+    def fingerprint_at(self, version: int) -> bytes:
+        return self.theta0 if version == 0 else self.deltas[version - 1].fingerprint
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -129,16 +136,32 @@ class FakeServer:
     def heartbeat(self, *, model_version: int, activity: Activity, round_id: int = 0, step: int = 0) -> int:
         return self.rounds_done
 
-    def get_task(self, *, known_version: int, wait_s: float) -> TaskResult:
+    def get_task(
+        self, *, known_version: int, wait_s: float, max_deltas: int = 0, fingerprint: bytes = b""
+    ) -> TaskResult:
         self._call("get_task")
+        in_sync = self._judge(known_version, fingerprint) if fingerprint else None
+        missing = self.deltas[known_version:]
+        deltas = tuple(missing) if len(missing) <= max_deltas else ()
         if self.rounds_done >= self.settings.total_rounds:
-            return TaskResult(TaskStatus.RUN_FINISHED, self.rounds_done)
+            return TaskResult(TaskStatus.RUN_FINISHED, self.rounds_done, None, deltas, in_sync)
         s = self.settings
         task = Task(self.rounds_done + 1, s.local_steps, self.lr, self.eps, s.batch_size, s.run_seed)
-        return TaskResult(TaskStatus.ASSIGNED, self.rounds_done, task)
+        return TaskResult(TaskStatus.ASSIGNED, self.rounds_done, task, deltas, in_sync)
 
-    def submit(self, update: Update) -> None:
+    def _judge(self, version: int, fingerprint: bytes) -> bool:
+        """Record a fingerprint report; in sync unless a test planted the version in `bad_versions`
+        (judged diverged once: the client's resync then succeeds)."""
+        self.fingerprints.append((version, fingerprint))
+        if version in self.bad_versions:
+            self.bad_versions.discard(version)
+            return False
+        return True
+
+    def submit(self, update: Update, *, base_fingerprint: bytes = b"") -> None:
         self._call("submit")
+        if base_fingerprint and not self._judge(update.round_id - 1, base_fingerprint):
+            raise Refused("FAILED_PRECONDITION", "diverged", "trained from a wrong θ")
         if update.round_id != self.rounds_done + 1:
             raise Refused("FAILED_PRECONDITION", "round_closed", "late")
         self.submitted.append(update)
@@ -162,8 +185,8 @@ class FakeServer:
         self.deltas.append(DeltaRecord(r, participants, delta.coefficients, b"", fingerprint))
 
     def report_fingerprint(self, *, model_version: int, fingerprint: bytes) -> bool:
-        self.fingerprints.append((model_version, fingerprint))
-        return True
+        self._call("report_fingerprint")
+        return self._judge(model_version, fingerprint)
 
     def stream_deltas(self, *, from_round: int, follow: bool) -> Iterator[DeltaRecord]:
         self._call("stream_deltas")

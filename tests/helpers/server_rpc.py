@@ -97,8 +97,12 @@ class FakeClient:
             setattr(req, k, v)
         return await self.fed.Join(req, **self.kw())
 
-    async def get_task(self, known_version: int = 0, wait_s: float = 5.0) -> fpb.GetTaskResponse:
-        req = fpb.GetTaskRequest(client_id=self.client_id, known_version=known_version, wait_s=wait_s)
+    async def get_task(
+        self, known_version: int = 0, wait_s: float = 5.0, **fields: Any
+    ) -> fpb.GetTaskResponse:
+        req = fpb.GetTaskRequest(
+            client_id=self.client_id, known_version=known_version, wait_s=wait_s, **fields
+        )
         return await self.fed.GetTask(req, **self.kw())
 
     async def submit(

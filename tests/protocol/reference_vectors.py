@@ -425,6 +425,7 @@ def _protocol_limits() -> dict[str, int]:
         "max_stored_int": vocabulary.MAX_STORED_INT,
         "max_event_cursor": vocabulary.MAX_EVENT_CURSOR,
         "max_client_id_chars": vocabulary.MAX_CLIENT_ID_CHARS,
+        "max_deltas_per_task": vocabulary.MAX_DELTAS_PER_TASK,
     }
 
 

@@ -303,3 +303,58 @@ def test_health_and_status_auth(tmp_path: Path, replica: Replica) -> None:
             await authed.close()
 
     asyncio.run(main())
+
+
+def test_poll_brings_deltas_and_judges_fingerprints(tmp_path: Path, replica: Replica) -> None:
+    """The two-call round: GetTask(max_deltas, fingerprint) waits for the next task and brings the rounds
+    closed meanwhile; SubmitUpdate's base fingerprint is judged, and a wrong one refuses the update."""
+
+    async def main() -> None:
+        async with running_server(tmp_path, replica, rounds=3) as app:
+            clients = await _clients(app)
+            fp0 = replica.fingerprint()
+            lean = {"max_deltas": 16}
+            polls = await asyncio.gather(*(c.get_task(0, 5.0, fingerprint=fp0, **lean) for c in clients))
+            assert all(p.status == fpb.TASK_STATUS_ASSIGNED and p.task.round_id == 1 for p in polls)
+            assert all(p.sync_action == fpb.SYNC_ACTION_NONE and not p.deltas for p in polls)
+            c0, c1, c2 = clients
+            before = _state(app)
+            with pytest.raises(grpc.aio.AioRpcError) as info:  # trained from a θ that is not θ_0
+                await c0.submit(1, grads_for("c0", 1, STEPS), base_fingerprint=b"\x01" * 32)
+            assert rpc_code(info.value) == grpc.StatusCode.FAILED_PRECONDITION
+            assert dict(info.value.trailing_metadata() or ())["fedmezo-reason"] == "diverged"
+            assert app.coordinator.store.list_updates(1) == []  # the update is not stored
+            assert "fingerprint_mismatch" in [e.kind for e in app.coordinator.store.list_events()]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await c0.submit(1, grads_for("c0", 1, STEPS), base_fingerprint=b"short")
+            assert rpc_code(info.value) == grpc.StatusCode.INVALID_ARGUMENT
+            assert app.coordinator.store.list_updates(1) == [] and _state(app) != before
+            # the honest round: each poll waits past round 1's close for round 2's task, delta included
+            for c in clients:
+                await c.submit(1, grads_for(c.client_id, 1, STEPS), base_fingerprint=fp0)
+            polls = await asyncio.gather(*(c.get_task(0, 5.0, **lean) for c in clients))
+            assert all(p.status == fpb.TASK_STATUS_ASSIGNED and p.task.round_id == 2 for p in polls)
+            assert all([d.round_id for d in p.deltas] == [1] for p in polls)
+            fp1 = app.coordinator.replica.fingerprint()
+            assert polls[0].deltas[0].fingerprint == fp1
+            assert polls[0].sync_action == fpb.SYNC_ACTION_UNSPECIFIED  # no fingerprint was sent
+            wrong = await c2.get_task(1, 1.0, fingerprint=b"\x02" * 32, **lean)
+            assert wrong.sync_action == fpb.SYNC_ACTION_RESYNC and wrong.task.round_id == 2
+            for c in (c0, c1):
+                await c.submit(2, grads_for(c.client_id, 2, STEPS), base_fingerprint=fp1)
+            await c2.submit(2, grads_for("c2", 2, STEPS))
+            await c2.wait_delta(2)
+            # a client two rounds behind with max_deltas = 1 is answered at once, without deltas
+            behind = await c0.get_task(0, 5.0, max_deltas=1)
+            assert behind.rounds_completed == 2 and not behind.deltas  # (round 3 may not be open yet)
+            # the classic poll (max_deltas = 0) still answers as soon as the version moved, no deltas
+            classic = await c1.get_task(1, 5.0)
+            assert classic.rounds_completed == 2 and not classic.deltas
+            for c in clients:
+                await c.submit(3, grads_for(c.client_id, 3, STEPS))
+            final = await c0.get_task(2, 5.0, **lean)
+            assert final.status == fpb.TASK_STATUS_RUN_FINISHED and [d.round_id for d in final.deltas] == [3]
+            for c in clients:
+                await c.close()
+
+    asyncio.run(main())
