@@ -276,7 +276,8 @@ class Coordinator:
     async def submit_update(self, client_id: str, update: Update, *, base_fingerprint: bytes = b"") -> int:
         """Validate completely, then store durably; returns the round id acknowledged (once on disk).
         `base_fingerprint` (of version round_id - 1, the θ it trained from) is recorded as a report of that
-        version; a mismatch refuses the update (`Diverged`): it was trained from a wrong θ."""
+        version; a mismatch refuses the update (`Diverged`: trained from a wrong θ) and, like every
+        refusal, stores nothing (the client resyncs and reports)."""
         client = self._joined(client_id)
         self._seen(client_id)
         existing = self.store.get_update(update.round_id, client_id)
@@ -302,12 +303,13 @@ class Coordinator:
             raise errors.NotSelected(f"{client_id} has no task in round {update.round_id}")
         check_update(update, task, self.config.perturbations)
         base = update.round_id - 1
-        if base_fingerprint and not self._record_fingerprint(client_id, base, base_fingerprint):
-            await self.commit.durable()  # the mismatch is recorded; the update is not
+        if base_fingerprint and not self.versions.matches(base, base_fingerprint):
             raise errors.Diverged(
                 f"{client_id} trained round {update.round_id} from a θ whose fingerprint is not the "
                 f"server's at version {base}: resync from a checkpoint"
             )
+        if base_fingerprint:
+            self._record_fingerprint(client_id, base, base_fingerprint)  # in sync: stored with the update
         event = self._event(
             "update_accepted", f"mean loss {candidate.mean_loss:.4f}", update.round_id, client_id
         )

@@ -25,9 +25,8 @@ class Versions:
     def closed(self, version: int, fingerprint: bytes) -> None:
         self._fingerprints[version] = fingerprint
 
-    def judge(self, client_id: str, version: int, fingerprint: bytes) -> tuple[bool, bool]:
-        """(in sync, worth an event): one event (and warning) per client for a newer mismatching
-        version than its last, so a client cannot fill the event log and the server log with reports."""
+    def matches(self, version: int, fingerprint: bytes) -> bool:
+        """Whether `fingerprint` is ours at `version`; a malformed one or an unknown version is refused."""
         if len(fingerprint) != FINGERPRINT_BYTES:
             got = len(fingerprint)
             raise errors.InvalidUpdate(f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {got}")
@@ -35,7 +34,12 @@ class Versions:
         if expected is None:
             done = self.rounds_completed
             raise errors.WrongRound(f"version {version} does not exist (rounds completed: {done})")
-        in_sync = fingerprint == expected
+        return fingerprint == expected
+
+    def judge(self, client_id: str, version: int, fingerprint: bytes) -> tuple[bool, bool]:
+        """(in sync, worth an event): one event (and warning) per client for a newer mismatching
+        version than its last, so a client cannot fill the event log and the server log with reports."""
+        in_sync = self.matches(version, fingerprint)
         tell = not in_sync and version > self._mismatch_reported.get(client_id, -1)
         if tell:
             self._mismatch_reported[client_id] = version

@@ -8,8 +8,9 @@ proto files into a descriptor set at run time; the methods are called by their p
         --data train.jsonl --server 127.0.0.1:50051 --client-id outsider --summary out.json
 
 First it checks its own implementation against every test vector of the document (§13), then it
-takes part in the run: GetRunConfig → Join → GetTask long-polls → τ real MeZO steps → SubmitUpdate →
-StreamRoundDeltas → ReportFingerprint, with heartbeats, until the run finishes. At the end it
+takes part in the run: GetRunConfig → Join → GetTask long-polls (bringing the closed rounds' deltas and
+carrying its fingerprint) → τ real MeZO steps → SubmitUpdate (with its base fingerprint), with
+heartbeats, until the run finishes; then ReportFingerprint of the final version. At the end it
 downloads the final checkpoint and replays the whole run from θ_0. The summary (JSON) says what
 happened; the exit code is 0 only when every check passed and the server found it in sync at every
 version it reported. `--self-check-only` stops after the vectors.
@@ -60,6 +61,7 @@ TRANSIENT = {
 }
 TRANSIENT_REASONS = {"rate_limited", "too_many_streams"}
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # §3.4
+MAX_DELTAS = 16  # §3.4 max_deltas_per_task: what a poll asks for (§5.4)
 
 
 def log(message: str) -> None:
@@ -839,6 +841,7 @@ class Client:
     examples: list[Example]
     summary: dict[str, Any]
     version: int = 0
+    reported: int = -1  # the latest version the server judged in sync (§5.7)
     theta: Theta = field(init=False)
     theta0: np.ndarray = field(init=False)
     config: Any = None
@@ -896,6 +899,7 @@ class Client:
         if joined.rounds_completed == 0 and self.version == 0:  # §5.1: θ_0 is the server's
             ok = self.theta.fingerprint() == joined.fingerprint
             self.summary["theta0_matches_server"] = ok
+            self.summary["theta0_fingerprint"] = joined.fingerprint.hex()
             if not ok:
                 raise SyncError("θ_0 differs from the server's")
         return joined
@@ -984,12 +988,22 @@ class Client:
             client_id=self.client_id, model_version=self.version, fingerprint=fp,
         )  # fmt: skip
         resync = answer.action == self.proto.enum("SyncAction", "SYNC_ACTION_RESYNC")
+        self.judged(fp, bool(answer.in_sync) and not resync)
+
+    def unreported(self) -> bytes:
+        """The fingerprint to carry in the next poll or update: empty once this version was judged."""
+        return self.theta.fingerprint() if self.version > self.reported else b""
+
+    def judged(self, fp: bytes, in_sync: bool) -> None:
+        """The server judged `fp`, of the current version (by any of the three calls of §5.7)."""
         self.summary.setdefault("reports", []).append(
-            {"version": self.version, "fingerprint": fp.hex(), "in_sync": bool(answer.in_sync)}
+            {"version": self.version, "fingerprint": fp.hex(), "in_sync": in_sync}
         )
-        log(f"version {self.version} fingerprint {fp.hex()[:16]} in_sync={answer.in_sync}")
-        if resync or not answer.in_sync:
+        log(f"version {self.version} fingerprint {fp.hex()[:16]} in_sync={in_sync}")
+        if not in_sync:
             self.resync()
+        else:
+            self.reported = self.version
 
     def download_checkpoint(self) -> tuple[int, bytes, np.ndarray]:
         header: Any = None
@@ -1017,6 +1031,7 @@ class Client:
         round_id, _, words = self.download_checkpoint()
         self.theta.load_words(words)
         self.version = round_id
+        self.reported = -1  # report the checkpoint's version again
         self.summary["resyncs"] = self.summary.get("resyncs", 0) + 1
         self.replay(None, follow=False)
 
@@ -1064,26 +1079,34 @@ class Client:
         update = self.train(task)
         self.activity = "CLIENT_ACTIVITY_IDLE"
         record = {"round": task.round_id, "lr": task.lr, "eps": task.eps, "tau": task.local_steps, **update}
+        base = self.unreported()  # §5.5: the θ it trained from, unless the poll already reported it
         try:
-            answer = self.link.call("FederationService", "SubmitUpdate", client_id=self.client_id, **update)
+            answer = self.link.call(
+                "FederationService", "SubmitUpdate", client_id=self.client_id, base_fingerprint=base, **update
+            )
             accepted = self.proto.enum("UpdateStatus", "UPDATE_STATUS_ACCEPTED")
             record["submit"] = "accepted" if answer.status == accepted else str(answer.status)
             # §5.5: resending the identical update is answered the same way
             again = self.link.call("FederationService", "SubmitUpdate", client_id=self.client_id, **update)
             record["resend"] = "accepted" if again.status == answer.status else str(again.status)
+            if base:
+                self.judged(base, True)  # a base fingerprint that differs is refused (diverged)
         except Refused as exc:
             if exc.transient:
                 raise
             record["submit"] = exc.reason
+            if exc.reason == "diverged":
+                self.summary.setdefault("trained", []).append(record)
+                self.judged(base, False)
+                return
         self.summary.setdefault("trained", []).append(record)
         log(f"round {task.round_id}: submitted {len(update['projected_grads'])} scalars ({record['submit']})")
-        self.replay(task.round_id, follow=True)
-        if self.version >= task.round_id:
-            self.report()
+        # §5: no stream to follow; the next poll brings this round's delta with the next task
 
     def session(self) -> bool:
         """One connection's worth of §5; returns True when the run finished."""
         joined = self.join()
+        self.reported = -1  # a restarted server may have gone back: report again
         self.start_heartbeats()
         if self.version > joined.rounds_completed:
             self.resync()
@@ -1091,12 +1114,22 @@ class Client:
         if joined.run_state == self.proto.enum("RunState", "RUN_STATE_FINISHED"):
             return True
         while True:
+            fp = self.unreported()
             poll = self.link.call(
-                "FederationService", "GetTask", timeout=40.0,
-                client_id=self.client_id, known_version=self.version, wait_s=5.0,
+                "FederationService", "GetTask", timeout=40.0, client_id=self.client_id,
+                known_version=self.version, wait_s=5.0, max_deltas=MAX_DELTAS, fingerprint=fp,
             )  # fmt: skip
+            if fp:  # §5.4: judged as ReportFingerprint would judge it
+                self.judged(fp, poll.sync_action != self.proto.enum("SyncAction", "SYNC_ACTION_RESYNC"))
+                if self.version > self.reported:
+                    continue  # it resynced: poll again from the checkpoint's version
+            for msg in poll.deltas:  # rounds version+1 .. rounds_completed, each checked (§11.5)
+                if msg.round_id == self.version + 1:
+                    self.apply_delta(msg)
             if poll.status == self.proto.enum("TaskStatus", "TASK_STATUS_RUN_FINISHED"):
                 self.catch_up(poll.rounds_completed)
+                if self.version > self.reported:
+                    self.report()  # the final version (catch_up reports only when it moved)
                 return True
             if poll.status == self.proto.enum("TaskStatus", "TASK_STATUS_NO_TASK"):
                 self.catch_up(poll.rounds_completed)

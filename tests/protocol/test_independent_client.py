@@ -125,7 +125,7 @@ def test_independent_client_trains_with_a_fedmezo_daemon_and_ends_in_sync(tmp_pa
     assert [a["participants"] for a in summary["applied"]] == [["c1", "outsider"]] * ROUNDS
     assert [a["seeds"] for a in summary["applied"]] == [2 * LOCAL_STEPS] * ROUNDS
     reports = summary["reports"]
-    assert {r["version"] for r in reports} == set(range(1, ROUNDS + 1))
+    assert {r["version"] for r in reports} == set(range(0, ROUNDS + 1))  # θ_0 by its first poll
     assert all(r["in_sync"] for r in reports), reports
     assert summary["final"]["version"] == ROUNDS
     assert summary["checkpoint"] == {"round": ROUNDS, "fingerprint_matches": True, "bytes_equal": True}
@@ -154,6 +154,7 @@ def test_independent_client_trains_with_a_fedmezo_daemon_and_ends_in_sync(tmp_pa
         ["c1", "outsider"]
     ] * ROUNDS
     by_round = {r.round_id: r.fingerprint.hex() for r in rounds}
+    by_round[0] = summary["theta0_fingerprint"]
     for report in reports:
         assert report["fingerprint"] == by_round[report["version"]]
     for client in clients:

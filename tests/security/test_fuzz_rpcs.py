@@ -58,7 +58,7 @@ _CLIENT = _ANY | {Code.OK, Code.PERMISSION_DENIED, Code.FAILED_PRECONDITION}
 ALLOWED: dict[str, set[Code]] = {
     "Join": _CLIENT,
     "Heartbeat": _CLIENT,
-    "GetTask": _CLIENT,
+    "GetTask": _CLIENT | {Code.OUT_OF_RANGE},  # a fingerprint of a version the server does not have
     "SubmitUpdate": _CLIENT | {Code.OUT_OF_RANGE, Code.ALREADY_EXISTS},
     "ReportFingerprint": _CLIENT | {Code.OUT_OF_RANGE},
     "StreamRoundDeltas": _CLIENT | {Code.DEADLINE_EXCEEDED},  # ours, when a following stream is cut
