@@ -170,6 +170,7 @@ def test_conversions_and_bearer_token(served: tuple[Scripted, GrpcServerLink]) -
         (grpc.StatusCode.PERMISSION_DENIED, "permission_denied", AuthFailed),
         (grpc.StatusCode.FAILED_PRECONDITION, "incompatible_client", Incompatible),
         (grpc.StatusCode.FAILED_PRECONDITION, "round_closed", Refused),
+        (grpc.StatusCode.FAILED_PRECONDITION, "diverged", Refused),  # the daemon resyncs
         (grpc.StatusCode.INVALID_ARGUMENT, "invalid_update", Refused),
         (grpc.StatusCode.UNAVAILABLE, "", Unavailable),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "rate_limited", Unavailable),  # retried with backoff

@@ -36,6 +36,7 @@ STABLE_REASONS = {
     errors.RateLimited: "rate_limited",
     errors.TooManyStreams: "too_many_streams",
     errors.TooManyClients: "too_many_clients",
+    errors.Diverged: "diverged",
 }
 SERVER_REASONS = {vocabulary.MALFORMED_REQUEST, vocabulary.STORE_FAILED, vocabulary.INTERNAL}
 CLIENT_REASONS = {
