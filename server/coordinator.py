@@ -245,7 +245,6 @@ class Coordinator:
             while True:
                 changed = self.signals.round_changed()
                 still_allowed()
-                done = self.rounds_completed
                 if self.finished:
                     return self._answer(TaskStatus.RUN_FINISHED, known_version, limit, in_sync)
                 task = self.current_task(client_id)
@@ -255,7 +254,7 @@ class Coordinator:
                     assigned = task_for(self.config, task, left)
                     return self._answer(TaskStatus.ASSIGNED, known_version, limit, in_sync, assigned)
                 remaining = give_up - self.clock()
-                if done - known_version >= max(limit, 1) or remaining <= 0:
+                if self.rounds_completed - known_version >= max(limit, 1) or remaining <= 0:
                     return self._answer(TaskStatus.NO_TASK, known_version, limit, in_sync)
                 await wait_or_timeout(changed, min(remaining, RECHECK_S))
 
