@@ -92,6 +92,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PUBLISHED = re.compile(
     r"round (\d+) \w+: \d+ updates, delta published in ([0-9.]+) s \(\d+ seeds applied in ([0-9.]+) s\)"
 )
+COLLECTED = re.compile(  # server/collector.py's summary, logged at shutdown
+    r"garbage collection while serving: (\d+) collections \((\d+)/(\d+)/(\d+) by generation\), "
+    r"([0-9.]+) s, longest pause ([0-9.]+) ms"
+)
 
 # Counters each load generator exposes to the parent for the progress line.
 JOINED, SUBMITTED, SYNCED, FAILED = range(4)
@@ -181,6 +185,17 @@ class ServerProcess:
             text = self.log_path.read_text(errors="replace")
             return {int(m[1]): (float(m[2]), float(m[3])) for m in PUBLISHED.finditer(text)}
         return {}
+
+    def collector(self) -> dict[str, Any] | None:
+        """The server's garbage collection over its life (its shutdown log line), once it stopped."""
+        with contextlib.suppress(OSError):
+            match = COLLECTED.search(self.log_path.read_text(errors="replace"))
+            if match:
+                return {
+                    "collections": int(match[1]), "full_collections": int(match[4]),
+                    "total_s": float(match[5]), "longest_pause_ms": float(match[6]),
+                }  # fmt: skip
+        return None
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
@@ -834,6 +849,13 @@ def print_table(report: dict[str, Any]) -> None:
         f"RSS {report['server_rss_before_mib']:.0f} MiB before the load, "
         f"peak {report['server_peak_rss_mib']:.0f} MiB; load generators CPU {report['loadgen_cpu_s']:.1f} s"
     )
+    if report.get("server_gc"):
+        gc_ = report["server_gc"]
+        print(
+            f"server garbage collection (its whole life): {gc_['collections']} collections, "
+            f"{gc_['full_collections']} full, {gc_['total_s']:.2f} s, "
+            f"longest pause {gc_['longest_pause_ms']:.1f} ms"
+        )
     down = report["downlink_per_client_per_round_bytes"]
     print("downlink per client per round (server's count): " + ", ".join(f"{b:,.0f} B" for b in down))
     if report["operator_reply_bytes"]:
@@ -948,11 +970,13 @@ def main(argv: list[str] | None = None) -> int:
         if replica is not None:
             replica.close()
         code = server.close()
+        collected = server.collector()
         if not args.keep:
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
     report["server_exit_code"] = code
+    report["server_gc"] = collected
     if args.json:
         print(json.dumps(report))
     else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
@@ -26,6 +25,7 @@ from fedmezo.fl.replica import Replica
 from fedmezo.fl.vocabulary import MAX_MESSAGE_BYTES
 from fedmezo.server import grpc_logs
 from fedmezo.server.auth import TOKENS_CHECK_S, Authenticator, server_credentials
+from fedmezo.server.collector import serving_collector
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
 from fedmezo.server.interceptors import REQUEST_TIMEOUT_S, RequestInterceptor
@@ -231,14 +231,11 @@ async def serve(config: ServerConfig) -> int:
     Raises the StoreError that stopped it when the store failed while serving (see Coordinator.fail):
     the caller exits non-zero with that one line."""
     app = build_app(config)
-    # The model, torch and every imported module (~370,000 objects) live as long as the process: out
-    # of the collector's sight, a full collection stops pausing every RPC in flight (160 ms here).
-    # Unfrozen on the way out, so interpreter shutdown frees them as usual.
-    gc.freeze()
-    try:
-        return await _serve_app(app)
-    finally:
-        gc.unfreeze()
+    with serving_collector() as collector:  # the model and imports frozen, few long pauses
+        try:
+            return await _serve_app(app)
+        finally:
+            logger.info("%s", collector.summary())
 
 
 async def _serve_app(app: ServerApp) -> int:

@@ -80,6 +80,9 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str) -
     assert report["server_peak_rss_mib"] >= report["server_rss_before_mib"]
     assert report["loadgen_cpu_s"] > 0
     assert report["server_exit_code"] == 0
+    collected = report["server_gc"]  # the server's shutdown log line, parsed
+    assert collected is not None and collected["collections"] > 0
+    assert 0 < collected["longest_pause_ms"] <= collected["total_s"] * 1e3
     assert report["seed_scheme"] == scheme and report["flow"] == flow
     down = report["downlink_per_client_per_round_bytes"]
     assert len(down) == ROUNDS and all(b > 0 for b in down)
