@@ -24,9 +24,12 @@ per element per round, §7.4; for fp32 the per-step trajectory without the drift
 adds).
 
 The run-to-run noise is the spread between fp32 runs on different streams (`--seeds`), or between fp32
-runs on the same batches with other directions (`--direction-salt k`: ZO's own noise). Each run is a
-fresh process (its peak memory is its own: a training step's peak ÷ a plain forward's peak, both after
-a warm-up, `PeakMemory`), and writes one JSON file under `--out`, so an interrupted sweep resumes.
+runs on the same batches with other directions (`--direction-salt k`: ZO's own noise). The summary of
+a run without `--direction-salt` shows the fp32 runs with other directions that exist as `fp32-dirK`
+and reports every gap to fp32 on the same stream alike (final, mean and mean |·| over the second half).
+Each run is a fresh process (its peak memory is its own: a training step's peak ÷ a plain forward's
+peak, both after a warm-up, `PeakMemory`), and writes one JSON file under `--out`, so an interrupted
+sweep resumes.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ SCRIPT = Path(__file__).resolve()
 FORMATS = ("fp32", "bf16-sr", "bf16-rn", "fp32-bf16fwd", "bf16-sr-vec32")
 CLIENT = "bench-bf16-weights"
 DIRECTION_SALT = 1_000_003  # --direction-salt k draws directions from stream seed + k·this
+NOISE_PREFIX = "fp32-dir"  # fp32 runs with other directions join the summary as fp32-dir1, fp32-dir2, ...
+MAX_NOISE_SALT = 4
 
 
 def _trim() -> None:
@@ -300,7 +305,40 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     paired = [sr[s] - fp32[s] for s in sr if s in fp32]
     if paired:
         out["bf16_sr_minus_fp32_same_stream"] = paired
+    curves = {(r["format"], str(r["seed"])): dict(r["curve"]) for r in runs}
+    for fmt in sorted({f for f, _ in curves if f == "bf16-sr" or f.startswith(NOISE_PREFIX)}):
+        gaps = {s: _gaps(curves[(fmt, s)], curves[("fp32", s)]) for f, s in curves if f == fmt}
+        gaps = {s: g for s, g in gaps.items() if g is not None}
+        if gaps:  # the noise rows are what the bf16-sr row is judged against
+            out[f"{fmt}_minus_fp32"] = gaps
     return out
+
+
+def _gaps(curve: dict[int, float], fp32: dict[int, float] | None) -> dict[str, float] | None:
+    """`curve` − fp32 on the same stream: at the end, and its mean and mean |·| over the second half."""
+    if not fp32:
+        return None
+    last = max(fp32)
+    half = [step for step in fp32 if step >= last / 2 and step in curve]
+    if last not in curve or not half:
+        return None
+    return {
+        "final": curve[last] - fp32[last],
+        "second_half_mean": statistics.fmean(curve[t] - fp32[t] for t in half),
+        "second_half_mean_abs": statistics.fmean(abs(curve[t] - fp32[t]) for t in half),
+    }
+
+
+def _noise_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The fp32 runs of these settings with other directions (`--direction-salt k`) that exist: ZO's
+    own run-to-run noise on the same batches, shown and summarized beside the formats."""
+    found = []
+    for seed in args.seeds:
+        for salt in range(1, MAX_NOISE_SALT + 1):
+            path = _run_path(argparse.Namespace(**{**vars(args), "direction_salt": salt}), "fp32", seed)
+            if path.exists():
+                found.append({**json.loads(path.read_text()), "format": f"{NOISE_PREFIX}{salt}"})
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, str(SCRIPT), *forwarded, "--run", fmt, str(seed)]
             subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         runs.append(json.loads(path.read_text()))
+    if not args.direction_salt and "fp32" in args.formats:
+        runs += _noise_runs(args)
     summary = {
         "model": args.model,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
@@ -397,6 +437,7 @@ STYLE: dict[str, Any] = {
     "fp32-bf16fwd": "-.",
     "bf16-sr-vec32": (0, (6, 2, 1, 2, 1, 2)),
 }
+NOISE_STYLE = (0, (1, 1.5))  # dotted: fp32 with other directions
 
 
 def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
@@ -409,7 +450,8 @@ def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for run in runs:
         steps, losses = zip(*run["curve"], strict=True)
-        ax.plot(steps, losses, linestyle=STYLE.get(run["format"], "-"), color=f"C{run['seed']}",
+        style = NOISE_STYLE if run["format"].startswith(NOISE_PREFIX) else STYLE.get(run["format"], "-")
+        ax.plot(steps, losses, linestyle=style, color=f"C{run['seed']}",
                 label=f"{run['format']}, stream {run['seed']}")  # fmt: skip
     per_step = runs[0].get("forwards_per_step", 2) if runs else 2
     ax.set_xlabel(f"{runs[0].get('estimator', 'mezo') if runs else 'mezo'} steps ({per_step} forwards each)")

@@ -55,3 +55,23 @@ def test_fzoo_rounds_apply_one_delta_per_round(tmp_path: Path) -> None:
     bad = [*args[:5], "3", *args[6:]]  # --eval-every 3 falls inside a round
     with pytest.raises(SystemExit):
         bench.main(bad)  # type: ignore[attr-defined]
+
+
+def test_summary_judges_bf16_sr_against_fp32_with_other_directions(tmp_path: Path) -> None:
+    """fp32 with `--direction-salt 1` (the same batches, other directions) joins the plain summary as
+    the noise row, and every gap to fp32 is reported the same way."""
+    bench = _bench()
+    args = ["--model", "tiny-random", "--steps", "4", "--eval-every", "2", "--eval-examples", "8",
+            "--lr", "1e-3", "--round-steps", "2", "--seeds", "0", "--out", str(tmp_path)]  # fmt: skip
+    assert bench.main([*args, "--formats", "fp32", "--direction-salt", "1"]) == 0  # type: ignore[attr-defined]
+    assert bench.main([*args, "--formats", "fp32", "bf16-sr"]) == 0  # type: ignore[attr-defined]
+    summary = json.loads((tmp_path / "summary-tau2.json").read_text())
+    assert set(summary["curves"]) == {"fp32/0", "bf16-sr/0", "fp32-dir1/0"}
+    assert summary["curves"]["fp32-dir1/0"][0] == summary["curves"]["fp32/0"][0]  # same θ0 and batches
+    assert summary["curves"]["fp32-dir1/0"][-1] != summary["curves"]["fp32/0"][-1]  # other directions
+    noise = summary["summary"]["fp32-dir1_minus_fp32"]["0"]
+    final = summary["curves"]["fp32-dir1/0"][-1][1] - summary["curves"]["fp32/0"][-1][1]
+    assert noise["final"] == pytest.approx(final) and noise["second_half_mean_abs"] > 0
+    assert summary["summary"]["bf16-sr_minus_fp32"]["0"]["final"] == pytest.approx(
+        summary["summary"]["bf16_sr_minus_fp32_same_stream"][0]
+    )
