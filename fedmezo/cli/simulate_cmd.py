@@ -12,6 +12,7 @@ __all__ = ["EXIT_CONFIG", "register"]
 logger = logging.getLogger("fedmezo.sim")
 
 EXIT_CONFIG = 2  # invalid configuration or data (nothing was trained)
+LISTED_CLIENTS = 8  # the start line names each client's example count up to this many clients
 
 
 def register(subparsers: Any) -> None:
@@ -37,6 +38,13 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _client_sizes(sizes: dict[str, int], listed: int = LISTED_CLIENTS) -> str:
+    """Each client's examples for a few clients; the range and the total for a crowd."""
+    if len(sizes) <= listed:
+        return ", ".join(f"{c} {n:,}" for c, n in sizes.items()) + " examples"
+    return f"{min(sizes.values()):,}–{max(sizes.values()):,} examples each, {sum(sizes.values()):,} in all"
+
+
 def run(args: argparse.Namespace) -> int:
     from fedmezo.fl.errors import ConfigError
     from fedmezo.sim import RoundResult, Simulation, load_sim_config, write_jsonl_rounds
@@ -48,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         logger.error("%s", exc)
         return EXIT_CONFIG
-    sizes = ", ".join(f"{c} {n}" for c, n in simulation.datasets.items())
+    sizes = _client_sizes({c: d.num_examples for c, d in simulation.datasets.items()})
     print(
-        f"{options.method}: {len(simulation.datasets)} clients ({sizes} examples), "
+        f"{options.method}: {len(simulation.datasets)} clients ({sizes}), "
         f"{simulation.replica.trainable_params:,} trainable parameters, {config.rounds} rounds x "
         f"{config.local_steps} local steps"
     )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from fedmezo.cli.main import build_parser, main
-from fedmezo.cli.simulate_cmd import EXIT_CONFIG
+from fedmezo.cli.simulate_cmd import EXIT_CONFIG, _client_sizes
 from fedmezo.fl.config import RunConfig
 from fedmezo.fl.errors import ConfigError
 from fedmezo.server.config import ServerConfig
@@ -87,11 +88,20 @@ def test_cli_runs_and_writes_rounds(tmp_path: Path, capsys: pytest.CaptureFixtur
     argv += ["--max-length", "32", "--eval-limit", "4", "--lr", "1e-3", "--lr-spread", "0", "--no-progress"]
     assert main([*argv, "--output", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "fedmezo: 3 clients" in printed and "fingerprint" in printed
+    assert "fedmezo: 3 clients (client-1 " in printed and "fingerprint" in printed
+    assert "object at" not in printed  # each client's example count, not its dataset's repr
+    assert re.search(r"\(client-1 [\d,]+, client-2 [\d,]+, client-3 [\d,]+ examples\)", printed)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[0]["run"]["method"] == "fedmezo"
     assert [r["round_id"] for r in lines[1:]] == [0, 1, 2]
     assert all(r["eval_loss"] > 0 for r in lines[1:])
+
+
+def test_start_line_lists_a_few_clients_and_summarizes_a_crowd() -> None:
+    few = {"client-1": 1206, "client-2": 12}
+    assert _client_sizes(few) == "client-1 1,206, client-2 12 examples"
+    crowd = {f"client-{i}": 10 + i for i in range(1, 101)}
+    assert _client_sizes(crowd) == "11–110 examples each, 6,050 in all"
 
 
 def test_cli_bad_config_exits_2(caplog: pytest.LogCaptureFixture) -> None:
