@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import functools
 import http.server
+import ipaddress
 import json
 import os
 import shutil
@@ -196,6 +197,26 @@ def local_torch_wheel() -> Path | None:
     return None
 
 
+def bridge_gateway() -> str:
+    """The host's address on Docker's default bridge, where build containers reach it."""
+    return gateway_of(
+        json.loads(run(["docker", "network", "inspect", "bridge", "--format", "{{json .IPAM.Config}}"]))
+    )
+
+
+def gateway_of(ipam_config: list[dict[str, str]] | None) -> str:
+    """A bridge's gateway from its IPAM config. Some engines (Debian's docker.io 20.10) leave Gateway
+    empty; Docker gives the bridge the subnet's first address then, so that is the answer."""
+    for entry in ipam_config or []:
+        if entry.get("Gateway"):
+            return entry["Gateway"]
+    for entry in ipam_config or []:
+        network = ipaddress.ip_network(entry.get("Subnet", ""), strict=False)
+        if network.version == 4:
+            return str(next(network.hosts()))
+    raise Failed(f"no gateway or IPv4 subnet on Docker's bridge network: {ipam_config!r}")
+
+
 @contextlib.contextmanager
 def serve_folder(folder: Path, host: str) -> Iterator[str]:
     """An HTTP listing of `folder` on host:port for the build's pip (--find-links), until exit."""
@@ -229,9 +250,7 @@ def build_image(base: str) -> float:
             if wheel is None:
                 raise Failed(f"{TORCH_INDEX} is unreachable and pip has no local CPU torch wheel")
             version = wheel.name.split("-")[1]  # e.g. 2.13.0+cpu: pinned, so no CUDA build can win
-            gateway = run(["docker", "network", "inspect", "bridge", "--format",
-                           "{{(index .IPAM.Config 0).Gateway}}"]).strip()  # fmt: skip
-            url = stack.enter_context(serve_folder(wheel.parent, gateway))
+            url = stack.enter_context(serve_folder(wheel.parent, bridge_gateway()))
             log(f"{TORCH_INDEX} unreachable: serving {wheel.name} to the build at {url}")
             args += ["--build-arg", "TORCH_INDEX_URL=https://pypi.org/simple",
                      "--build-arg", f"TORCH_SPEC=torch=={version}",

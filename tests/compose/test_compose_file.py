@@ -286,3 +286,14 @@ def test_make_test_compose_override_changes_only_the_schedule(compose: dict[str,
     build_parser().parse_args(changed)  # still a valid `fedmezo server` command
     with pytest.raises(tool.Failed, match="no --not-a-flag"):
         tool.schedule_override(compose, {"--not-a-flag": "1"})
+
+
+def test_the_build_reaches_the_host_at_the_bridge_gateway() -> None:
+    """The torch wheel is served to the build at the bridge's gateway, also where the engine does
+    not report one (Debian's docker.io 20.10: the subnet's first address)."""
+    tool = _compose_test_module()
+    assert tool.gateway_of([{"Subnet": "172.18.0.0/16", "Gateway": "172.18.0.254"}]) == "172.18.0.254"
+    assert tool.gateway_of([{"Subnet": "172.17.0.0/16"}]) == "172.17.0.1"
+    assert tool.gateway_of([{"Subnet": "fd00::/64"}, {"Subnet": "10.1.0.0/24"}]) == "10.1.0.1"
+    with pytest.raises(tool.Failed, match="no gateway"):
+        tool.gateway_of(None)
