@@ -6,10 +6,10 @@ the process, so they are frozen out of the collector's sight (a full collection 
 160 ms). And with the default thresholds (700, 10, 10) a full collection of what is left (per-client
 records, waiting calls, cached deltas: it grows with the clients) ran every ~4 s under a 1,000-client
 load, each a 35–90 ms pause, more than the whole p99 budget of a SubmitUpdate. With
-SERVING_THRESHOLDS the young generations are collected about as often as before (garbage is still
-freed promptly), gen 1 in smaller batches, and the old one rarely: in the same load the collector's CPU
+SERVING_THRESHOLDS the young generations are collected a little less often than before (garbage is
+still freed promptly), gen 1 in smaller batches, and the old one rarely: in the same load the collector's CPU
 halved, its longest pause fell to 6–8 ms, and SubmitUpdate's p99 from 43–61 ms to 17–25 ms
-(benchmarks/RESULTS.md, "Garbage collection while serving").
+(benchmarks/RESULTS.md, "Where a call's CPU goes, and garbage collection while serving").
 """
 
 from __future__ import annotations
