@@ -18,7 +18,7 @@ import contextlib
 import gc
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["SERVING_THRESHOLDS", "CollectorMeter", "serving_collector"]
@@ -33,7 +33,7 @@ SERVING_THRESHOLDS = (1_000, 5, 1_000)
 class CollectorMeter:
     """Counts the collections and their pauses (a gc callback: it runs inside each collection)."""
 
-    collections: tuple[int, int, int] = (0, 0, 0)  # per generation
+    collections: list[int] = field(default_factory=lambda: [0, 0, 0])  # per generation
     total_s: float = 0.0
     longest_s: float = 0.0
     _started: float = 0.0
@@ -45,9 +45,7 @@ class CollectorMeter:
         took = time.perf_counter() - self._started
         self.total_s += took
         self.longest_s = max(self.longest_s, took)
-        counts = list(self.collections)
-        counts[info["generation"]] += 1
-        self.collections = (counts[0], counts[1], counts[2])
+        self.collections[info["generation"]] += 1
 
     def summary(self) -> str:
         """One log line: what collecting garbage cost while serving."""
