@@ -93,8 +93,8 @@ PUBLISHED = re.compile(
     r"round (\d+) \w+: \d+ updates, delta published in ([0-9.]+) s \(\d+ seeds applied in ([0-9.]+) s\)"
 )
 COLLECTED = re.compile(  # server/collector.py's summary, logged at shutdown
-    r"garbage collection while serving: (\d+) collections \((\d+)/(\d+)/(\d+) by generation\), "
-    r"([0-9.]+) s, longest pause ([0-9.]+) ms"
+    r"garbage collection while serving: (\d+) collections \((\d+)/(\d+)/(\d+) by generation"
+    r"(?:, (\d+) paced by calls)?\), ([0-9.]+) s, longest pause ([0-9.]+) ms"
 )
 
 # Counters each load generator exposes to the parent for the progress line.
@@ -193,7 +193,8 @@ class ServerProcess:
             if match:
                 return {
                     "collections": int(match[1]), "full_collections": int(match[4]),
-                    "total_s": float(match[5]), "longest_pause_ms": float(match[6]),
+                    "paced": int(match[5] or 0), "total_s": float(match[6]),
+                    "longest_pause_ms": float(match[7]),
                 }  # fmt: skip
         return None
 

@@ -25,7 +25,7 @@ from fedmezo.fl.replica import Replica
 from fedmezo.fl.vocabulary import MAX_MESSAGE_BYTES
 from fedmezo.server import grpc_logs
 from fedmezo.server.auth import TOKENS_CHECK_S, Authenticator, server_credentials
-from fedmezo.server.collector import serving_collector
+from fedmezo.server.collector import call_finished, serving_collector
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
 from fedmezo.server.interceptors import REQUEST_TIMEOUT_S, RequestInterceptor
@@ -195,7 +195,9 @@ def build_app(
     slots = StreamSlots(config.max_streams_per_client)
     unauthenticated = RateLimiter(config.unauthenticated_rps, config.unauthenticated_burst)  # per peer
     server = grpc.aio.server(
-        interceptors=[RequestInterceptor(REQUEST_TIMEOUT_S, config.max_wait_s + UNARY_LIMIT_SLACK_S)],
+        interceptors=[
+            RequestInterceptor(REQUEST_TIMEOUT_S, config.max_wait_s + UNARY_LIMIT_SLACK_S, call_finished)
+        ],
         options=[
             ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -21,6 +21,7 @@ from fedmezo.server.auth import Authenticator
 from fedmezo.server.config import MAX_STREAMS_PER_CLIENT
 from fedmezo.server.coordinator import Coordinator
 from fedmezo.server.limits import RateLimiter, StreamSlots, peer_host
+from fedmezo.server.signals import wait_or_timeout
 from fedmezo.server.status_codes import grpc_code
 from fedmezo.server.status_view import StatusSource, client_views, round_views, status_view
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
@@ -399,5 +400,4 @@ class StatusServicer(_Servicer, status_pb2_grpc.StatusServiceServicer):
                 for event in self._coord.store.list_events(cursor, EVENTS_PAGE):
                     cursor = event.cursor
                     yield status_pb2.StreamEventsResponse(event=convert.event_to_pb(event))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._coord.changed().wait(), timeout=EVENT_POLL_S)
+                await wait_or_timeout(self._coord.changed(), EVENT_POLL_S)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from fedmezo.server.collector import SERVING_THRESHOLDS, serving_collector
+from fedmezo.server.collector import SERVING_THRESHOLDS, call_finished, serving_collector
 
 
 class _Cycle:
@@ -42,3 +42,38 @@ def test_garbage_made_while_serving_is_still_freed() -> None:
         for _ in range(100):
             _Cycle()
         assert gc.collect() >= 100
+
+
+def _churn(calls: int, *, pace: bool) -> int:
+    """What a round opening does: each answered call frees old objects and makes new ones that stay
+    alive (replies waiting to be sent). Returns the young generation's size at the end."""
+    old: list[list[int]] = [[] for _ in range(calls)]
+    gc.collect()  # `old` is now in the old generation, as the waiting calls were
+    young: list[list[int]] = []
+    for _ in range(calls):
+        old.pop()
+        young.append([])
+        if pace:
+            call_finished()
+    return len(gc.get_objects(generation=0))
+
+
+def test_pacer_collects_when_frees_starve_cpythons_net_count() -> None:
+    with serving_collector() as meter:
+        starved = _churn(20_000, pace=False)  # CPython's own trigger never fires: one huge young generation
+        paced = _churn(20_000, pace=True)
+        assert meter.pacer is not None and meter.pacer.paced > 100
+        assert meter.collections[1] > 0  # gen 1 is collected too, not left to grow
+    assert starved > 15_000
+    assert paced < 2_000
+    assert "paced by calls" in meter.summary()
+
+
+def test_pacer_is_idle_when_cpython_collects_and_outside_serving() -> None:
+    with serving_collector() as meter:
+        kept: list[list[list[int]]] = []
+        for _ in range(2_000):  # ~20 objects a call and no frees: CPython's trigger comes first
+            kept.append([[] for _ in range(20)])
+            call_finished()
+        assert meter.pacer is not None and meter.pacer.paced <= 2
+    call_finished()  # no pacer outside serving: nothing happens
