@@ -68,6 +68,17 @@ RECHECK_S = 10.0
 Check = Callable[[], None]
 
 
+NAMED_IN_MESSAGES = 8  # clients named in a round's event and log line; the tasks table has them all
+
+
+def _named(clients: tuple[str, ...]) -> str:
+    """Who a round selected, for people: all of a few, else the first ones and the count (at
+    10,000 clients the full list made every round_opened event and log line ~110 KB)."""
+    if len(clients) <= NAMED_IN_MESSAGES:
+        return ", ".join(clients)
+    return f"{', '.join(clients[:NAMED_IN_MESSAGES])}, ... ({len(clients)} clients)"
+
+
 def _nothing() -> None:
     """The default `still_allowed`: the caller stays allowed."""
 
@@ -213,7 +224,7 @@ class Coordinator:
         if open_round is None or open_round.round_id == self._closing:
             return None
         task = self.store.get_task(open_round.round_id, client_id)
-        if task is None or self.store.get_update(task.round_id, client_id) is not None:
+        if task is None or self.store.has_update(task.round_id, client_id):
             return None
         return task
 
@@ -279,7 +290,9 @@ class Coordinator:
         refusal, stores nothing (the client resyncs and reports)."""
         client = self._joined(client_id)
         self._seen(client_id)
-        existing = self.store.get_update(update.round_id, client_id)
+        existing = None  # has_update first: from memory for the open round, where nearly all land
+        if self.store.has_update(update.round_id, client_id):
+            existing = self.store.get_update(update.round_id, client_id)
         candidate = update.to_record(client_id, received_at=self.clock(), num_examples=client.num_examples)
         if existing is not None:  # a retransmission gets the same answer; anything else is a conflict
             if existing.same_payload(candidate):
@@ -307,12 +320,14 @@ class Coordinator:
                 f"{client_id} trained round {update.round_id} from a θ whose fingerprint is not the "
                 f"server's at version {base}: resync from a checkpoint"
             )
-        if base_fingerprint:
-            self._record_fingerprint(client_id, base, base_fingerprint)  # in sync: stored with the update
-        event = self._event(
-            "update_accepted", f"mean loss {candidate.mean_loss:.4f}", update.round_id, client_id
+        reported: FingerprintRecord | None = None
+        events: list[NewEvent] = []
+        if base_fingerprint:  # in sync (checked above): stored with the update, in its transaction
+            reported, events = self._judge_fingerprint(client_id, base, base_fingerprint)
+        events.append(
+            self._event("update_accepted", f"mean loss {candidate.mean_loss:.4f}", update.round_id, client_id)
         )
-        self.store.add_update(candidate, [event])
+        self.store.add_update(candidate, events, reported)
         self.commit.wrote()
         self.signals.notify()
         self._schedule_tick()
@@ -328,18 +343,22 @@ class Coordinator:
 
     def _record_fingerprint(self, client_id: str, version: int, fingerprint: bytes) -> bool:
         """Judge and store one fingerprint report (durable at the next commit); returns in_sync."""
-        in_sync, tell = self.versions.judge(client_id, version, fingerprint)  # every report is stored
-        self._seen(client_id).model_version = version  # only a valid report moves the shown version
-        events = (
-            [self._event("fingerprint_mismatch", f"version {version}", version, client_id)] if tell else []
-        )
-        self.store.record_fingerprint(
-            FingerprintRecord(client_id, version, fingerprint, in_sync, self.clock()), events
-        )
+        record, events = self._judge_fingerprint(client_id, version, fingerprint)
+        self.store.record_fingerprint(record, events)
         self.commit.wrote()
-        if tell:
-            logger.warning("client %s diverged at version %d: asked to resync", client_id, version)
-        return in_sync
+        return record.in_sync
+
+    def _judge_fingerprint(
+        self, client_id: str, version: int, fingerprint: bytes
+    ) -> tuple[FingerprintRecord, list[NewEvent]]:
+        """One fingerprint report judged: the record to store (every report is) and its events."""
+        in_sync, tell = self.versions.judge(client_id, version, fingerprint)
+        self._seen(client_id).model_version = version  # only a valid report moves the shown version
+        if not tell:
+            return FingerprintRecord(client_id, version, fingerprint, in_sync, self.clock()), []
+        logger.warning("client %s diverged at version %d: asked to resync", client_id, version)
+        event = self._event("fingerprint_mismatch", f"version {version}", version, client_id)
+        return FingerprintRecord(client_id, version, fingerprint, in_sync, self.clock()), [event]
 
     async def round_deltas(
         self, client_id: str, from_round: int, follow: bool, *, still_allowed: Check = _nothing
@@ -467,9 +486,9 @@ class Coordinator:
         selected = tuple(tasks)
         now = self.clock()
         record = RoundRecord(round_id, RoundState.OPEN, now, now + self.config.deadline_s, selected)
-        event = self._event("round_opened", f"selected {', '.join(selected)}", round_id)
+        event = self._event("round_opened", f"selected {_named(selected)}", round_id)
         self.store.open_round(record, list(tasks.values()), [event])
-        logger.info("round %d opened with %s", round_id, ", ".join(selected))
+        logger.info("round %d opened with %s", round_id, _named(selected))
         self.signals.notify_round()
 
     async def _close(self, round_: RoundRecord, *, aborted: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,17 @@ __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 _UNKNOWN = object()  # the open-round cache is empty
 
 
+@dataclass
+class _OpenRoundIndex:
+    """The open round's tasks and who answered, kept by the one writer: GetTask, SubmitUpdate and the
+    close decision after every update ask these per call, and at 10,000 clients the SQL for them
+    (a COUNT over the round's updates on every tick) was ~13 % of the server's CPU."""
+
+    round_id: int
+    tasks: dict[str, TaskRecord]
+    answered: set[str]
+
+
 class SqliteStore(Store):
     """Store in `path` (created if missing). `read_only=True` opens an existing file for export/inspection."""
 
@@ -61,6 +73,7 @@ class SqliteStore(Store):
         # `rounds`. A read-only store may watch a file another process writes, so it never caches.
         self._cache_open_round = not read_only
         self._open_round: RoundRecord | object | None = _UNKNOWN
+        self._round_index: _OpenRoundIndex | None = None  # built on first use, dropped on open/close
 
     @staticmethod
     def _insert_events(db: sqlite3.Connection, events: Sequence[NewEvent]) -> list[int]:
@@ -143,7 +156,7 @@ class SqliteStore(Store):
         if any(t.round_id != round_.round_id for t in tasks):
             raise StoreError("every task must belong to the round being opened")
         with self._db.transaction() as db:
-            self._open_round = _UNKNOWN
+            self._open_round, self._round_index = _UNKNOWN, None
             if db.execute("SELECT 1 FROM rounds WHERE round_id=?", (round_.round_id,)).fetchone():
                 raise StoreError(f"round {round_.round_id} already exists")
             db.execute(
@@ -182,7 +195,7 @@ class SqliteStore(Store):
 
     def close_round(self, close: RoundClose, events: Sequence[NewEvent] = ()) -> None:
         with self._db.transaction() as db:
-            self._open_round = _UNKNOWN
+            self._open_round, self._round_index = _UNKNOWN, None
             row = db.execute("SELECT * FROM rounds WHERE round_id=?", (close.round_id,)).fetchone()
             tasks = {
                 r[0] for r in db.execute("SELECT client_id FROM tasks WHERE round_id=?", (close.round_id,))
@@ -254,7 +267,28 @@ class SqliteStore(Store):
             assert self._open_round is None or isinstance(self._open_round, RoundRecord)
             return self._open_round
 
+    def _index(self, round_id: int) -> _OpenRoundIndex | None:
+        """The index when `round_id` is the open round and this store is the writer, else None (SQL)."""
+        index = self._round_index
+        if index is not None and index.round_id == round_id:
+            return index
+        if not self._cache_open_round:
+            return None
+        with self._db.lock:
+            open_round = self.open_round_record()
+            if open_round is None or open_round.round_id != round_id:
+                return None
+            tasks = self._db.query("SELECT * FROM tasks WHERE round_id=?", (round_id,))
+            answered = self._db.query("SELECT client_id FROM updates WHERE round_id=?", (round_id,))
+            self._round_index = _OpenRoundIndex(
+                round_id, {r[1]: TaskRecord(*r) for r in tasks}, {r[0] for r in answered}
+            )
+            return self._round_index
+
     def get_task(self, round_id: int, client_id: str) -> TaskRecord | None:
+        index = self._index(round_id)
+        if index is not None:
+            return index.tasks.get(client_id)
         rows = self._db.query("SELECT * FROM tasks WHERE round_id=? AND client_id=?", (round_id, client_id))
         return TaskRecord(*rows[0]) if rows else None
 
@@ -278,12 +312,24 @@ class SqliteStore(Store):
             forward_passes=row[9] if len(row) > 9 else 0,  # a read-only schema-2 file lacks it
         )
 
-    def add_update(self, update: UpdateRecord, events: Sequence[NewEvent] = ()) -> None:
+    def add_update(
+        self,
+        update: UpdateRecord,
+        events: Sequence[NewEvent] = (),
+        fingerprint: FingerprintRecord | None = None,
+    ) -> None:
+        key = (update.round_id, update.client_id)
+        index = self._index(update.round_id)
         with self._db.transaction(defer_sync=True) as db:
-            key = (update.round_id, update.client_id)
-            if db.execute("SELECT 1 FROM updates WHERE round_id=? AND client_id=?", key).fetchone():
+            if index is not None:
+                stored, has_task = update.client_id in index.answered, update.client_id in index.tasks
+            else:
+                sql = "SELECT 1 FROM {} WHERE round_id=? AND client_id=?"
+                stored = db.execute(sql.format("updates"), key).fetchone() is not None
+                has_task = db.execute(sql.format("tasks"), key).fetchone() is not None
+            if stored:
                 raise StoreError(f"update {key} already stored")
-            if not db.execute("SELECT 1 FROM tasks WHERE round_id=? AND client_id=?", key).fetchone():
+            if not has_task:
                 raise StoreError(f"no task {key}")
             db.execute(
                 "INSERT INTO updates VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -300,10 +346,24 @@ class SqliteStore(Store):
                     update.forward_passes,
                 ),
             )
+            if fingerprint is not None:
+                self._insert_fingerprint(db, fingerprint)
             self._insert_events(db, events)
+        if index is not None:  # committed: only now does the index say so
+            index.answered.add(update.client_id)
 
     def count_updates(self, round_id: int) -> int:
+        index = self._index(round_id)
+        if index is not None:
+            return len(index.answered)
         return int(self._db.query("SELECT COUNT(*) FROM updates WHERE round_id=?", (round_id,))[0][0])
+
+    def has_update(self, round_id: int, client_id: str) -> bool:
+        index = self._index(round_id)
+        if index is not None:
+            return client_id in index.answered
+        sql = "SELECT 1 FROM updates WHERE round_id=? AND client_id=?"
+        return bool(self._db.query(sql, (round_id, client_id)))
 
     def get_update(self, round_id: int, client_id: str) -> UpdateRecord | None:
         rows = self._db.query("SELECT * FROM updates WHERE round_id=? AND client_id=?", (round_id, client_id))
@@ -378,17 +438,15 @@ class SqliteStore(Store):
     # --- fingerprints ---
     def record_fingerprint(self, record: FingerprintRecord, events: Sequence[NewEvent] = ()) -> None:
         with self._db.transaction(defer_sync=True) as db:
-            db.execute(
-                "INSERT OR REPLACE INTO fingerprints VALUES (?,?,?,?,?)",
-                (
-                    record.client_id,
-                    record.version,
-                    record.fingerprint,
-                    int(record.in_sync),
-                    record.reported_at,
-                ),
-            )
+            self._insert_fingerprint(db, record)
             self._insert_events(db, events)
+
+    @staticmethod
+    def _insert_fingerprint(db: sqlite3.Connection, record: FingerprintRecord) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO fingerprints VALUES (?,?,?,?,?)",
+            (record.client_id, record.version, record.fingerprint, int(record.in_sync), record.reported_at),
+        )
 
     def latest_fingerprints(self, client_ids: Collection[str] | None = None) -> dict[str, FingerprintRecord]:
         where, params = _in("client_id", client_ids)

@@ -80,7 +80,15 @@ class Store(ABC):
 
     # --- updates ---
     @abstractmethod
-    def add_update(self, update: UpdateRecord, events: Sequence[NewEvent] = ()) -> None: ...
+    def add_update(
+        self,
+        update: UpdateRecord,
+        events: Sequence[NewEvent] = (),
+        fingerprint: FingerprintRecord | None = None,
+    ) -> None:
+        """Store an update; with `fingerprint` (the base version's, which it reported) in the same
+        transaction, one commit per SubmitUpdate instead of two."""
+
     @abstractmethod
     def get_update(self, round_id: int, client_id: str) -> UpdateRecord | None: ...
     @abstractmethod
@@ -158,6 +166,10 @@ class Store(ABC):
     def count_updates(self, round_id: int) -> int:
         """Updates stored for a round (the close decision after every update needs only the count)."""
         return len(self.list_updates(round_id))
+
+    def has_update(self, round_id: int, client_id: str) -> bool:
+        """Whether the client answered the round (asked on every GetTask wake-up and SubmitUpdate)."""
+        return self.get_update(round_id, client_id) is not None
 
     def count_clients(self) -> int:
         return len(self.list_clients())
@@ -295,7 +307,12 @@ class MemoryStore(Store):
     def list_tasks(self, round_id: int) -> list[TaskRecord]:
         return sorted((t for (r, _), t in self._tasks.items() if r == round_id), key=lambda t: t.client_id)
 
-    def add_update(self, update: UpdateRecord, events: Sequence[NewEvent] = ()) -> None:
+    def add_update(
+        self,
+        update: UpdateRecord,
+        events: Sequence[NewEvent] = (),
+        fingerprint: FingerprintRecord | None = None,
+    ) -> None:
         with self._lock:
             key = (update.round_id, update.client_id)
             if key in self._updates:
@@ -303,6 +320,8 @@ class MemoryStore(Store):
             if key not in self._tasks:
                 raise StoreError(f"no task {key}")
             self._updates[key] = update
+            if fingerprint is not None:
+                self._fingerprints[fingerprint.client_id] = fingerprint
             self.add_events(events)
 
     def get_update(self, round_id: int, client_id: str) -> UpdateRecord | None:

@@ -357,3 +357,22 @@ def test_poll_brings_deltas_and_judges_fingerprints(tmp_path: Path, replica: Rep
                 await c.close()
 
     asyncio.run(main())
+
+
+def test_a_large_rounds_event_names_a_few_clients_and_the_count(tmp_path: Path, replica: Replica) -> None:
+    """The event (and log line) of a round opening stays short at any number of clients; who was
+    selected is in the round's record."""
+
+    async def main() -> None:
+        async with running_server(tmp_path, replica, min_clients=12, clients_per_round=12) as app:
+            clients = await _clients(app, 12)
+            await asyncio.gather(*(c.get_task(0, 1.0) for c in clients))
+            (opened,) = [e for e in app.coordinator.store.list_events() if e.kind == "round_opened"]
+            assert opened.message.startswith("selected c") and opened.message.endswith("... (12 clients)")
+            assert opened.message.count(", ") == 8  # eight named, then the count
+            rec = app.coordinator.store.get_round(1)
+            assert rec is not None and len(rec.selected) == 12
+            for c in clients:
+                await c.close()
+
+    asyncio.run(main())

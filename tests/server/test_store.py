@@ -394,3 +394,62 @@ def test_client_update_stats_match_the_round_by_round_reading(store: Store) -> N
     assert set(stats) == {"a", "b"}
     assert stats["a"] == ClientUpdateStats(accepted_rounds=2, last_mean_loss=7.0, peak_memory_bytes=1024)
     assert stats["b"] == ClientUpdateStats(accepted_rounds=1, last_mean_loss=2.5, peak_memory_bytes=4096)
+
+
+def test_has_update_and_tasks_follow_every_write_and_a_reopen(tmp_path: Path) -> None:
+    """The writer answers the open round's task, answered and count reads from memory: they must say
+    what the file says through adds, a close, the next round and a restart mid-round."""
+    path = tmp_path / "state.sqlite"
+    store = SqliteStore(path)
+    _open(store)
+    assert store.get_task(1, "a") == TaskRecord(1, "a", 1e-6, 3) and store.get_task(1, "zzz") is None
+    assert not store.has_update(1, "a")
+    store.add_update(_update(client="a"))
+    assert store.has_update(1, "a") and not store.has_update(1, "b") and store.count_updates(1) == 1
+    store.close_round(_close(clients=("a",)))
+    assert store.has_update(1, "a") and store.count_updates(1) == 1  # a closed round: read from SQL
+    assert store.get_task(1, "b") == TaskRecord(1, "b", 1e-6, 3)
+    _open(store, round_id=2, clients=("b", "c"))
+    store.add_update(_update(round_id=2, client="c"))
+    store.close()
+    reopened = SqliteStore(path)  # a restart mid-round rebuilds what is in memory from the file
+    assert reopened.count_updates(2) == 1 and reopened.has_update(2, "c") and not reopened.has_update(2, "b")
+    assert reopened.get_task(2, "a") is None and reopened.get_task(2, "b") == TaskRecord(2, "b", 1e-6, 3)
+    with pytest.raises(StoreError, match="already stored"):
+        reopened.add_update(_update(round_id=2, client="c"))
+    with pytest.raises(StoreError, match="no task"):
+        reopened.add_update(_update(round_id=2, client="a"))
+    reopened.add_update(_update(round_id=2, client="b"))
+    assert reopened.count_updates(2) == 2
+    reopened.close()
+
+
+def test_an_update_the_file_refused_is_not_counted(tmp_path: Path) -> None:
+    """A failed insert rolls back, and the in-memory answered set must not claim it was stored."""
+    import sqlite3
+
+    path = tmp_path / "state.sqlite"
+    store = SqliteStore(path)
+    _open(store)
+    other = sqlite3.connect(path)
+    other.execute("CREATE TRIGGER full BEFORE INSERT ON updates BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    other.commit()
+    with pytest.raises(StoreError, match="disk full"):
+        store.add_update(_update(client="a"))
+    assert not store.has_update(1, "a") and store.count_updates(1) == 0 and store.list_updates(1) == []
+    other.execute("DROP TRIGGER full")
+    other.commit()
+    other.close()
+    store.add_update(_update(client="a"))
+    assert store.has_update(1, "a") and store.count_updates(1) == 1
+    store.close()
+
+
+def test_an_update_stores_its_base_fingerprint_in_the_same_write(store: Store) -> None:
+    _open(store)
+    reported = FingerprintRecord("a", 0, b"f" * 32, True, 11.0)
+    store.add_update(_update(client="a"), fingerprint=reported)
+    assert store.latest_fingerprints(["a"]) == {"a": reported}
+    with pytest.raises(StoreError):  # refused (a duplicate): its fingerprint is not kept either
+        store.add_update(_update(client="a"), fingerprint=FingerprintRecord("a", 0, b"g" * 32, False, 12.0))
+    assert store.latest_fingerprints(["a"]) == {"a": reported}

@@ -17,7 +17,7 @@ import pytest
 from helpers.server_rpc import FakeClient, grads_for, make_config, rpc_code
 
 from fedmezo.fl.errors import StoreError
-from fedmezo.fl.records import CheckpointRecord, NewEvent, RoundClose, UpdateRecord
+from fedmezo.fl.records import CheckpointRecord, FingerprintRecord, NewEvent, RoundClose, UpdateRecord
 from fedmezo.fl.replica import Replica
 from fedmezo.server.app import build_app
 from fedmezo.server.coordinator import Coordinator
@@ -112,9 +112,14 @@ class BreakableStore(SqliteStore):
         if what in self.broken:
             raise StoreError(f"state database {self.path}: database or disk is full (SQLITE_FULL)")
 
-    def add_update(self, update: UpdateRecord, events: Sequence[NewEvent] = ()) -> None:
+    def add_update(
+        self,
+        update: UpdateRecord,
+        events: Sequence[NewEvent] = (),
+        fingerprint: FingerprintRecord | None = None,
+    ) -> None:
         self._fail("add_update")
-        super().add_update(update, events)
+        super().add_update(update, events, fingerprint)
 
     def close_round(self, close: RoundClose, events: Sequence[NewEvent] = ()) -> None:
         self._fail("close_round")
