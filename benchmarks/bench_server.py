@@ -96,6 +96,8 @@ COLLECTED = re.compile(  # server/collector.py's summary, logged at shutdown
     r"garbage collection while serving: (\d+) collections \((\d+)/(\d+)/(\d+) by generation"
     r"(?:, (\d+) paced by calls)?\), ([0-9.]+) s, longest pause ([0-9.]+) ms"
 )
+SERVED = re.compile(r"calls while serving \(server side\): (.*)")  # server/call_meter.py's summary
+SERVED_METHOD = re.compile(r"(\w+) (\d+) p50 ([0-9.e+-]+) ms p99 ([0-9.e+-]+) ms")
 
 # Counters each load generator exposes to the parent for the progress line.
 JOINED, SUBMITTED, SYNCED, FAILED = range(4)
@@ -197,6 +199,18 @@ class ServerProcess:
                     "longest_pause_ms": float(match[7]),
                 }  # fmt: skip
         return None
+
+    def served(self) -> dict[str, dict[str, float]]:
+        """The server's own latency per method (its shutdown log line), once it stopped: without the
+        network, grpc's queues and the load generators' event loops that the client-side figures add."""
+        with contextlib.suppress(OSError):
+            match = SERVED.search(self.log_path.read_text(errors="replace"))
+            if match:
+                return {
+                    m[1]: {"n": int(m[2]), "p50_ms": float(m[3]), "p99_ms": float(m[4])}
+                    for m in SERVED_METHOD.finditer(match[1])
+                }
+        return {}
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
@@ -857,6 +871,9 @@ def print_table(report: dict[str, Any]) -> None:
             f"{gc_['full_collections']} full, {gc_['total_s']:.2f} s, "
             f"longest pause {gc_['longest_pause_ms']:.1f} ms"
         )
+    for name, row in sorted(report.get("server_rpc", {}).items()):
+        p50, p99 = row["p50_ms"], row["p99_ms"]
+        print(f"server side {name:18s} n {row['n']:7d}  p50 {p50:9.3g} ms  p99 {p99:9.3g} ms")
     down = report["downlink_per_client_per_round_bytes"]
     print("downlink per client per round (server's count): " + ", ".join(f"{b:,.0f} B" for b in down))
     if report["operator_reply_bytes"]:
@@ -971,13 +988,14 @@ def main(argv: list[str] | None = None) -> int:
         if replica is not None:
             replica.close()
         code = server.close()
-        collected = server.collector()
+        collected, served = server.collector(), server.served()
         if not args.keep:
             import shutil
 
             shutil.rmtree(workdir, ignore_errors=True)
     report["server_exit_code"] = code
     report["server_gc"] = collected
+    report["server_rpc"] = served
     if args.json:
         print(json.dumps(report))
     else:

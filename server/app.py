@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -25,6 +25,7 @@ from fedmezo.fl.replica import Replica
 from fedmezo.fl.vocabulary import MAX_MESSAGE_BYTES
 from fedmezo.server import grpc_logs
 from fedmezo.server.auth import TOKENS_CHECK_S, Authenticator, server_credentials
+from fedmezo.server.call_meter import CallMeter
 from fedmezo.server.collector import call_finished, serving_collector
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
@@ -101,6 +102,7 @@ class ServerApp:
     health: health_aio.HealthServicer
     port: int
     auth: Authenticator | None = None
+    calls: CallMeter = field(default_factory=CallMeter)  # server-side latency per method
     _ticker: asyncio.Task[None] | None = None
     _token_watch: asyncio.Task[None] | None = None
     _publisher: asyncio.Task[None] | None = None
@@ -194,9 +196,15 @@ def build_app(
     rate = RateLimiter(config.rate_limit_rps, config.rate_limit_burst)
     slots = StreamSlots(config.max_streams_per_client)
     unauthenticated = RateLimiter(config.unauthenticated_rps, config.unauthenticated_burst)  # per peer
+    calls = CallMeter()
+
+    def finished(method: str, seconds: float) -> None:
+        call_finished()
+        calls.record(method, seconds)
+
     server = grpc.aio.server(
         interceptors=[
-            RequestInterceptor(REQUEST_TIMEOUT_S, config.max_wait_s + UNARY_LIMIT_SLACK_S, call_finished)
+            RequestInterceptor(REQUEST_TIMEOUT_S, config.max_wait_s + UNARY_LIMIT_SLACK_S, finished)
         ],
         options=[
             ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
@@ -213,7 +221,7 @@ def build_app(
     )
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    return ServerApp(server, coordinator, health, bind(server, config), auth)
+    return ServerApp(server, coordinator, health, bind(server, config), auth, calls)
 
 
 def bind(server: grpc.aio.Server, config: ServerConfig) -> int:
@@ -238,6 +246,7 @@ async def serve(config: ServerConfig) -> int:
             return await _serve_app(app)
         finally:
             logger.info("%s", collector.summary())
+            logger.info("%s", app.calls.summary())
 
 
 async def _serve_app(app: ServerApp) -> int:

@@ -16,15 +16,17 @@ message themselves, within REQUEST_TIMEOUT_S: a call without a complete request 
 INVALID_ARGUMENT ("malformed_request"). A unary response can also be capped (`unary_limit_s`,
 DEADLINE_EXCEEDED): the server's own bound on a call, whatever deadline the client set (or did not).
 
-Being the outermost Python of every call, it is also where `on_finished` runs: as a unary call's answer
-leaves for grpc, in the same step of the event loop as grpc's objects for sending it (the collector's
-pacer counts calls there; one step earlier it would miss a burst of 10,000 replies).
+Being the outermost Python of every call, it is also where `on_finished(method, seconds)` runs: as a
+unary call's answer leaves for grpc, in the same step of the event loop as grpc's objects for sending
+it (the collector's pacer counts calls there; one step earlier it would miss a burst of 10,000
+replies), with how long the call took here (server/call_meter.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -63,7 +65,10 @@ async def _read(
         await _malformed(context, f"malformed request: {exc}")
 
 
-def _nothing() -> None:
+Finished = Callable[[str, float], None]  # (the method's full name, seconds the call took here)
+
+
+def _nothing(method: str, seconds: float) -> None:
     pass
 
 
@@ -74,7 +79,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         self,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         unary_limit_s: float | None = None,
-        on_finished: Callable[[], None] | None = None,
+        on_finished: Finished | None = None,
     ) -> None:
         self.request_timeout_s = request_timeout_s
         self.unary_limit_s = unary_limit_s
@@ -91,7 +96,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         decode = handler.request_deserializer
         if handler.unary_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, decode), response_serializer=handler.response_serializer
+                self._unary(handler.unary_unary, decode, handler_call_details.method),
+                response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
@@ -99,10 +105,13 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    def _unary(self, inner: Callable[..., Awaitable[Any]], decode: Decode) -> Callable[..., Awaitable[Any]]:
+    def _unary(
+        self, inner: Callable[..., Awaitable[Any]], decode: Decode, method: str
+    ) -> Callable[..., Awaitable[Any]]:
         timeout_s, limit_s, finished = self.request_timeout_s, self.unary_limit_s, self.on_finished
 
         async def behavior(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            started = time.monotonic()
             try:
                 request = await _read(requests, decode, context, timeout_s)
                 if limit_s is None:
@@ -113,7 +122,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 except TimeoutError:
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {limit_s:g} s")
             finally:
-                finished()
+                finished(method, time.monotonic() - started)
 
         return behavior
 

@@ -83,6 +83,10 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str) -
     collected = report["server_gc"]  # the server's shutdown log line, parsed
     assert collected is not None and collected["collections"] > 0
     assert 0 < collected["longest_pause_ms"] <= collected["total_s"] * 1e3
+    served = report["server_rpc"]  # the server's own latency per method, from its shutdown log line
+    assert served["SubmitUpdate"]["n"] == CLIENTS * ROUNDS == rpc["SubmitUpdate"]["n"]
+    assert 0 < served["SubmitUpdate"]["p50_ms"] <= served["SubmitUpdate"]["p99_ms"]
+    assert served["Join"]["n"] == CLIENTS
     assert report["seed_scheme"] == scheme and report["flow"] == flow
     down = report["downlink_per_client_per_round_bytes"]
     assert len(down) == ROUNDS and all(b > 0 for b in down)
