@@ -94,7 +94,7 @@ PUBLISHED = re.compile(
 )
 COLLECTED = re.compile(  # server/collector.py's summary, logged at shutdown
     r"garbage collection while serving: (\d+) collections \((\d+)/(\d+)/(\d+) by generation"
-    r"(?:, (\d+) paced by calls)?\), ([0-9.]+) s, longest pause ([0-9.]+) ms"
+    r"(?:, (\d+) paced by work)?\), ([0-9.]+) s, longest pause ([0-9.]+) ms"
 )
 SERVED = re.compile(r"calls while serving \(server side\): (.*)")  # server/call_meter.py's summary
 SERVED_METHOD = re.compile(r"(\w+) (\d+) p50 ([0-9.e+-]+) ms p99 ([0-9.e+-]+) ms")

@@ -26,7 +26,7 @@ from fedmezo.fl.vocabulary import MAX_MESSAGE_BYTES
 from fedmezo.server import grpc_logs
 from fedmezo.server.auth import TOKENS_CHECK_S, Authenticator, server_credentials
 from fedmezo.server.call_meter import CallMeter
-from fedmezo.server.collector import call_finished, serving_collector
+from fedmezo.server.collector import serving_collector, work_done
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.coordinator import Coordinator
 from fedmezo.server.interceptors import REQUEST_TIMEOUT_S, RequestInterceptor
@@ -199,7 +199,7 @@ def build_app(
     calls = CallMeter()
 
     def finished(method: str, seconds: float) -> None:
-        call_finished()
+        work_done()
         calls.record(method, seconds)
 
     server = grpc.aio.server(

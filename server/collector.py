@@ -12,10 +12,11 @@ halved, its longest pause fell to 6–8 ms, and SubmitUpdate's p99 from 43–61 
 (benchmarks/RESULTS.md, "Where a call's CPU goes, and garbage collection while serving").
 
 CPython starts a young collection on *net* allocations (made minus freed). When a round opens, every
-waiting GetTask is answered in one pass of the event loop: the old calls' objects are freed while the
-replies' are made, the net count stays near zero, and at 10,000 clients the young generation grew to
-~140,000 objects, collected in one 50–240 ms pause (twice: again when they reached gen 1). CallPacer
-counts finished calls instead, and collects the generation due when many ended with no collection.
+waiting GetTask is answered in a few passes of the event loop: the old calls' objects are freed while
+the replies' are made, the net count stays near zero, and at 10,000 clients the young generation grew
+to ~140,000 objects, collected in one 50–240 ms pause (twice: again when they reached gen 1).
+CallPacer counts finished work instead (calls answered, long-polls woken), and collects the
+generation due when much ended with no collection.
 """
 
 from __future__ import annotations
@@ -32,16 +33,17 @@ __all__ = [
     "SERVING_THRESHOLDS",
     "CallPacer",
     "CollectorMeter",
-    "call_finished",
     "serving_collector",
+    "work_done",
 ]
 
 # gen0: objects allocated (net) before a young collection; gen1: young collections per gen1 one;
 # gen2: gen1 collections before a full one is considered (CPython also waits until the old
 # generation grew by 25 %).
 SERVING_THRESHOLDS = (1_000, 5, 1_000)
-# Finished calls with no collection before CallPacer collects: a call leaves ~15 young objects (a
-# GetTask reply waiting to be sent holds 13), so this keeps a young collection near 1,000 objects.
+# Units of work (calls answered, long-polls woken) with no collection before CallPacer collects: each
+# leaves ~15 young objects (a GetTask reply waiting to be sent holds 13): young collections stay
+# near 1,000 objects.
 PACE_CALLS = 64
 
 
@@ -70,7 +72,7 @@ class CollectorMeter:
         paced = self.pacer.paced if self.pacer is not None else 0
         return (
             f"garbage collection while serving: {young + middle + full} collections "
-            f"({young}/{middle}/{full} by generation, {paced} paced by calls), {self.total_s:.3f} s, "
+            f"({young}/{middle}/{full} by generation, {paced} paced by work), {self.total_s:.3f} s, "
             f"longest pause {self.longest_s * 1e3:.1f} ms"
         )
 
@@ -103,9 +105,9 @@ class CallPacer:
 _pacer: CallPacer | None = None  # the collector is one per process, so is its pacer
 
 
-def call_finished() -> None:
-    """Every unary call runs this as its answer leaves (RequestInterceptor's `on_finished`): paces
-    collections while serving, else nothing."""
+def work_done() -> None:
+    """A unit of serving work ended: a unary call's answer left (RequestInterceptor's `on_finished`),
+    or a long-poll woke (wait_or_timeout). Paces collections while serving, else does nothing."""
     if _pacer is not None:
         _pacer()
 

@@ -18,8 +18,8 @@ DEADLINE_EXCEEDED): the server's own bound on a call, whatever deadline the clie
 
 Being the outermost Python of every call, it is also where `on_finished(method, seconds)` runs: as a
 unary call's answer leaves for grpc, in the same step of the event loop as grpc's objects for sending
-it (the collector's pacer counts calls there; one step earlier it would miss a burst of 10,000
-replies), with how long the call took here (server/call_meter.py).
+it (the collector's pacer counts calls there), with how long the call took here
+(server/call_meter.py).
 """
 
 from __future__ import annotations
@@ -53,8 +53,7 @@ async def _read(
 ) -> Any:
     """The call's one request message, decoded; aborts the call when there is none in time."""
     try:
-        async with asyncio.timeout(timeout_s):  # in this call's task: wait_for would start another
-            raw = await anext(aiter(requests))
+        raw = await asyncio.wait_for(anext(aiter(requests)), timeout_s)
     except StopAsyncIteration:
         await _malformed(context, "malformed request: the stream ended without a complete message")
     except TimeoutError:
@@ -117,8 +116,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
                 if limit_s is None:
                     return await inner(request, context)
                 try:
-                    async with asyncio.timeout(limit_s):
-                        return await inner(request, context)
+                    return await asyncio.wait_for(inner(request, context), limit_s)
                 except TimeoutError:
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no answer within {limit_s:g} s")
             finally:

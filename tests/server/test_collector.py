@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from fedmezo.server.collector import SERVING_THRESHOLDS, call_finished, serving_collector
+from fedmezo.server.collector import SERVING_THRESHOLDS, serving_collector, work_done
 
 
 class _Cycle:
@@ -54,7 +54,7 @@ def _churn(calls: int, *, pace: bool) -> int:
         old.pop()
         young.append([])
         if pace:
-            call_finished()
+            work_done()
     return len(gc.get_objects(generation=0))
 
 
@@ -66,7 +66,7 @@ def test_pacer_collects_when_frees_starve_cpythons_net_count() -> None:
         assert meter.collections[1] > 0  # gen 1 is collected too, not left to grow
     assert starved > 15_000
     assert paced < 2_000
-    assert "paced by calls" in meter.summary()
+    assert "paced by work" in meter.summary()
 
 
 def test_pacer_is_idle_when_cpython_collects_and_outside_serving() -> None:
@@ -74,6 +74,6 @@ def test_pacer_is_idle_when_cpython_collects_and_outside_serving() -> None:
         kept: list[list[list[int]]] = []
         for _ in range(2_000):  # ~20 objects a call and no frees: CPython's trigger comes first
             kept.append([[] for _ in range(20)])
-            call_finished()
+            work_done()
         assert meter.pacer is not None and meter.pacer.paced <= 2
-    call_finished()  # no pacer outside serving: nothing happens
+    work_done()  # no pacer outside serving: nothing happens
