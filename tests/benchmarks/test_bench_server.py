@@ -74,6 +74,11 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str) -
     for row in rpc.values():
         assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
     assert [r["round"] for r in report["per_round"]] == list(range(1, ROUNDS + 1))
+    for r in report["per_round"]:  # submits split by whether the round's tasks were still going out
+        during, total = r["submits_during_task_spread"], r["submits"]
+        assert 0 <= during <= total
+        assert math.isnan(r["p99_submit_during_task_spread_ms"]) == (during == 0)
+        assert math.isnan(r["p99_submit_after_task_spread_ms"]) == (during == total)
     # The server's resources were read from /proc and it shut down cleanly.
     assert report["server_cpu_s"] > 0
     assert report["server_rss_before_mib"] > 0
