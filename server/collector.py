@@ -79,9 +79,9 @@ class CollectorMeter:
 
 @dataclass
 class CallPacer:
-    """Collects when `every` calls finished and no collection ran meanwhile (CPython's net count was
-    starved by frees): the generation CPython would pick, young or gen 1, never a full collection.
-    In steady serving CPython's own trigger comes first and this does nothing."""
+    """Collects when `every` units of work (see `work_done`) ended and no collection ran meanwhile
+    (CPython's net count was starved by frees): the generation CPython would pick, young or gen 1,
+    never a full collection. In steady serving CPython's own trigger comes first and this does nothing."""
 
     meter: CollectorMeter
     every: int = PACE_CALLS
@@ -94,12 +94,11 @@ class CallPacer:
         if self._calls < self.every:
             return
         self._calls = 0
-        collected = self.meter.collections
-        if collected[0] + collected[1] + collected[2] == self._seen:
+        if sum(self.meter.collections) == self._seen:
             counts, thresholds = gc.get_count(), gc.get_threshold()
             gc.collect(1 if counts[1] > thresholds[1] else 0)
             self.paced += 1
-        self._seen = collected[0] + collected[1] + collected[2]
+        self._seen = sum(self.meter.collections)
 
 
 _pacer: CallPacer | None = None  # the collector is one per process, so is its pacer
@@ -113,8 +112,8 @@ def work_done() -> None:
 
 
 @contextlib.contextmanager
-def serving_collector(pace_calls: int = PACE_CALLS) -> Iterator[CollectorMeter]:
-    """Freeze what exists now, collect with SERVING_THRESHOLDS, pace by finished calls (see CallPacer)
+def serving_collector() -> Iterator[CollectorMeter]:
+    """Freeze what exists now, collect with SERVING_THRESHOLDS, pace by work done (see CallPacer)
     and measure, until the block ends; then the previous thresholds, no pacing, and unfrozen, so
     interpreter shutdown frees everything as usual."""
     global _pacer
@@ -123,7 +122,7 @@ def serving_collector(pace_calls: int = PACE_CALLS) -> Iterator[CollectorMeter]:
     gc.freeze()
     gc.set_threshold(*SERVING_THRESHOLDS)
     gc.callbacks.append(meter)
-    _pacer = meter.pacer = CallPacer(meter, pace_calls)
+    _pacer = meter.pacer = CallPacer(meter)
     try:
         yield meter
     finally:
