@@ -57,10 +57,16 @@ def register(subparsers: Any) -> None:
     schedule = parser.add_argument_group("schedule (default: the model's preset)")
     schedule.add_argument("--rounds", type=_positive_int, help="federated rounds")
     schedule.add_argument(
-        "--local-steps", dest="local_steps", type=_positive_int, help="MeZO steps per round"
+        "--local-steps", dest="local_steps", type=_positive_int, help="zeroth-order steps per round"
     )
     schedule.add_argument("--lr", type=_positive_float, help="learning rate eta")
     schedule.add_argument("--eps", type=_positive_float, help="MeZO perturbation scale epsilon")
+    schedule.add_argument(
+        "--estimator",
+        choices=("mezo", "fzoo", "adamezo"),
+        help="zeroth-order estimator (docs/estimators.md); fzoo's lr is on its own scale",
+    )
+    schedule.add_argument("--perturbations", type=_positive_int, help="P: perturbations per local step")
     schedule.add_argument("--batch-size", dest="batch_size", type=_positive_int, help="examples per step")
     schedule.add_argument("--max-length", dest="max_length", type=_positive_int, help="tokens per example")
     parser.add_argument(

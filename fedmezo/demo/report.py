@@ -65,6 +65,9 @@ class Summary:
     lr: float
     eps: float
     batch_size: int
+    estimator: str = "mezo"
+    perturbations: int = 1
+    forward_passes: int = 0  # per client over the run (the schedule's budget)
     trainable_params: int = 0  # as the server reports it (RunConfig.trainable_params)
     eval_examples: int = 0
     before: EvalResult | None = None  # the server's evaluation of θ_0
@@ -100,6 +103,9 @@ class Summary:
         ratio = self.fedavg_bytes / self.bytes_on_wire if self.bytes_on_wire else float("nan")
         before, after = self.before, self.after
         out = [
+            f"training: {self.estimator} (P = {self.perturbations}, lr {self.lr:g}) on {self.mode} "
+            f"parameters, {self.rounds} rounds x {self.local_steps} steps = {self.forward_passes} forward "
+            "passes per client",
             f"held-out evaluation ({self.eval_examples} examples)   before    after",
             f"  loss                                 {_cell(before, 'loss')}  {_cell(after, 'loss')}",
             f"  exact match                          {_cell(before, 'exact_match')}  "

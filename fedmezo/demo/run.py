@@ -33,6 +33,7 @@ from fedmezo.demo.monitor import POLL_S, StatusReader
 from fedmezo.demo.processes import Supervisor, free_port
 from fedmezo.demo.report import Summary, eval_subset, format_bytes, format_duration
 from fedmezo.demo.workdir import TlsFiles, Workdir, make_tls, write_data, write_tokens
+from fedmezo.zo.estimators import forwards_per_step
 
 __all__ = ["PRESETS", "DemoConfig", "Schedule", "run_demo", "schedule_for"]
 
@@ -57,13 +58,33 @@ class Schedule:
     eps: float
     batch_size: int
     max_length: int
+    estimator: str = "mezo"  # docs/estimators.md; fzoo's lr is on its own (normalised) scale
+    perturbations: int = 1  # P per local step
+
+    @property
+    def forward_passes(self) -> int:
+        """Forward passes each client spends over the whole run (docs/estimators.md)."""
+        return self.rounds * self.local_steps * forwards_per_step(self.estimator, self.perturbations)
 
 
-# smollm2-135m, full-parameter MeZO, measured on a 2-core CPU: lr 1e-5 (eps 1e-3, batch 8) lowers the
-# held-out loss within tens of steps (3e-5 is no better after 80 steps, 1e-4 diverges). 5 rounds x 16
-# steps x 3 clients took 8.6 min including the model's conversion: held-out loss 5.39 -> 3.35.
+# smollm2-135m: full-parameter FZOO, P = 8, lr 1e-2 (eps 1e-3, batch 8), 4 rounds x 4 steps = 144 forward
+# passes per client. In the estimator sweep (RESULTS.md, issue #13: 4 rates per method, pilots of 360
+# forward passes) 1e-2 was FZOO's best rate over 360 forward passes and was at 2.53 after 144, ahead of
+# MeZO's best (3e-5: 2.81); it drifts up past ~400 (3e-3 is the rate that held over 1,008), so longer
+# runs should lower it. Measured on a 2-core CPU: held-out loss 5.39 -> 2.49, exact match 0 -> 20%, in
+# 7.7 min. The MeZO preset it replaced (lr 1e-5, 5 rounds x 16 steps = 160 forward passes) reached 3.35,
+# MeZO at its searched 3e-5 on that schedule 2.69 (RESULTS.md, "The demo's defaults").
 PRESETS = {
-    "smollm2-135m": Schedule(rounds=5, local_steps=16, lr=1e-5, eps=1e-3, batch_size=8, max_length=64),
+    "smollm2-135m": Schedule(
+        rounds=4,
+        local_steps=4,
+        lr=1e-2,
+        eps=1e-3,
+        batch_size=8,
+        max_length=64,
+        estimator="fzoo",
+        perturbations=8,
+    ),
     "tiny-random": Schedule(rounds=3, local_steps=10, lr=1e-4, eps=1e-3, batch_size=2, max_length=64),
 }
 
@@ -110,6 +131,9 @@ def run_demo(config: DemoConfig, out: TextIO = sys.stdout) -> Summary:
         lr=config.schedule.lr,
         eps=config.schedule.eps,
         batch_size=config.schedule.batch_size,
+        estimator=config.schedule.estimator,
+        perturbations=config.schedule.perturbations,
+        forward_passes=config.schedule.forward_passes,
     )
     with _signals_raise():
         workdir.prepare()
@@ -221,6 +245,8 @@ class _Federation:
                 f"--lr={schedule.lr}",
                 "--lr-spread=0",
                 f"--eps={schedule.eps}",
+                f"--estimator={schedule.estimator}",
+                f"--perturbations={schedule.perturbations}",
                 f"--batch-size={schedule.batch_size}",
                 f"--max-length={schedule.max_length}",
                 f"--min-clients={config.clients}",

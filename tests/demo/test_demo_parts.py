@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from fedmezo.demo import PRESETS, DemoError, Summary, schedule_for
 from fedmezo.demo.processes import Supervisor
 from fedmezo.demo.report import eval_subset, fedavg_bytes, format_bytes
 from fedmezo.demo.workdir import MARKER, Workdir, make_tls, write_data, write_tokens
+from fedmezo.fl.config import ESTIMATOR_NAMES
 
 
 def test_workdir_refuses_a_foreign_dir_and_clears_a_previous_demo(tmp_path: Path) -> None:
@@ -92,6 +94,7 @@ def test_summary_reports_bytes_against_fedavg_and_writes_json(tmp_path: Path) ->
         lr=1e-4,
         eps=1e-3,
         batch_size=2,
+        forward_passes=40,
         trainable_params=1_000_000,
         eval_examples=16,
         before=EvalResult(loss=5.0, exact_match=0.0, num_examples=16),
@@ -104,6 +107,7 @@ def test_summary_reports_bytes_against_fedavg_and_writes_json(tmp_path: Path) ->
     text = "\n".join(summary.lines())
     assert "5.0000" in text and "4.5000" in text and "12.5%" in text
     assert "4 KiB" in text and "45.8 MiB" in text
+    assert "mezo (P = 1, lr 0.0001) on full parameters, 2 rounds x 10 steps = 40 forward passes" in text
     summary.write(tmp_path / "summary.json")
     doc = json.loads((tmp_path / "summary.json").read_text())
     assert doc["before"]["loss"] == 5.0 and doc["after"]["loss"] == 4.5
@@ -131,6 +135,32 @@ def test_cli_takes_the_models_preset_and_flag_overrides(monkeypatch: pytest.Monk
     assert config.schedule.rounds == 7 and config.schedule.lr == 0.5  # type: ignore[attr-defined]
     assert config.schedule.local_steps == expected.local_steps  # type: ignore[attr-defined]
     assert schedule_for("some/local-model") == PRESETS["smollm2-135m"]
+
+
+def test_cli_estimator_flags_reach_the_schedule_and_name_every_estimator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    captured = {}
+    monkeypatch.setattr("fedmezo.demo.run_demo", lambda config: captured.setdefault("config", config))
+    argv = ["demo", "--model", "tiny-random", "--estimator", "adamezo", "--perturbations", "3"]
+    args = build_parser().parse_args(argv)
+    assert args.func(args) == 0
+    schedule = captured["config"].schedule  # type: ignore[attr-defined]
+    assert (schedule.estimator, schedule.perturbations) == ("adamezo", 3)
+    # 2P forwards per adamezo step: the budget the summary prints
+    assert schedule.forward_passes == schedule.rounds * schedule.local_steps * 6
+    choices = next(a.choices for a in _demo_parser()._actions if "--estimator" in a.option_strings)
+    assert tuple(choices) == ESTIMATOR_NAMES  # a new estimator cannot be left out of the demo
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--estimator", "sgd"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--perturbations", "0"])
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser: argparse.ArgumentParser = sub.choices["demo"]
+    return parser
 
 
 def test_cli_maps_a_demo_error_to_exit_1(
