@@ -41,6 +41,13 @@ Reported (all clocks are CLOCK_MONOTONIC, shared by every process on the machine
   server CPU        utime + stime of the server process during the load (/proc/<pid>/stat), and
                     its RSS before the load and at its peak (VmHWM).
   load-gen CPU      the same for the load generators: they share the machine's cores with the server.
+  load-gen lag      how late a generator's event loop ran a timer (p50/p99/max in ms, sampled every
+                    20 ms): a reply that arrives while the generator's loop is busy is timed late by
+                    about that much, so a client-side latency near the lag is the generator's, not the
+                    server's (compare the server's own figures, `server_rpc`). Per round, the worst
+                    lag while the round's tasks went out ("gen lag ms").
+  --server-cpus / --loadgen-cpus pin the server and the generators to disjoint cores (as if on their own
+                    machines); without them the kernel shares every core between both.
 """
 
 from __future__ import annotations
@@ -86,6 +93,7 @@ RETRIES = 5  # UNAVAILABLE is retried like the real client does; every retry is 
 RETRY_BASE_S = 0.2
 MAX_DELTAS = 16  # what the daemon asks a poll to bring (ProtocolLimits.max_deltas_per_task)
 PROGRESS_EVERY_S = 0.5
+LAG_TICK_S = 0.02  # the load generators' event-loop lag probe
 STOP_GRACE_S = 15.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -110,11 +118,43 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def pin(pid: int, cpus: frozenset[int]) -> None:
+    """Every thread of a process onto `cpus`; threads it starts later inherit the mask."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """`--server-cpus` / `--loadgen-cpus`: "1", "0-3" or "0,2-3", only CPUs this process may use."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a CPU list like 0-3 or 0,2, got {text!r}") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise argparse.ArgumentTypeError(
+            f"CPUs {sorted(cpus)} are not all among the usable {sorted(allowed)}"
+        )
+    return frozenset(cpus)
+
+
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process, seconds (fields 14 and 15 of /proc/<pid>/stat)."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_cpus_allowed(pid: int) -> str:
+    """The CPUs a process may run on, as the kernel says (Cpus_allowed_list in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.partition(":")[2].strip()
+    return ""
 
 
 def proc_memory_mib(pid: int) -> tuple[float, float]:
@@ -138,6 +178,7 @@ class ServerProcess:
     heartbeat_s: float = 5.0  # the server's heartbeat_interval_s, which clients follow
     seed_scheme: str = "per-client"  # shared: a round delta of tau coefficients whatever the clients
     extra: tuple[str, ...] = ()  # more `fedmezo server` flags (--server-arg)
+    cpus: frozenset[int] | None = None  # pin the server here (--server-cpus)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -165,6 +206,8 @@ class ServerProcess:
         env.setdefault("PYTHONUNBUFFERED", "1")
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if self.cpus:
+            pin(self.process.pid, self.cpus)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -305,6 +348,7 @@ class Samples:
     errors: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     cpu_s: float = 0.0
     failed_clients: list[str] = field(default_factory=list)
+    loop_lag: list[tuple[float, float]] = field(default_factory=list)  # (timer due, ms late)
 
 
 def _retryable(exc: grpc.aio.AioRpcError) -> bool:
@@ -516,20 +560,36 @@ async def _drive(
     while not go.is_set():  # every generator starts its clients at the same moment
         await asyncio.sleep(0.01)
     tasks = [asyncio.create_task(sim.run(delay)) for sim, (_, delay) in zip(sims, clients)]
+    lag = asyncio.create_task(_loop_lag(samples.loop_lag))
     while not stop.is_set():
         _, pending = await asyncio.wait(tasks, timeout=0.2)
         if not pending:
             break
-    for task in tasks:
+    for task in [*tasks, lag]:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     return samples
 
 
+async def _loop_lag(lags: list[tuple[float, float]]) -> None:
+    """How late this loop runs a timer, every LAG_TICK_S: the delay every reply it times also carries."""
+    while True:
+        due = time.monotonic() + LAG_TICK_S
+        await asyncio.sleep(LAG_TICK_S)
+        lags.append((due, max(0.0, time.monotonic() - due) * 1e3))
+
+
 def load_generator(
-    clients: list[tuple[str, float]], settings: LoadSettings, counters: Any, control: Any, out: Any
+    clients: list[tuple[str, float]],
+    settings: LoadSettings,
+    counters: Any,
+    control: Any,
+    out: Any,
+    cpus: frozenset[int] | None = None,
 ) -> None:
     """Process entry point: run the clients, send the samples (plain dicts) to the parent."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # before grpc starts its threads, which inherit it
     start_cpu = time.process_time()
     samples = asyncio.run(_drive(clients, settings, counters, control))
     samples.cpu_s = time.process_time() - start_cpu
@@ -545,6 +605,7 @@ def load_generator(
             "errors": dict(samples.errors),
             "cpu_s": samples.cpu_s,
             "failed_clients": samples.failed_clients,
+            "loop_lag": samples.loop_lag,
         }
     )
 
@@ -577,6 +638,7 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "in_sync": 0,
         "cpu_s": 0.0,
         "failed_clients": [],
+        "loop_lag": [],
     }
     for part in parts:
         for key in ("latency_ms", "submitted_at", "submit_ms", "assigned_at", "delta_at"):
@@ -584,7 +646,7 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 merged[key][name].extend(values)
         for name, count in part["errors"].items():
             merged["errors"][name] += count
-        for key in ("accepted", "in_sync", "cpu_s", "failed_clients"):
+        for key in ("accepted", "in_sync", "cpu_s", "failed_clients", "loop_lag"):
             merged[key] += part[key]
     return merged
 
@@ -683,7 +745,8 @@ def run_load(
     counters: list[SynchronizedArray[int]] = [ctx.Array("l", 4, lock=False) for _ in range(args.procs)]
     workers = [
         ctx.Process(
-            target=load_generator, args=(schedule[k :: args.procs], settings, counters[k], (go, stop), out)
+            target=load_generator,
+            args=(schedule[k :: args.procs], settings, counters[k], (go, stop), out, args.loadgen_cpus),
         )
         for k in range(args.procs)
     ]
@@ -745,6 +808,7 @@ def run_load(
     merged["server_cpu_s"] = proc_cpu_s(server.process.pid) - cpu_before
     merged["server_rss_before_mib"] = rss_before
     merged["server_rss_mib"], merged["server_peak_rss_mib"] = proc_memory_mib(server.process.pid)
+    merged["server_cpus_allowed"] = proc_cpus_allowed(server.process.pid)
     return merged
 
 
@@ -784,6 +848,11 @@ def summarize(
                 "submits_during_task_spread": len(during),
                 "p99_submit_during_task_spread_ms": percentile(during, 99) if during else math.nan,
                 "p99_submit_after_task_spread_ms": percentile(after, 99) if after else math.nan,
+                # the generators' own stall while the tasks went out: a submit timed then carries it
+                "max_loadgen_lag_during_task_spread_ms": max(
+                    (ms for due, ms in merged["loop_lag"] if min(assigned) <= due <= max(assigned)),
+                    default=math.nan,
+                ),
                 "close_s": min(delivered) - max(submitted),
                 "server_publish_s": published.get(r, (math.nan, math.nan))[0],
                 "server_apply_s": published.get(r, (math.nan, math.nan))[1],
@@ -828,10 +897,25 @@ def summarize(
         "server_rss_before_mib": merged["server_rss_before_mib"],
         "server_peak_rss_mib": merged["server_peak_rss_mib"],
         "loadgen_cpu_s": merged["cpu_s"],
+        "loadgen_loop_lag_ms": _spread([ms for _, ms in merged["loop_lag"]]),
+        "server_cpus": sorted(args.server_cpus) if args.server_cpus else None,
+        "server_cpus_allowed": merged["server_cpus_allowed"],  # the kernel's word, read during the load
+        "loadgen_cpus": sorted(args.loadgen_cpus) if args.loadgen_cpus else None,
         "rpc": rpc,
         "per_round": per_round,
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}, grpcio {grpc.__version__}",
+    }
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0, "p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
+    return {
+        "n": len(values),
+        "p50_ms": percentile(values, 50),
+        "p99_ms": percentile(values, 99),
+        "max_ms": max(values),
     }
 
 
@@ -850,7 +934,7 @@ def print_table(report: dict[str, Any]) -> None:
     print(
         f"\n{'round':>5s} {'submits':>8s} {'tasks out s':>12s} {'submit window s':>16s} "
         f"{'p99 submit ms':>14s} {'(tasks out / after)':>20s} {'close s':>8s} {'server s':>9s} "
-        f"{'apply s':>8s}"
+        f"{'apply s':>8s} {'gen lag ms':>11s}"
     )
     for row in report["per_round"]:
         split = (
@@ -859,7 +943,8 @@ def print_table(report: dict[str, Any]) -> None:
         print(
             f"{row['round']:5d} {row['submits']:8d} {row['task_spread_s']:12.3f} "
             f"{row['submit_window_s']:16.3f} {row['p99_submit_ms']:14.2f} {split:>20s} {row['close_s']:8.3f} "
-            f"{row['server_publish_s']:9.3f} {row['server_apply_s']:8.3f}"
+            f"{row['server_publish_s']:9.3f} {row['server_apply_s']:8.3f} "
+            f"{row['max_loadgen_lag_during_task_spread_ms']:11.0f}"
         )
     print(
         f"\nsubmit p50 {report['p50_submit_ms']:.2f} ms, p99 {report['p99_submit_ms']:.2f} ms; "
@@ -874,6 +959,16 @@ def print_table(report: dict[str, Any]) -> None:
         f"server CPU {report['server_cpu_s']:.1f} s over {report['wall_s']:.1f} s wall, "
         f"RSS {report['server_rss_before_mib']:.0f} MiB before the load, "
         f"peak {report['server_peak_rss_mib']:.0f} MiB; load generators CPU {report['loadgen_cpu_s']:.1f} s"
+    )
+    lag = report["loadgen_loop_lag_ms"]
+    pinned = (
+        f"; server on CPUs {report['server_cpus'] or 'any'}, generators on {report['loadgen_cpus'] or 'any'}"
+        if report["server_cpus"] or report["loadgen_cpus"]
+        else ""
+    )
+    print(
+        f"load generators' event-loop lag: p50 {lag['p50_ms']:.1f} ms, p99 {lag['p99_ms']:.1f} ms, "
+        f"max {lag['max_ms']:.1f} ms (client-side latencies include it){pinned}"
     )
     if report.get("server_gc"):
         gc_ = report["server_gc"]
@@ -963,6 +1058,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--status-replica", action="store_true",
         help="the pollers read a `fedmezo status-server` over the state dir instead of the server",
     )  # fmt: skip
+    parser.add_argument(
+        "--server-cpus", type=cpu_list, metavar="LIST",
+        help="pin the server to these CPUs (e.g. 0 or 0-7); with --loadgen-cpus on others, the load no "
+        "longer competes with the server for a core, as on separate machines",
+    )  # fmt: skip
+    parser.add_argument(
+        "--loadgen-cpus", type=cpu_list, metavar="LIST", help="pin the load generators to these CPUs"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the synthetic scalars and timings")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="give up after this long")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -972,6 +1075,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if min(args.clients, args.rounds, args.local_steps, args.procs, args.status_pollers) < 1:
         parser.error("--clients, --rounds, --local-steps, --procs and --status-pollers must be >= 1")
     args.procs = min(args.procs, args.clients)
+    if args.server_cpus and args.loadgen_cpus and args.server_cpus & args.loadgen_cpus:
+        parser.error("--server-cpus and --loadgen-cpus overlap: pin them to disjoint CPUs")
     return args
 
 
@@ -981,7 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench_server-"))
     server = ServerProcess(
         workdir, args.clients, args.rounds, args.local_steps, args.heartbeat_s, args.seed_scheme,
-        tuple(args.server_arg),
+        tuple(args.server_arg), args.server_cpus,
     )  # fmt: skip
     replica = StatusReplicaProcess(workdir) if args.status_replica else None
     try:

@@ -20,6 +20,13 @@ ROUNDS = 2
 LOCAL_STEPS = 2
 # two dashboards' worth of polling, read from `fedmezo status-server` over the server's state dir
 POLL_FROM_A_REPLICA = ["--status-poll-s=0.3", "--status-pollers=2", "--status-replica"]
+USABLE_CPUS = sorted(os.sched_getaffinity(0))
+# the shared run pins the server and the generators apart where the machine has two CPUs to split
+PINNED = (
+    [f"--server-cpus={USABLE_CPUS[0]}", f"--loadgen-cpus={','.join(map(str, USABLE_CPUS[1:]))}"]
+    if len(USABLE_CPUS) >= 2
+    else []
+)
 
 
 @pytest.mark.parametrize(
@@ -31,7 +38,8 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str) -
         [
             sys.executable, str(BENCH), f"--clients={CLIENTS}", f"--rounds={ROUNDS}",
             f"--local-steps={LOCAL_STEPS}", "--train-s=0.5", "--procs=2", "--json", "--quiet",
-            f"--seed-scheme={scheme}", f"--flow={flow}", *(POLL_FROM_A_REPLICA if scheme == "shared" else []),
+            f"--seed-scheme={scheme}", f"--flow={flow}",
+            *(POLL_FROM_A_REPLICA + PINNED if scheme == "shared" else []),
             # every simulated client holds its own connection, as a daemon does: with a shared one, the
             # 20 clients' long-polls would overrun this per-connection stream limit and be refused
             "--server-arg=--max-streams-per-connection=4",
@@ -79,11 +87,20 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str) -
         assert 0 <= during <= total
         assert math.isnan(r["p99_submit_during_task_spread_ms"]) == (during == 0)
         assert math.isnan(r["p99_submit_after_task_spread_ms"]) == (during == total)
+        lag_then = r["max_loadgen_lag_during_task_spread_ms"]  # nan when no probe fell in the spread
+        assert math.isnan(lag_then) or 0 <= lag_then <= report["loadgen_loop_lag_ms"]["max_ms"]
     # The server's resources were read from /proc and it shut down cleanly.
     assert report["server_cpu_s"] > 0
     assert report["server_rss_before_mib"] > 0
     assert report["server_peak_rss_mib"] >= report["server_rss_before_mib"]
     assert report["loadgen_cpu_s"] > 0
+    lag = report["loadgen_loop_lag_ms"]  # the generators' own event-loop delay, sampled all run long
+    assert lag["n"] > 10 and 0 <= lag["p50_ms"] <= lag["p99_ms"] <= lag["max_ms"] < 10_000
+    if scheme == "shared" and PINNED:  # pinned, and the kernel confirms it for the running server
+        assert report["server_cpus"] == USABLE_CPUS[:1] and report["loadgen_cpus"] == USABLE_CPUS[1:]
+        assert report["server_cpus_allowed"] == str(USABLE_CPUS[0])
+    else:
+        assert report["server_cpus"] is None and report["loadgen_cpus"] is None
     assert report["server_exit_code"] == 0
     collected = report["server_gc"]  # the server's shutdown log line, parsed
     assert collected is not None and collected["collections"] > 0
@@ -107,3 +124,16 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str) -
             assert rpc[f"operator {name}"]["n"] >= 2, name
         assert report["operator_reply_bytes"]["ListClients"] > CLIENTS * 20  # one entry per client
         assert report["status_target"] == "replica" and report["status_pollers"] == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ([f"--server-cpus={USABLE_CPUS[0]}", f"--loadgen-cpus={USABLE_CPUS[0]}"], "overlap"),
+        (["--server-cpus=100000"], "not all among the usable"),
+        (["--loadgen-cpus=a-b"], "expected a CPU list"),
+    ],
+)
+def test_bench_server_refuses_bad_cpu_lists(flags: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, str(BENCH), *flags], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
