@@ -115,7 +115,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from fedmezo.demo import EXIT_FAILED, EXIT_OK, DemoConfig, DemoError, Interrupted, run_demo, schedule_for
 
-    preset = schedule_for(args.model)
+    preset = schedule_for(args.model, args.mode)
     overrides = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(preset)

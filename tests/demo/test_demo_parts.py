@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from fedmezo.data import EvalResult, read_jsonl
 from fedmezo.demo import PRESETS, DemoError, Summary, schedule_for
 from fedmezo.demo.processes import Supervisor
 from fedmezo.demo.report import eval_subset, fedavg_bytes, format_bytes
+from fedmezo.demo.run import LORA_LR
 from fedmezo.demo.workdir import MARKER, Workdir, make_tls, write_data, write_tokens
 from fedmezo.fl.config import ESTIMATOR_NAMES
 
@@ -135,6 +137,20 @@ def test_cli_takes_the_models_preset_and_flag_overrides(monkeypatch: pytest.Monk
     assert config.schedule.rounds == 7 and config.schedule.lr == 0.5  # type: ignore[attr-defined]
     assert config.schedule.local_steps == expected.local_steps  # type: ignore[attr-defined]
     assert schedule_for("some/local-model") == PRESETS["smollm2-135m"]
+
+
+def test_a_lora_demo_starts_from_the_adapters_own_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    full, lora = schedule_for("smollm2-135m"), schedule_for("smollm2-135m", "lora")
+    assert lora.lr == LORA_LR["smollm2-135m"] != full.lr
+    assert dataclasses.replace(lora, lr=full.lr) == full  # only the rate differs
+    assert schedule_for("tiny-random", "lora") == PRESETS["tiny-random"]  # no LoRA rate of its own
+    captured = {}
+    monkeypatch.setattr("fedmezo.demo.run_demo", lambda config: captured.setdefault("config", config))
+    for argv, lr in ((["--mode", "lora"], lora.lr), (["--mode", "lora", "--lr", "0.5"], 0.5)):
+        captured.clear()
+        args = build_parser().parse_args(["demo", *argv])
+        assert args.func(args) == 0
+        assert captured["config"].schedule.lr == lr  # type: ignore[attr-defined]
 
 
 def test_cli_estimator_flags_reach_the_schedule_and_name_every_estimator(
