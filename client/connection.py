@@ -119,6 +119,7 @@ class GrpcServerLink:
         self._status = status_pb2_grpc.StatusServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
         self._lock = threading.Lock()
+        self._closed = False  # set before the channel closes: a call that then finds it closed is a stop
         self.bytes_up = 0  # serialized payload bytes, for the client's own log
         self.bytes_down = 0
 
@@ -127,6 +128,12 @@ class GrpcServerLink:
             self.bytes_up += request.ByteSize()
             self.bytes_down += response.ByteSize() if response is not None else 0
 
+    def _closed_error(self, exc: ValueError) -> Unavailable:
+        """A call started after `close` (a stop raced the loop): what a call in flight gets, CANCELLED."""
+        if not self._closed:
+            raise exc  # not ours: a real bug, not a stop
+        return Unavailable("CANCELLED", "", "the connection was closed (stopping)")
+
     def _unary(self, method: Callable[..., T], request: Any, deadline_s: float | None = None) -> T:
         try:
             response = method(
@@ -134,12 +141,17 @@ class GrpcServerLink:
             )
         except grpc.RpcError as exc:
             raise translate_error(exc) from exc
+        except ValueError as exc:  # grpc: "Cannot invoke RPC on closed channel!"
+            raise self._closed_error(exc) from exc
         self._count(request, response)
         return response
 
     def _stream(self, method: Callable[..., Any], request: Any, deadline_s: float) -> Iterator[Any]:
         self._count(request, None)
-        call = method(request, timeout=deadline_s, metadata=self._metadata)
+        try:
+            call = method(request, timeout=deadline_s, metadata=self._metadata)
+        except ValueError as exc:
+            raise self._closed_error(exc) from exc
         try:
             for message in call:
                 self._count(federation_pb2.DownloadCheckpointRequest(), message)
@@ -250,5 +262,7 @@ class GrpcServerLink:
         )
 
     def close(self) -> None:
-        """Close the channel; in-flight calls end with CANCELLED (how a stop interrupts a long-poll)."""
+        """Close the channel; in-flight calls end with CANCELLED (how a stop interrupts a long-poll), and
+        later ones raise the same `Unavailable`, so a stop that lands between two calls also ends cleanly."""
+        self._closed = True
         self._channel.close()

@@ -194,6 +194,21 @@ def test_stream_errors_are_translated_too(served: tuple[Scripted, GrpcServerLink
         list(link.stream_deltas(from_round=1, follow=True))
 
 
+def test_a_call_after_close_is_cancelled_like_one_in_flight(served: tuple[Scripted, GrpcServerLink]) -> None:
+    """A stop closes the link from a signal handler; the loop may be just about to start its next call.
+    That call must end as a cancelled one does (Unavailable, which the daemon reads as "stopping" once its
+    stop is set), not with grpc's ValueError for a closed channel, which would exit the client with 1."""
+    _, link = served
+    link.close()
+    with pytest.raises(Unavailable, match="closed") as info:
+        link.get_run_config()
+    assert info.value.code == "CANCELLED"  # type: ignore[attr-defined]
+    with pytest.raises(Unavailable, match="closed"):
+        link.heartbeat(model_version=0, activity=Activity.IDLE)
+    with pytest.raises(Unavailable, match="closed"):
+        list(link.stream_deltas(from_round=1, follow=True))
+
+
 def test_an_older_server_without_max_length_leaves_it_to_the_client(
     served: tuple[Scripted, GrpcServerLink],
 ) -> None:
