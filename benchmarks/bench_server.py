@@ -819,15 +819,7 @@ def summarize(
     published: dict[int, tuple[float, float]],
 ) -> dict[str, Any]:
     """The report: flat headline keys first, then per-RPC and per-round detail."""
-    rpc = {
-        name: {
-            "n": len(values),
-            "p50_ms": percentile(values, 50),
-            "p99_ms": percentile(values, 99),
-            "max_ms": max(values),
-        }
-        for name, values in sorted(merged["latency_ms"].items())
-    }
+    rpc = {name: _spread(values) for name, values in sorted(merged["latency_ms"].items())}
     per_round = []
     for r in range(1, args.rounds + 1):
         submitted, delivered = merged["submitted_at"].get(r, []), merged["delta_at"].get(r, [])
@@ -909,6 +901,7 @@ def summarize(
 
 
 def _spread(values: list[float]) -> dict[str, float]:
+    """n, p50, p99 and max of a list of milliseconds (nan for an empty one)."""
     if not values:
         return {"n": 0, "p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
     return {

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "PACE_CALLS",
+    "PACE_WORK",
     "SERVING_THRESHOLDS",
     "CallPacer",
     "CollectorMeter",
@@ -44,7 +44,7 @@ SERVING_THRESHOLDS = (1_000, 5, 1_000)
 # Units of work (calls answered, long-polls woken) with no collection before CallPacer collects: each
 # leaves ~15 young objects (a GetTask reply waiting to be sent holds 13): young collections stay
 # near 1,000 objects.
-PACE_CALLS = 64
+PACE_WORK = 64
 
 
 @dataclass
@@ -84,7 +84,7 @@ class CallPacer:
     never a full collection. In steady serving CPython's own trigger comes first and this does nothing."""
 
     meter: CollectorMeter
-    every: int = PACE_CALLS
+    every: int = PACE_WORK
     paced: int = 0  # collections this pacer started
     _calls: int = 0
     _seen: int = 0

@@ -35,6 +35,8 @@ def _positive_float(text: str) -> float:
 
 
 def register(subparsers: Any) -> None:
+    from fedmezo.fl.config import ESTIMATOR_NAMES  # the server's own list (its parser imports it too)
+
     parser = subparsers.add_parser(
         "demo",
         help="run a whole federation on localhost: server, 3 clients, dashboard; evaluate and export",
@@ -63,7 +65,7 @@ def register(subparsers: Any) -> None:
     schedule.add_argument("--eps", type=_positive_float, help="MeZO perturbation scale epsilon")
     schedule.add_argument(
         "--estimator",
-        choices=("mezo", "fzoo", "adamezo"),
+        choices=ESTIMATOR_NAMES,
         help="zeroth-order estimator (docs/estimators.md); fzoo's lr is on its own scale",
     )
     schedule.add_argument("--perturbations", type=_positive_int, help="P: perturbations per local step")
