@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -133,8 +134,9 @@ class Runner:
 
     def __init__(
         self, out: Path, plan: Plan, *, fresh: bool, log: Callable[[str], None], device: str = "cpu",
-        jobs: int = 1,
+        jobs: int = 1, resume: bool = False,
     ) -> None:  # fmt: skip
+        self.resume = resume  # keep each run's progress in runs/<name>.resume/ (git-ignored) until it ends
         self.device = device  # part of every run's key off the CPU: runs on other devices never mix
         self.jobs = jobs  # runs side by side in `prefetch`
         self.runs_dir = out / "runs"
@@ -227,7 +229,9 @@ class Runner:
                 self.run_seconds[name] = float(cached["result"]["wall_seconds"])
                 return dict(cached["result"])
         self.log(f"  {name}: running {_describe(flags)}")
-        config, options = load_sim_config({k: str(v) for k, v in flags.items()}, env={})
+        resume_dir = self.runs_dir / f"{name}.resume"  # not part of the key: it changes no bit of the run
+        settings = {**flags, "resume_dir": resume_dir} if self.resume else flags
+        config, options = load_sim_config({k: str(v) for k, v in settings.items()}, env={})
         start = time.perf_counter()
         simulation = Simulation(config, options, exact_match=exact_match)
 
@@ -244,6 +248,8 @@ class Runner:
         partial = path.with_suffix(".json.part")  # a killed sweep never leaves half a cached run
         partial.write_text(json.dumps({"key": key, "result": data}, indent=1))
         partial.replace(path)
+        if self.resume:
+            shutil.rmtree(resume_dir, ignore_errors=True)  # the run is cached: its progress is not needed
         self._done.add(name)
         self.run_seconds[name] = result.wall_seconds
         final = result.rounds[-1].eval_loss

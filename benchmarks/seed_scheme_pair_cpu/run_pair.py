@@ -1,15 +1,21 @@
-"""A short 10-client seed-scheme pair on the CPU (issue #13, check c), from the repository root:
+"""Shared against per-client seeds at 10 clients on the CPU (issue #13, check c), from the repository root:
 
-    python benchmarks/seed_scheme_pair_cpu/run_pair.py
+    python benchmarks/seed_scheme_pair_cpu/run_pair.py          # short: 144 forward passes per client
+    python benchmarks/seed_scheme_pair_cpu/run_pair.py --long   # the sweep's budget: 1,008 per client
 
-FZOO (P = 8, lr 1e-2, the demo's rate) with per-client and with shared seeds, 10 clients, 4 rounds x 4
-steps (144 forward passes per client), held-out loss on the estimator sweep's test-120 set, and the
-paired standard error of the difference. Uses `benchmarks/experiments.py`'s runner, so the two runs are
-cached in `runs/` here (about 15 min each on 2 cores).
+Short: FZOO (P = 8, lr 1e-2, the demo's rate), 4 rounds x 4 steps, about 15 min per run on 2 cores.
+Long: the estimator sweep's own pair (its best ZO method, FZOO at its accepted lr 3e-3, 28 rounds x 4
+steps, evaluated every 2 rounds), about 2 h per run on 2 cores. Long runs keep their progress after
+every round (`runs/<name>.resume/`, git-ignored): stop the script at any time, rerun it to continue.
+
+Both use `benchmarks/experiments.py`'s runner, so finished runs are cached in `runs/` here. The script
+prints the held-out loss of each scheme on the sweep's test-120 set and the paired standard error of
+their difference.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -18,19 +24,35 @@ sys.path.insert(0, str(HERE.parent))
 
 import experiments as ex  # noqa: E402
 
+SHORT = {"lr": 1e-2, "rounds": 4, "eval_every": 4, "prefix": "pair-c10"}
+LONG = {
+    "lr": 3e-3,
+    "rounds": ex.FULL.est_rounds,
+    "eval_every": ex.FULL.est_eval_every,
+    "prefix": "pair-c10-long",
+}
+
 
 def main() -> None:
-    runner = ex.Runner(HERE, ex.FULL, fresh=False, log=lambda m: print(m, file=sys.stderr), device="cpu")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--long", action="store_true", help="the sweep's budget (1,008 forward passes per client)"
+    )
+    args = parser.parse_args()
+    shape = LONG if args.long else SHORT
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    runner = ex.Runner(HERE, ex.FULL, fresh=False, log=log, device="cpu", resume=args.long)
     test, _ = ex.held_out_splits(HERE, ex.FULL.est_eval_limit)
     results = {}
     for scheme in ("shared", "per-client"):
         flags = ex.est_flags(
-            runner, "fzoo", 1e-2, clients=10, rounds=4, eval_every=4, eval_data=test, seed_scheme=scheme
-        )
-        results[scheme] = runner.run(f"pair-c10-{scheme}", flags, exact_match=True, per_example=True)
+            runner, "fzoo", float(shape["lr"]), clients=ex.FULL.est_seed_clients, rounds=int(shape["rounds"]),
+            eval_every=int(shape["eval_every"]), eval_data=test, seed_scheme=scheme,
+        )  # fmt: skip
+        results[scheme] = runner.run(f"{shape['prefix']}-{scheme}", flags, exact_match=True, per_example=True)
     for scheme, result in results.items():
         last = result["rounds"][-1]
-        down = [r["bytes_down"] for r in result["rounds"][1:]]
+        down = sorted({r["bytes_down"] for r in result["rounds"][1:]})
         print(f"{scheme}: held-out loss {last['eval_loss']:.4f}, exact match {last['exact_match']:.1%}, "
               f"bytes down per round (all clients) {down}")  # fmt: skip
     delta, se = ex.paired_difference(results["shared"], results["per-client"])

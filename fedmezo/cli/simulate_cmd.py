@@ -46,7 +46,7 @@ def _client_sizes(sizes: dict[str, int], listed: int = LISTED_CLIENTS) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedmezo.fl.errors import ConfigError
+    from fedmezo.fl.errors import ConfigError, StoreError
     from fedmezo.sim import RoundResult, Simulation, load_sim_config, write_jsonl_rounds
 
     flags = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "progress")}
@@ -72,7 +72,13 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    result = simulation.run(progress=args.progress, on_round=show)
+    if options.resume_dir:
+        print(f"progress kept in {options.resume_dir} after every round (rerun to continue)")
+    try:
+        result = simulation.run(progress=args.progress, on_round=show)
+    except (ConfigError, StoreError) as exc:  # a stored state of other settings, or a failed save
+        logger.error("%s", exc)
+        return EXIT_CONFIG
     final = result.rounds[-1]
     print(f"done in {result.wall_seconds:.1f} s; model fingerprint {final.fingerprint}")
     if options.output:

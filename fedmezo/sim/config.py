@@ -36,7 +36,8 @@ __all__ = [
 ]
 
 # Run fields a simulation has no use for: every sampled client answers at once (no stragglers to wait
-# for, quorum or deadline to reach) and nothing restarts (no checkpoints). Not offered as flags.
+# for, quorum or deadline to reach); `resume_dir` keeps its progress after every round, so it needs no
+# checkpoint interval. Not offered as flags.
 NOT_SIMULATED = frozenset({"min_clients", "quorum", "deadline_s", "max_extensions", "checkpoint_every"})
 RUN_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in NOT_SIMULATED)
 # The server's own process keys may sit in a shared `[server]` table: read and ignored, since a
@@ -103,6 +104,11 @@ class SimOptions:
         "client daemon's --compile (same bits as off); auto = on with CUDA; on needs CUDA",
     )
     output: str = setting("", "write one JSON object per evaluated round to this JSONL file (empty = none)")
+    resume_dir: str = setting(
+        "",
+        "keep the run's progress in this folder (θ and the records after every round); rerun with the "
+        "same settings to continue after the last finished round (empty = none)",
+    )
     ray: str = setting(
         "",
         "train the clients on Ray actors (method fedmezo): local = start a Ray instance here, auto = the "

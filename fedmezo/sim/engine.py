@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from tqdm.auto import tqdm
 
@@ -38,6 +38,7 @@ from fedmezo.fl.replica import Replica
 from fedmezo.fl.rounds import History, plan_round, remember
 from fedmezo.sim.config import DEMO_DATA, SimOptions
 from fedmezo.sim.methods import METHOD_CLASSES, finite_mean
+from fedmezo.sim.resume import Progress, identity, load_progress, save_progress
 from fedmezo.zo import Backend, Batch, get_backend
 from fedmezo.zo.weights import graph_safe
 
@@ -180,20 +181,39 @@ class Simulation:
     def run(
         self, *, progress: bool = True, on_round: Callable[[RoundResult], None] | None = None
     ) -> SimResult:
+        """All rounds; with `resume_dir`, after the rounds stored there, saving progress after each."""
         start = time.perf_counter()
+        directory = Path(self.options.resume_dir) if self.options.resume_dir else None
+        ident = identity(asdict(self.config), asdict(self.options), self.replica) if directory else {}
+        stored = load_progress(directory, self.replica, ident) if directory else None
+        if stored is not None:
+            logger.info(
+                "resuming from %s after round %d of %d", directory, stored.last_round, self.config.rounds
+            )
         if self.options.ray and self.pool is None:
             from fedmezo.sim.ray_pool import RayClientPool
 
-            self.pool = RayClientPool(self.config, self.options, self._examples, self.replica.fingerprint())
+            self.pool = RayClientPool(
+                self.config, self.options, self._examples, self.replica.fingerprint(),
+                theta=(self.replica.params.flat, self.replica.version) if self.replica.version else None,
+            )  # fmt: skip
         try:
-            return self._run(start, progress=progress, on_round=on_round)
+            return self._run(
+                start, stored, progress=progress, on_round=on_round, save=_saver(directory, ident)
+            )
         finally:
             if self.pool is not None:
                 self.pool.close()
                 self.pool = None
 
     def _run(
-        self, start: float, *, progress: bool, on_round: Callable[[RoundResult], None] | None
+        self,
+        start: float,
+        stored: Progress | None,
+        *,
+        progress: bool,
+        on_round: Callable[[RoundResult], None] | None,
+        save: Callable[[Simulation, SimResult, float], None],
     ) -> SimResult:
         result = SimResult(
             method=self.options.method,
@@ -202,15 +222,27 @@ class Simulation:
             trainable_params=self.replica.trainable_params,
             clients={c: d.num_examples for c, d in self.datasets.items()},
         )
-        loss, em = self._evaluate(0)
-        initial = RoundResult(0, eval_loss=loss, exact_match=em, fingerprint=self.replica.fingerprint().hex())
-        result.rounds.append(initial)
+        earlier = 0.0  # compute seconds of the stored rounds' processes
+        if stored is None:
+            loss, em = self._evaluate(0)
+            initial = RoundResult(
+                0, eval_loss=loss, exact_match=em, fingerprint=self.replica.fingerprint().hex()
+            )
+            result.rounds.append(initial)
+            save(self, result, time.perf_counter() - start)
+        else:
+            self.history, self.scales, earlier = stored.history, stored.scales, stored.wall_seconds
+            result.rounds.extend(_round_of(r) for r in stored.rounds)
         if on_round is not None:
-            on_round(initial)
+            for record in result.rounds:
+                on_round(record)
+        first = result.rounds[-1].round_id + 1
         bar = tqdm(
-            range(1, self.config.rounds + 1),
+            range(first, self.config.rounds + 1),
             desc=f"simulate {self.options.method}",
             unit="round",
+            initial=first - 1,
+            total=self.config.rounds,
             disable=None if progress else True,
         )
         for round_id in bar:
@@ -238,11 +270,33 @@ class Simulation:
                 rejected=outcome.rejected,
             )
             result.rounds.append(record)
+            save(self, result, earlier + time.perf_counter() - start)
             bar.set_postfix(train_loss=f"{record.train_loss:.4f}", eval_loss=_fmt(loss))
             if on_round is not None:
                 on_round(record)
-        result.wall_seconds = time.perf_counter() - start
+        result.wall_seconds = earlier + time.perf_counter() - start
         return result
+
+
+def _round_of(data: Mapping[str, Any]) -> RoundResult:
+    """A stored round's record (JSON gives lists where the record holds tuples)."""
+    fields = dict(data)
+    for name in ("selected", "bounded", "rejected"):
+        fields[name] = tuple(fields[name])
+    return RoundResult(**fields)
+
+
+def _saver(
+    directory: Path | None, ident: Mapping[str, Any]
+) -> Callable[[Simulation, SimResult, float], None]:
+    """After each round: nothing, or the progress into `directory` (resume.py)."""
+
+    def save(sim: Simulation, result: SimResult, seconds: float) -> None:
+        if directory is not None:
+            rounds = [asdict(r) for r in result.rounds]
+            save_progress(directory, sim.replica, ident, Progress(rounds, sim.history, sim.scales, seconds))
+
+    return save
 
 
 def _fmt(value: float | None) -> str:

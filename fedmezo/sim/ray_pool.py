@@ -59,6 +59,11 @@ class Worker:
     def fingerprint(self) -> bytes:
         return self.replica.fingerprint()
 
+    def load(self, flat: torch.Tensor, version: int, fingerprint: bytes) -> bytes:
+        """Start from a resumed run's θ instead of θ_0 (refused when it misses the fingerprint)."""
+        self.replica.load_flat(flat.to(self.replica.params.device), version, fingerprint)
+        return self.replica.fingerprint()
+
     def train(self, round_id: int, tasks: Sequence[tuple[str, TaskRecord]]) -> list[TrainedClient]:
         if self.replica.version != round_id - 1:
             raise SyncFailed(f"actor at model version {self.replica.version} got round {round_id}'s tasks")
@@ -95,7 +100,8 @@ class RayClientPool:
     """The actors and the driver's side of their protocol (train a round's tasks, apply its delta)."""
 
     def __init__(self, config: RunConfig, options: SimOptions, examples: Mapping[str, Sequence[Example]],
-                 fingerprint: bytes) -> None:  # fmt: skip
+                 fingerprint: bytes, theta: tuple[torch.Tensor, int] | None = None) -> None:  # fmt: skip
+        """`theta`: the driver's (θ, version) when it resumed a stored run; the actors start from it."""
         ray = self.ray = _import_ray()
         self._started = False
         if not ray.is_initialized():
@@ -114,7 +120,11 @@ class RayClientPool:
         shared = ray.put(dict(examples))  # the clients' data once into the object store, not per actor
         threads = max(1, int(options.ray_cpus_per_worker))
         self.actors = [actor.remote(config, options, shared, threads) for _ in range(workers)]
-        seen = ray.get([a.fingerprint.remote() for a in self.actors])
+        if theta is None:
+            seen = ray.get([a.fingerprint.remote() for a in self.actors])
+        else:
+            flat = ray.put(theta[0].detach().cpu())
+            seen = ray.get([a.load.remote(flat, theta[1], fingerprint) for a in self.actors])
         self._check(seen, fingerprint, "at start")
 
     def _check(self, seen: Sequence[bytes], expected: bytes, when: str) -> None:

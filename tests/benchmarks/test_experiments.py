@@ -348,3 +348,33 @@ def test_prefetched_runs_equal_runs_made_in_order(tmp_path: Path, monkeypatch: p
         assert [r["fingerprint"] for r in cached["rounds"]] == [r["fingerprint"] for r in fresh["rounds"]]
         assert [r["eval_loss"] for r in cached["rounds"]] == [r["eval_loss"] for r in fresh["rounds"]]
     assert not list((tmp_path / "par" / "runs").glob("*.part"))  # cache files are written whole
+
+
+def test_a_resumable_runner_continues_a_stopped_run_and_then_drops_its_progress(tmp_path: Path) -> None:
+    """Long CPU runs (`run_pair.py --long`) survive a stop: a rerun continues from runs/<name>.resume/,
+    removes it once the run is cached, and caches under the plain run's key (the folder changes no bit)."""
+    from fedmezo.sim import Simulation, load_sim_config
+
+    plan = experiments.dataclasses.replace(experiments.QUICK, model="tiny-random")
+    logs: list[str] = []
+    resumable = experiments.Runner(tmp_path, plan, fresh=False, log=logs.append, resume=True)
+    flags = resumable.base(num_clients=2, rounds=3, local_steps=1, lr=1e-3)
+    progress = tmp_path / "runs" / "r.resume"
+    config, options = load_sim_config(
+        {k: str(v) for k, v in {**flags, "resume_dir": progress}.items()}, env={}
+    )
+
+    def stop(record: Any) -> None:
+        if record.round_id == 2:
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):  # a sweep killed after round 2
+        Simulation(config, options, exact_match=False).run(progress=False, on_round=stop)
+    assert progress.is_dir()
+    run = resumable.run("r", flags)
+    assert not progress.exists()
+    assert resumable.is_cached("r", flags, False, False)
+    plain = experiments.Runner(tmp_path / "plain", plan, fresh=False, log=logs.append)
+    fresh = plain.run("r", flags)
+    assert [r["fingerprint"] for r in run["rounds"]] == [r["fingerprint"] for r in fresh["rounds"]]
+    assert [r["eval_loss"] for r in run["rounds"]] == [r["eval_loss"] for r in fresh["rounds"]]

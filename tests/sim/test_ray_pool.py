@@ -76,6 +76,22 @@ def test_ray_actors_end_every_round_on_the_in_process_fingerprint(
     assert local_ray.is_initialized()  # the pool used the running instance and left it running
 
 
+@pytest.mark.timeout(600)
+def test_a_run_stopped_in_process_resumes_on_ray_actors(local_ray: Any, tmp_path: Path) -> None:
+    """The actors start from the stored θ (not θ_0), and the run ends where the uninterrupted one does."""
+    flags = {"estimator": "fzoo", "perturbations": 3, "num_clients": 4, "rounds": 3, "local_steps": 2}
+    config, options = load_sim_config({**BASE, **flags, "resume_dir": str(tmp_path)}, env={})
+
+    def stop(record: Any) -> None:
+        if record.round_id == 1:
+            raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        Simulation(config, options, exact_match=False).run(progress=False, on_round=stop)
+    resumed = simulate(**flags, resume_dir=str(tmp_path), ray="local", ray_workers=2)
+    _same_rounds(simulate(**flags), resumed)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_a_hundred_clients_on_local_ray(local_ray: Any, tmp_path: Path) -> None:
