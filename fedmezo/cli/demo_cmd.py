@@ -1,7 +1,8 @@
 """`fedmezo demo`: one command from nothing to a trained, evaluated, exported model on localhost.
 
 Only wiring lives here; the steps are in `fedmezo.demo`. Schedule flags left out take the model's
-preset (`fedmezo.demo.PRESETS`), sized for the 15-minute budget of a 2-core CPU.
+preset (`fedmezo.demo.PRESETS`), sized for the 15-minute budget of a 2-core CPU; without --lr the rate is
+the one the estimator sweep measured for the mode, estimator and budget (`fedmezo.demo.run.MEASURED`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,11 @@ def register(subparsers: Any) -> None:
     schedule.add_argument(
         "--local-steps", dest="local_steps", type=_positive_int, help="zeroth-order steps per round"
     )
-    schedule.add_argument("--lr", type=_positive_float, help="learning rate eta")
+    schedule.add_argument(
+        "--lr",
+        type=_positive_float,
+        help="learning rate eta (default: the measured one for the estimator and budget)",
+    )
     schedule.add_argument("--eps", type=_positive_float, help="MeZO perturbation scale epsilon")
     schedule.add_argument(
         "--estimator",
@@ -115,20 +120,30 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedmezo.demo import EXIT_FAILED, EXIT_OK, DemoConfig, DemoError, Interrupted, run_demo, schedule_for
+    from fedmezo.demo import (
+        EXIT_FAILED,
+        EXIT_OK,
+        DemoConfig,
+        DemoError,
+        Interrupted,
+        Schedule,
+        run_demo,
+        schedule_for,
+    )
 
-    preset = schedule_for(args.model, args.mode)
-    overrides = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(preset)
-        if getattr(args, f.name, None) is not None
-    }
+    fields = dataclasses.fields(Schedule)
+    overrides = {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name, None) is not None}
+    try:  # without --lr: the rate measured for this mode, estimator and budget
+        schedule = schedule_for(args.model, args.mode, **overrides)
+    except DemoError as exc:
+        print(f"[demo] {exc}", file=sys.stderr)
+        return EXIT_FAILED
     config = DemoConfig(
         workdir=args.workdir,
         model=args.model,
         mode=args.mode,
         clients=args.clients,
-        schedule=dataclasses.replace(preset, **overrides),
+        schedule=schedule,
         eval_examples=args.eval_examples,
         max_new_tokens=args.max_new_tokens,
         device=args.device,

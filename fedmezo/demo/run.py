@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from fedmezo.data import EvalResult, Example, generate_answers, write_jsonl
 from fedmezo.demo.errors import DemoError, Interrupted
@@ -71,9 +71,9 @@ class Schedule:
 # smollm2-135m: full-parameter FZOO, P = 8, lr 1e-2 (eps 1e-3, batch 8), 4 rounds x 4 steps = 144 forward
 # passes per client. In the estimator sweep (RESULTS.md, issue #13: 4 rates per method, pilots of 360
 # forward passes) 1e-2 was FZOO's best rate over 360 forward passes and was at 2.53 after 144, ahead of
-# MeZO's best (3e-5: 2.81); it drifts up past ~400 (3e-3 is the rate that held over 1,008), so longer
-# runs should lower it. Measured on a 2-core CPU: held-out loss 5.39 -> 2.49, exact match 0 -> 20%, in
-# 7.7 min. The MeZO preset it replaced (lr 1e-5, 5 rounds x 16 steps = 160 forward passes) reached 3.35,
+# MeZO's best (3e-5: 2.81); it drifts up past ~400 (3e-3 is the rate that held over 1,008), so a longer
+# demo takes that one (MEASURED). Measured on a 2-core CPU: held-out loss 5.39 -> 2.49, exact match 0 -> 20%,
+# in 7.7 min. The MeZO preset it replaced (lr 1e-5, 5 rounds x 16 steps = 160 forward passes) reached 3.35,
 # MeZO at its searched 3e-5 on that schedule 2.69 (RESULTS.md, "The demo's defaults").
 PRESETS = {
     "smollm2-135m": Schedule(
@@ -90,18 +90,56 @@ PRESETS = {
 }
 
 
-# --mode lora: FZOO on rank-8 adapters took a higher rate in the same sweep (3e-2: 2.23 after 360 forward
-# passes against 2.87 at 1e-2, and it held over 1,008), so a LoRA demo starts from that.
-LORA_LR = {"smollm2-135m": 3e-2}
+# The learning rates the estimator sweep accepted for smollm2-135m (RESULTS.md, issue #13: 4 rates per
+# method, pilots of 360 forward passes per client, a rate kept only when it held over 1,008), per training
+# mode and estimator: the P it ran with, and (most forward passes per client it held for, rate), first match:
+# - full fzoo (P = 8): 1e-2 was the pilots' best and the demo's measured preset; it drifts up past ~400
+#   forward passes, so a longer demo gets 3e-3, the rate that held over 1,008;
+# - LoRA fzoo (P = 8): 3e-2 (2.23 after 360 forward passes against 2.87 at 1e-2; held over 1,008);
+# - full mezo 3e-5 and adamezo 1e-3 (P = 1), each held over 1,008.
+# Each estimator's rate is on its own scale (fzoo's and adamezo's steps are normalised), so switching the
+# estimator switches the rate (and P, unless given); a combination the sweep did not measure needs --lr.
+MEASURED: dict[tuple[str, str, str], tuple[int, tuple[tuple[int | None, float], ...]]] = {
+    ("smollm2-135m", "full", "fzoo"): (8, ((360, 1e-2), (None, 3e-3))),
+    ("smollm2-135m", "full", "mezo"): (1, ((None, 3e-5),)),
+    ("smollm2-135m", "full", "adamezo"): (1, ((None, 1e-3),)),
+    ("smollm2-135m", "lora", "fzoo"): (8, ((None, 3e-2),)),
+}
+SMOKE_MODELS = frozenset({"tiny-random"})  # random weights: its preset rate serves every estimator
 
 
-def schedule_for(model: str, mode: str = "full") -> Schedule:
-    """The preset for a built-in model and mode; other models start from the smollm2 schedule."""
+def measured_lr(model: str, mode: str, estimator: str, forward_passes: int) -> float | None:
+    """The sweep's rate for this model, mode and estimator at this budget; None if never measured."""
+    _, rates = MEASURED.get((model, mode, estimator), (0, ()))
+    for limit, lr in rates:
+        if limit is None or forward_passes <= limit:
+            return lr
+    return None
+
+
+def schedule_for(model: str, mode: str = "full", **overrides: Any) -> Schedule:
+    """The preset for a built-in model (others start from the smollm2 schedule) with `overrides` applied.
+
+    Without an `lr` override the rate is the measured one for the mode, estimator and forward passes
+    (MEASURED; another estimator also brings its measured P unless `perturbations` is given); a
+    combination never measured raises DemoError asking for --lr."""
     known = model if model in PRESETS else "smollm2-135m"
-    preset = PRESETS[known]
-    if mode == "lora" and known in LORA_LR:
-        return dataclasses.replace(preset, lr=LORA_LR[known])
-    return preset
+    schedule = dataclasses.replace(PRESETS[known], **overrides)
+    if known in SMOKE_MODELS:
+        return schedule
+    measured = MEASURED.get((known, mode, schedule.estimator))
+    if measured is not None and "perturbations" not in overrides:
+        schedule = dataclasses.replace(schedule, perturbations=measured[0])
+    if "lr" in overrides:
+        return schedule
+    lr = measured_lr(known, mode, schedule.estimator, schedule.forward_passes)
+    if lr is None:
+        raise DemoError(
+            f"no measured learning rate for {schedule.estimator} in {mode} mode on {known} "
+            f"(measured: {', '.join(f'{e} in {m} mode' for k, m, e in MEASURED if k == known)}); "
+            "choose one with --lr"
+        )
+    return dataclasses.replace(schedule, lr=lr)
 
 
 @dataclass(frozen=True)

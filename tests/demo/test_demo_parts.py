@@ -12,6 +12,7 @@ import stat
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from fedmezo.data import EvalResult, read_jsonl
 from fedmezo.demo import PRESETS, DemoError, Summary, schedule_for
 from fedmezo.demo.processes import Supervisor
 from fedmezo.demo.report import eval_subset, fedavg_bytes, format_bytes
-from fedmezo.demo.run import LORA_LR
+from fedmezo.demo.run import MEASURED
 from fedmezo.demo.workdir import MARKER, Workdir, make_tls, write_data, write_tokens
 from fedmezo.fl.config import ESTIMATOR_NAMES
 
@@ -141,7 +142,7 @@ def test_cli_takes_the_models_preset_and_flag_overrides(monkeypatch: pytest.Monk
 
 def test_a_lora_demo_starts_from_the_adapters_own_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     full, lora = schedule_for("smollm2-135m"), schedule_for("smollm2-135m", "lora")
-    assert lora.lr == LORA_LR["smollm2-135m"] != full.lr
+    assert lora.lr == MEASURED["smollm2-135m", "lora", "fzoo"][1][0][1] != full.lr
     assert dataclasses.replace(lora, lr=full.lr) == full  # only the rate differs
     assert schedule_for("tiny-random", "lora") == PRESETS["tiny-random"]  # no LoRA rate of its own
     captured = {}
@@ -151,6 +152,46 @@ def test_a_lora_demo_starts_from_the_adapters_own_rate(monkeypatch: pytest.Monke
         args = build_parser().parse_args(["demo", *argv])
         assert args.func(args) == 0
         assert captured["config"].schedule.lr == lr  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("argv", "lr"),
+    [
+        ([], 1e-2),  # the preset: 4 x 4 FZOO steps = 144 forward passes per client
+        (["--rounds", "10"], 1e-2),  # 360: the budget its pilot measured
+        (["--rounds", "12"], 3e-3),  # 432: past where 1e-2 drifts up; 3e-3 held over 1,008
+        (["--estimator", "mezo"], 3e-5),  # each estimator's rate is on its own scale
+        (["--estimator", "adamezo", "--perturbations", "2"], 1e-3),
+        (["--estimator", "mezo", "--lr", "1e-6"], 1e-6),  # --lr always wins
+    ],
+)
+def test_without_lr_the_demo_takes_the_rate_measured_for_its_estimator_and_budget(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], lr: float
+) -> None:
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr("fedmezo.demo.run_demo", lambda config: captured.setdefault("config", config))
+    args = build_parser().parse_args(["demo", *argv])
+    assert args.func(args) == 0
+    assert captured["config"].schedule.lr == lr  # type: ignore[attr-defined]
+    if argv[:2] == ["--estimator", "mezo"]:  # with MeZO's measured P too: 2 forwards per step
+        assert captured["config"].schedule.perturbations == 1  # type: ignore[attr-defined]
+    if "--perturbations" in argv:
+        assert captured["config"].schedule.perturbations == 2  # type: ignore[attr-defined]
+
+
+def test_an_unmeasured_estimator_and_mode_asks_for_a_rate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started: list[object] = []
+    monkeypatch.setattr("fedmezo.demo.run_demo", started.append)
+    args = build_parser().parse_args(["demo", "--mode", "lora", "--estimator", "mezo"])
+    assert args.func(args) == 1 and not started
+    err = capsys.readouterr().err
+    assert "no measured learning rate for mezo in lora mode" in err and "--lr" in err
+    with pytest.raises(DemoError, match="choose one with --lr"):
+        schedule_for("smollm2-135m", "lora", estimator="adamezo")
+    # tiny-random is a smoke model with random weights: its preset rate serves every estimator
+    assert schedule_for("tiny-random", "lora", estimator="fzoo").lr == PRESETS["tiny-random"].lr
 
 
 def test_cli_estimator_flags_reach_the_schedule_and_name_every_estimator(
