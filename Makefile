@@ -67,9 +67,10 @@ demo: install
 	$(VENV)/bin/fedmezo demo
 
 # Issue #5's evidence: tables in benchmarks/RESULTS.md and plots in benchmarks/experiments/ (~25 min on
-# 2 CPU cores). QUICK=1: CI-sized, into artifacts/experiments-quick/. RESUME=1 reuses finished runs.
+# 2 CPU cores). QUICK=1: CI-sized, into artifacts/experiments-quick/. RESUME=1 reuses finished runs and
+# continues an interrupted one after its last finished round (--keep-progress).
 experiments: install
-	$(PY) benchmarks/experiments.py $(if $(QUICK),--quick) $(if $(RESUME),,--fresh) \
+	$(PY) benchmarks/experiments.py $(if $(QUICK),--quick) $(if $(RESUME),--keep-progress,--fresh) \
 		$(if $(EXPERIMENTS_OUT),--out $(EXPERIMENTS_OUT))
 
 clean:

@@ -7,7 +7,8 @@
 Every number comes from `fedmezo.sim.Simulation` (the daemons' engine, in one process) on
 `smollm2-135m` and the built-in demo dataset split by category (non-IID), plus memory probes that run
 one step each in a fresh process. Each run is cached under `<out>/runs/<name>.json` with its exact
-config, so an interrupted sweep resumes; `--fresh` recomputes everything.
+config, so an interrupted sweep resumes; with `--keep-progress` a run itself continues after its last
+finished round (`fedmezo simulate --resume-dir`); `--fresh` recomputes everything.
 
 Claims under test (FedMeZO, Ling et al., KDD 2024, and fedmezo's):
  1. FedMeZO converges faster than first-order FedAvg.
@@ -198,7 +199,9 @@ class Runner:
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
         with concurrent.futures.ProcessPoolExecutor(min(self.jobs, len(todo)), mp_context=context) as pool:
             futures = {
-                pool.submit(_run_spec, self.runs_dir.parent, self.plan, self.device, self.fresh, spec): spec
+                pool.submit(
+                    _run_spec, self.runs_dir.parent, self.plan, self.device, self.fresh, spec, self.resume
+                ): spec
                 for spec in todo
             }
             for future in concurrent.futures.as_completed(futures):
@@ -230,6 +233,8 @@ class Runner:
                 return dict(cached["result"])
         self.log(f"  {name}: running {_describe(flags)}")
         resume_dir = self.runs_dir / f"{name}.resume"  # not part of the key: it changes no bit of the run
+        if self.fresh:
+            shutil.rmtree(resume_dir, ignore_errors=True)  # --fresh recomputes: no earlier progress either
         settings = {**flags, "resume_dir": resume_dir} if self.resume else flags
         config, options = load_sim_config({k: str(v) for k, v in settings.items()}, env={})
         start = time.perf_counter()
@@ -267,7 +272,7 @@ class RunSpec:
     per_example: bool = False
 
 
-def _run_spec(out: Path, plan: Plan, device: str, fresh: bool, spec: RunSpec) -> float:
+def _run_spec(out: Path, plan: Plan, device: str, fresh: bool, spec: RunSpec, resume: bool = False) -> float:
     """A prefetched run in its own process: the same `Runner.run`, writing the same cache file."""
     prefix = f"[{spec.name}]"
 
@@ -275,7 +280,7 @@ def _run_spec(out: Path, plan: Plan, device: str, fresh: bool, spec: RunSpec) ->
         print(f"{prefix} {message.strip()}", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    Runner(out, plan, fresh=fresh, log=log, device=device).run(
+    Runner(out, plan, fresh=fresh, log=log, device=device, resume=resume).run(
         spec.name, spec.flags, exact_match=spec.exact_match, per_example=spec.per_example
     )
     return time.perf_counter() - start
@@ -1677,13 +1682,15 @@ def machine() -> str:
     )
 
 
-def run_all(plan: Plan, out: Path, results_md: Path, *, fresh: bool, device: str = "cpu") -> dict[str, Any]:
+def run_all(
+    plan: Plan, out: Path, results_md: Path, *, fresh: bool, device: str = "cpu", resume: bool = False
+) -> dict[str, Any]:
     start = time.perf_counter()
 
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:7.0f} s] {message}", file=sys.stderr, flush=True)
 
-    runner = Runner(out, plan, fresh=fresh, log=log, device=device)
+    runner = Runner(out, plan, fresh=fresh, log=log, device=device, resume=resume)
     log(f"{plan.name} mode → {out}")
     log("learning-rate search")
     search = search_lrs(runner)
@@ -1740,7 +1747,7 @@ def run_all(plan: Plan, out: Path, results_md: Path, *, fresh: bool, device: str
 
 def run_estimators_only(
     plan: Plan, out: Path, results_md: Path, *, fresh: bool, device: str, jobs: int, seed_schemes: bool,
-    tag: str | None = None,
+    tag: str | None = None, resume: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Issue #13's sweep alone (e.g. on a lent GPU, where the rest of the evidence need not be redone):
     its plots and summary in `out`, its own section of `results_md`, marked by device."""
@@ -1749,7 +1756,7 @@ def run_estimators_only(
     def log(message: str) -> None:
         print(f"[{time.perf_counter() - start:7.0f} s] {message}", file=sys.stderr, flush=True)
 
-    runner = Runner(out, plan, fresh=fresh, log=log, device=device, jobs=jobs)
+    runner = Runner(out, plan, fresh=fresh, log=log, device=device, jobs=jobs, resume=resume)
     log(f"{plan.name} mode, estimators only, on {device} with {jobs} job(s) → {out}")
     est = estimators(runner, seed_schemes=seed_schemes)
     results: dict[str, Any] = {
@@ -1834,6 +1841,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--results-md", type=Path, help="markdown file whose experiments section is rewritten"
     )
     parser.add_argument("--fresh", action="store_true", help="ignore cached runs")
+    parser.add_argument(
+        "--keep-progress", action="store_true",
+        help="keep each run's progress after every round (runs/<name>.resume/: its trainable weights, 538 MB "
+        "for smollm2-135m), so a killed sweep continues mid-run; dropped once the run is cached",
+    )  # fmt: skip
     parser.add_argument("--model", help="override the plan's model (e.g. tiny-random for a smoke run)")
     parser.add_argument(
         "--device", default="cpu", help="torch device of every simulation (cuda: the sweep on a GPU)"
@@ -1875,12 +1887,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = out.with_name(f"{out.name}-estimators-{tag}")
         run_estimators_only(
             plan, out, results_md, fresh=args.fresh, device=args.device, jobs=args.jobs,
-            seed_schemes=not args.skip_seed_schemes, tag=tag,
+            seed_schemes=not args.skip_seed_schemes, tag=tag, resume=args.keep_progress,
         )  # fmt: skip
         return 0
     if args.jobs != 1 or args.skip_seed_schemes or args.lr_schedule != "constant":
         parser.error("--jobs, --skip-seed-schemes and --lr-schedule go with --only estimators")
-    run_all(plan, out, results_md, fresh=args.fresh, device=args.device)
+    run_all(plan, out, results_md, fresh=args.fresh, device=args.device, resume=args.keep_progress)
     return 0
 
 
