@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from fedmezo.client.errors import ConfigError
+from fedmezo.fl.config import freeze_parts
 from fedmezo.fl.records import RunSettings
 from fedmezo.fl.train import StepDataset, device_label
 from fedmezo.memory import PeakMemory
@@ -97,6 +98,7 @@ def build_workload(
         run_seed=settings.lora_seed,
         base_dtype=base,
         weights=settings.weights if settings.mode == "full" else "fp32",
+        freeze=freeze_parts(settings.freeze),
     )
     if isinstance(params, TrainableParams) and (
         compute_dtype == "bf16" or (compute_dtype == "auto" and target.type == "cuda")

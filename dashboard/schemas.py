@@ -35,6 +35,7 @@ class RunConfigInfo(BaseModel):
     lora_rank: int = 0
     base_dtype: str = Field("fp32", description="LoRA: dtype of the frozen base weights, fp32 | bf16 | fp16")
     weights: str = Field("fp32", description="full mode: the trained weights, fp32 | bf16-sr")
+    freeze: str = Field("", description="full mode: comma-separated parts of names of weights kept frozen")
     total_rounds: int
     local_steps: int = Field(description="tau: MeZO steps per client per round")
     clients_per_round: int

@@ -154,6 +154,7 @@ class GrpcStatusSource:
             perturbations=c.perturbations or 1,
             base_dtype=c.base_dtype or "fp32",  # empty: fp32 (also from servers before the field)
             weights=c.weights or "fp32",  # likewise
+            freeze=c.freeze,
             seed_scheme="shared" if c.seed_scheme == common_pb2.SEED_SCHEME_SHARED else "per-client",
             batch_size=c.batch_size,
             aggregation=c.aggregation,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -101,13 +102,15 @@ def prepare_trainable(
     run_seed: int = 0,
     base_dtype: str = "fp32",
     weights: str = "fp32",
+    freeze: Sequence[str] = (),
 ) -> tuple[torch.nn.Module, Weights]:
     """Mark what trains and gather it into one flat buffer; returns the (maybe wrapped) model.
 
     `base_dtype` (LoRA only) casts the frozen base to bf16 or fp16 before the fp32 adapters are added;
     load the model in that dtype already (fedmezo.models.load_model(dtype=...)) to never hold it in fp32.
     `weights` (full mode only) is the trained weights' format: fp32, or bf16-sr (§7.4: the model is cast
-    to bf16 and θ moves by stochastically rounded adds).
+    to bf16 and θ moves by stochastically rounded adds). `freeze` (full mode only) names parts of weight
+    names that stay frozen (e.g. "embed_tokens"); each must match a weight, and something must still train.
     """
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
@@ -122,6 +125,9 @@ def prepare_trainable(
             )
         for param in model.parameters():
             param.requires_grad_(True)
+        _freeze(model, freeze)
+    elif freeze:
+        raise ValueError("freeze needs mode 'full': in lora mode only the adapters train")
     elif mode == "lora":
         if base_dtype in QUANTIZED_BASES:
             if not getattr(model, "is_quantized", False):
@@ -136,3 +142,16 @@ def prepare_trainable(
     if isinstance(params, TrainableParams):
         params.base = "" if base_dtype == "fp32" else base_dtype
     return model, params
+
+
+def _freeze(model: torch.nn.Module, parts: Sequence[str]) -> None:
+    """Keep every weight whose name contains one of `parts` out of θ (tied weights under either name)."""
+    named = list(model.named_parameters(remove_duplicate=False))
+    for part in parts:
+        matched = [param for name, param in named if part in name]
+        if not matched:
+            raise ValueError(f"freeze {part!r} matches no weight of the model")
+        for param in matched:
+            param.requires_grad_(False)
+    if not any(param.requires_grad for _, param in named):
+        raise ValueError(f"freeze {', '.join(parts)} leaves no weight to train")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedmezo.fl.config import freeze_parts
 from fedmezo.fl.errors import StoreError
 from fedmezo.fl.replica import Replica
 from fedmezo.server.model_state import CHECKPOINTS_DIR, restore_replica
@@ -72,6 +73,7 @@ def export_model(
             seed=config["run_seed"],
             base_dtype=config.get("base_dtype", "fp32"),  # runs from before base dtypes: fp32
             weights=config.get("weights", "fp32"),  # likewise: bf16-sr exports bf16 weights
+            freeze=freeze_parts(config.get("freeze", "")),  # likewise: every weight trained
         )
         initial = store.get_meta("initial_fingerprint")
         if initial and replica.version == 0 and replica.fingerprint().hex() != initial:

@@ -121,7 +121,8 @@
     $("run-id").textContent = c.run_id ? `run ${c.run_id}` : "";
     $("model").textContent = c.model;
     const bf16 = c.weights && c.weights !== "fp32" ? ` · ${c.weights} weights` : ""; // bf16-sr: §7.4
-    $("mode").textContent = c.mode === "lora" ? `LoRA (r = ${c.lora_rank})` : c.mode === "full" ? `full-parameter${bf16}` : c.mode;
+    const frozen = c.freeze ? ` · ${c.freeze} frozen` : "";
+    $("mode").textContent = c.mode === "lora" ? `LoRA (r = ${c.lora_rank})` : c.mode === "full" ? `full-parameter${bf16}${frozen}` : c.mode;
     const spread = c.lr_strategy !== "frozen" && c.lr_spread ? ` ± ${fmtLr(c.lr_spread)}` : ""; // frozen: one η for all
     const schedule = c.lr_schedule && c.lr_schedule !== "constant" ? ` · ${c.lr_schedule} decay` : "";
     $("lr").textContent = `${c.lr_strategy} · η₀ ${fmtLr(c.lr)}${spread}${schedule}`;

@@ -49,7 +49,7 @@ ESTIMATOR_NAMES = tuple(ESTIMATORS)
 # restart must keep them.
 RUN_DEFINING_FIELDS = (
     "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations", "base_dtype",
-    "weights",
+    "weights", "freeze",
 )  # fmt: skip
 BASE_DTYPE_NAMES = ("fp32", "bf16", "fp16", "int8", "nf4")  # fedmezo.trainable.BASES, without torch
 WEIGHT_FORMAT_NAMES = ("fp32", "bf16-sr")  # fedmezo.zo.weights.WEIGHT_FORMATS, without torch
@@ -72,6 +72,11 @@ def fp32(value: float) -> float:
     """The fp32 nearest to `value`, as a Python float (overflow gives inf, which validation refuses)."""
     with np.errstate(over="ignore"):
         return float(np.float32(value))
+
+
+def freeze_parts(text: str) -> tuple[str, ...]:
+    """The name parts of a `freeze` setting ("embed_tokens, norm" -> ("embed_tokens", "norm"))."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,11 @@ class RunConfig:
         "half of fp32) and rounds each round delta stochastically (once per weight) so small updates "
         "survive in expectation; "
         "part of the manifest",
+    )
+    freeze: str = setting(
+        "",
+        "mode=full: comma-separated parts of weight names kept frozen, e.g. embed_tokens (the input "
+        "embedding, tied to the output head in SmolLM2 and Llama-style models); part of the manifest",
     )
     rounds: int = setting(10, "total federated rounds")
     local_steps: int = setting(20, "MeZO steps per client per round (tau); 20 keeps a round < 1 KiB/client")
@@ -186,6 +196,10 @@ class RunConfig:
             problems.append(f"weights must be one of {WEIGHT_FORMAT_NAMES}")
         elif self.weights != "fp32" and self.mode != "full":
             problems.append("weights bf16-sr needs mode full (LoRA adapters stay fp32; see base_dtype)")
+        if self.freeze and self.mode != "full":
+            problems.append("freeze needs mode full (in lora mode only the adapters train)")
+        elif self.freeze and not all(part.strip() for part in self.freeze.split(",")):
+            problems.append("freeze must be comma-separated non-empty name parts, e.g. embed_tokens")
         if self.lr_strategy not in LR_STRATEGIES:
             problems.append(f"lr_strategy must be one of {LR_STRATEGIES}")
         if self.lr_schedule not in LR_SCHEDULES:

@@ -76,12 +76,15 @@ class Replica:
             run_seed=lora.get("seed", 0),
             base_dtype=base,
             weights=weights,
+            freeze=tuple(lora.get("freeze", ())),
         )
         return cls(params, model=model, tokenizer=loaded.tokenizer)
 
     @classmethod
     def for_run(cls, config: RunConfig, device: str | None = None) -> Replica:
         """θ_0 of the run `config` defines (its model, mode, LoRA shape and seed) on `device`."""
+        from fedmezo.fl.config import freeze_parts
+
         return cls.load(
             config.model,
             mode=config.mode,
@@ -91,6 +94,7 @@ class Replica:
             seed=config.run_seed,
             base_dtype=getattr(config, "base_dtype", "fp32"),
             weights=getattr(config, "weights", "fp32"),
+            freeze=freeze_parts(getattr(config, "freeze", "")),
         )
 
     def loaded_model(self) -> torch.nn.Module:

@@ -182,6 +182,7 @@ def run_config_to_pb(
         lora_seed=config.run_seed if lora else 0,
         base_dtype=config.base_dtype if lora else "",
         weights="" if lora or config.weights == "fp32" else config.weights,
+        freeze="" if lora else config.freeze,
         run_seed=config.run_seed,
         seed_scheme=_SEED_SCHEMES[config.seed_scheme],
         estimator=_ESTIMATORS[config.estimator],
@@ -235,6 +236,7 @@ def run_settings_from_pb(config: common_pb2.RunConfig) -> RunSettings:
         seed_scheme=seed_scheme_from_pb(config.seed_scheme),
         base_dtype=config.base_dtype or "fp32",
         weights=config.weights or "fp32",
+        freeze=config.freeze,
     )
 
 

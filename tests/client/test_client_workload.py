@@ -93,3 +93,18 @@ def test_the_servers_weight_format_is_what_the_client_trains(data_file: Path) ->
     unknown = dataclasses.replace(bf16, weights="fp8-sr")  # a newer server's format
     with pytest.raises(ConfigError, match=r"fp8-sr.*upgrade fedmezo"):
         build_workload(unknown, data=str(data_file), device="cpu", model_name=None, max_length=32)
+
+
+def test_a_client_freezes_what_the_server_says_and_lands_on_its_manifest(data_file: Path) -> None:
+    from dataclasses import replace
+
+    from fedmezo.fl.config import RunConfig
+    from fedmezo.fl.replica import Replica
+
+    server = Replica.for_run(RunConfig(model="tiny-random", freeze="embed_tokens"))
+    work = build_workload(
+        replace(_settings(None), freeze="embed_tokens"), data=str(data_file), device="cpu", model_name=None,
+        max_length=32,
+    )  # fmt: skip
+    assert work.params.manifest().sha256() == server.manifest_sha256.hex()
+    assert work.params.numel == server.trainable_params

@@ -1,0 +1,77 @@
+"""`freeze` (full mode): named weights stay out of θ, on every replica alike, and wrong names are refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from fedmezo.fl.config import RunConfig, freeze_parts
+from fedmezo.fl.errors import ConfigError
+from fedmezo.fl.replica import Replica
+from fedmezo.fl.wire import run_config_to_pb, run_settings_from_pb
+from fedmezo.sim import Simulation, load_sim_config
+
+
+def test_frozen_weights_leave_theta_and_change_the_manifest() -> None:
+    full = Replica.for_run(RunConfig(model="tiny-random"))
+    frozen = Replica.for_run(RunConfig(model="tiny-random", freeze="embed_tokens"))
+    model = frozen.loaded_model()
+    embedding = model.get_input_embeddings().weight
+    assert not embedding.requires_grad
+    assert frozen.trainable_params == full.trainable_params - embedding.numel()
+    assert not any("embed_tokens" in name for name in frozen.params.names)
+    assert frozen.manifest_sha256 != full.manifest_sha256  # a client that trains other weights is refused
+    # every replica of the run builds the same θ (the server, each client, a simulation)
+    again = Replica.for_run(RunConfig(model="tiny-random", freeze=" embed_tokens "))
+    assert again.manifest_sha256 == frozen.manifest_sha256 and again.fingerprint() == frozen.fingerprint()
+
+
+def test_a_tied_output_head_is_frozen_under_either_name() -> None:
+    replica = Replica.for_run(RunConfig(model="tiny-random", freeze="lm_head"))
+    model = replica.loaded_model()
+    if model.get_output_embeddings().weight is not model.get_input_embeddings().weight:
+        pytest.skip("tiny-random's head is not tied")
+    assert not model.get_input_embeddings().weight.requires_grad
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"mode": "lora", "freeze": "embed_tokens"}, "freeze needs mode full"),
+        ({"freeze": "embed_tokens,,norm"}, "comma-separated non-empty"),
+    ],
+)
+def test_bad_freeze_settings_are_refused(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(model="tiny-random", **settings).validate()
+
+
+@pytest.mark.parametrize(
+    ("freeze", "message"), [("no_such_weight", "matches no weight"), ("model", "leaves no weight to train")]
+)
+def test_freeze_must_name_some_weights_and_leave_some(freeze: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Replica.for_run(RunConfig(model="tiny-random", freeze=freeze))
+
+
+def test_freeze_travels_to_clients_in_the_run_config() -> None:
+    config = RunConfig(model="tiny-random", freeze="embed_tokens, norm")
+    settings = run_settings_from_pb(run_config_to_pb(config, "run", b"\0" * 32))
+    assert freeze_parts(settings.freeze) == ("embed_tokens", "norm")
+    assert run_config_to_pb(RunConfig(model="tiny-random"), "run", b"\0" * 32).freeze == ""
+
+
+def test_a_simulation_never_moves_a_frozen_weight() -> None:
+    config, options = load_sim_config(
+        {"model": "tiny-random", "freeze": "embed_tokens", "rounds": 2, "local_steps": 2, "lr": 1e-3,
+         "lr_spread": 0.0, "batch_size": 2, "max_length": 32, "num_clients": 2, "eval_limit": 4},
+        env={},
+    )  # fmt: skip
+    simulation = Simulation(config, options, exact_match=False)
+    embedding = simulation.replica.loaded_model().get_input_embeddings().weight
+    before = embedding.detach().clone()
+    result = simulation.run(progress=False)
+    assert result.rounds[-1].fingerprint != result.rounds[0].fingerprint  # the rest trained
+    assert torch.equal(embedding.detach(), before)
