@@ -98,6 +98,7 @@ class Plan:
     est_fzoo_lrs: tuple[float, ...]
     est_adamezo_lrs: tuple[float, ...]
     est_fzoo_lora_lrs: tuple[float, ...]  # FZOO on LoRA adapters: ZO variance grows with the dimension
+    est_fzoo_frozen_lrs: tuple[float, ...]  # FZOO with the embedding frozen (FROZEN_EMBEDDING)
     est_fedavg_lrs: tuple[float, ...]
     est_lr_schedule: str = "constant"  # every method's, pilots (over their own rounds) and main runs alike
 
@@ -111,7 +112,8 @@ FULL = Plan(
     est_clients=3, est_eval_limit=120, est_forwards_per_round=36, est_rounds=28, est_eval_every=2,
     est_pilot_rounds=10, est_perturbations=8, est_seed_clients=10, est_mezo_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
     est_fzoo_lrs=(1e-3, 3e-3, 1e-2, 3e-2), est_adamezo_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
-    est_fzoo_lora_lrs=(3e-3, 1e-2, 3e-2, 1e-1), est_fedavg_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
+    est_fzoo_lora_lrs=(3e-3, 1e-2, 3e-2, 1e-1), est_fzoo_frozen_lrs=(1e-3, 3e-3, 1e-2, 3e-2),
+    est_fedavg_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
 )  # fmt: skip
 QUICK = Plan(
     name="quick", model="smollm2-135m", max_length=48, batch_size=2, eval_limit=8,
@@ -123,6 +125,7 @@ QUICK = Plan(
     est_clients=2, est_eval_limit=8, est_forwards_per_round=6, est_rounds=1, est_eval_every=1,
     est_pilot_rounds=1, est_perturbations=2, est_seed_clients=4, est_mezo_lrs=(1e-5, 1e-2),
     est_fzoo_lrs=(1e-3, 3e-3), est_adamezo_lrs=(1e-3, 3e-3), est_fzoo_lora_lrs=(1e-2, 3e-2),
+    est_fzoo_frozen_lrs=(1e-3, 3e-3),
     est_fedavg_lrs=(1e-5, 3e-5),
 )  # fmt: skip
 
@@ -543,8 +546,13 @@ def trajectory_gap(seed_scalar: Mapping[str, Any], full_state: Mapping[str, Any]
 # --------------------------------------------------------------------------------------------------
 # Estimators and seed schemes (issue #13): budgets in forward passes per client
 # --------------------------------------------------------------------------------------------------
-EST_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fedavg-adamw")
-ZO_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora")
+EST_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fzoo-frozen-embed", "fedavg-adamw")
+ZO_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fzoo-frozen-embed")
+# fzoo-frozen-embed: full-parameter FZOO with the input embedding (tied to the output head) frozen. At
+# θ_0 it has the lowest |g|^2 / tr(H) of smollm2-135m's weight groups (RESULTS.md, session 15): the
+# perturbation's curvature cost with the least gradient signal.
+FROZEN_EMBEDDING = "embed_tokens"
+FZOO_VARIANTS = ("fzoo-lora", "fzoo-frozen-embed")
 
 
 def candidate(est: Mapping[str, Any]) -> str:
@@ -562,7 +570,7 @@ FORWARDS_GOAL, FORWARDS_IDEAL, GAP_GOAL = 1 / 3, 1 / 5, 1 / 2  # the issue's "do
 def forwards_per_step(method: str, perturbations: int) -> int:
     """Forward passes of one local step (docs/estimators.md, Accounting)."""
     per_step = {"mezo": 2, "fzoo": perturbations + 1, "adamezo": 2, "fedavg-adamw": 3}
-    return per_step["fzoo" if method == "fzoo-lora" else method]
+    return per_step["fzoo" if method in FZOO_VARIANTS else method]
 
 
 def stratified_order(examples: Sequence[Any], seed: int = 0) -> list[Any]:
@@ -621,7 +629,9 @@ def est_flags(
         return runner.base(**shape, method="fedavg", optimizer="adamw", fedavg_lr=lr)
     if method == "fzoo-lora":  # FZOO on the LoRA adapters (rank 8) of the frozen fp32 base
         shape["mode"] = "lora"
-    estimator = "fzoo" if method == "fzoo-lora" else method
+    if method == "fzoo-frozen-embed":
+        shape["freeze"] = FROZEN_EMBEDDING
+    estimator = "fzoo" if method in FZOO_VARIANTS else method
     perturbations = p.est_perturbations if estimator == "fzoo" else 1
     return runner.base(
         **shape, estimator=estimator, perturbations=perturbations, seed_scheme=seed_scheme, lr=lr
@@ -644,6 +654,7 @@ def est_lrs(plan: Plan, method: str) -> tuple[float, ...]:
         "fzoo": plan.est_fzoo_lrs,
         "adamezo": plan.est_adamezo_lrs,
         "fzoo-lora": plan.est_fzoo_lora_lrs,
+        "fzoo-frozen-embed": plan.est_fzoo_frozen_lrs,
         "fedavg-adamw": plan.est_fedavg_lrs,
     }[method]
 
@@ -989,8 +1000,8 @@ def make_plots(results: Mapping[str, Any], out: Path) -> dict[str, str]:
 
 
 EST_STYLES = {
-    "mezo": "C0", "fzoo": "C1", "adamezo": "C4", "fzoo-lora": "C5", "fedavg-adamw": "C3", "per-client": "C0",
-    "shared": "C2",
+    "mezo": "C0", "fzoo": "C1", "adamezo": "C4", "fzoo-lora": "C5", "fzoo-frozen-embed": "C6",
+    "fedavg-adamw": "C3", "per-client": "C0", "shared": "C2",
 }  # fmt: skip
 
 
@@ -1513,7 +1524,8 @@ def _estimator_markdown(results: Mapping[str, Any], img: Callable[[str], str]) -
         f"{est['budget']:,} per client in all (`mezo` P=1: τ={taus['mezo']}, 2 forwards per step; "
         f"`fzoo` P={pert}, ε=1e-3: τ={taus['fzoo']}, {pert + 1} per step; `adamezo` P=1: "
         f"τ={taus['adamezo']}, 2 per step; `fzoo-lora`: FZOO on rank-8 LoRA adapters of the frozen base, "
-        f"τ={taus['fzoo-lora']}; FedAvg-AdamW: "
+        f"τ={taus['fzoo-lora']}; `fzoo-frozen-embed`: full-parameter FZOO with the input embedding (tied to "
+        f"the output head) frozen, τ={taus['fzoo-frozen-embed']}; FedAvg-AdamW: "
         f"τ={taus['fedavg-adamw']} backprop steps, a backward counted as two forwards). Held-out loss and "
         f"exact match on `{est['held_out']['test']}`: {plan['est_eval_limit']} examples of the demo held-out "
         "set, every category in proportion (the first 24 of its list, used above, are all arithmetic), "
