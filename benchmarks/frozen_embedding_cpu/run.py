@@ -2,6 +2,7 @@
 
     python benchmarks/frozen_embedding_cpu/run.py               # pilots (4 rates), then the main run
     python benchmarks/frozen_embedding_cpu/run.py --main-lr 1e-2  # the main run at a given rate first
+    python benchmarks/frozen_embedding_cpu/run.py --lr-schedule cosine --main-lr 1e-2 --main-only
 
 The estimator sweep's protocol and settings (`benchmarks/experiments.py`, FULL plan: 3 clients, non-IID,
 batch 4, 36 forward passes per client per round; pilots of 10 rounds ranked on validation-120, the main
@@ -12,12 +13,16 @@ round (git-ignored `*.resume/`): stop at any time, rerun to continue. About 9 mi
 the main run on 2 idle cores.
 
 Prints how many forward passes per client the main run needs to reach MeZO's final held-out loss (the
-CPU main run at MeZO's accepted rate 3e-5), and the paired difference of the final losses.
+CPU main run at MeZO's accepted rate 3e-5), and the paired difference of the final losses. With
+`--lr-schedule cosine` the runs decay their rate (the sweep's `--lr-schedule cosine`) and go to that
+sweep's CPU cache (`benchmarks/experiments-estimators-cpu-cosine/runs`); the reference stays MeZO's
+constant-rate CPU run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -35,11 +40,15 @@ def main() -> None:
     parser.add_argument(
         "--main-lr", type=float, help="run the main comparison at this rate before the pilots"
     )
+    parser.add_argument("--main-only", action="store_true", help="with --main-lr: stop after that run")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     args = parser.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    plan = ex.FULL
-    runner = ex.Runner(CPU_SWEEP, plan, fresh=False, log=log, device="cpu", resume=True)
-    test, validation = ex.held_out_splits(CPU_SWEEP, plan.est_eval_limit)
+    plan = dataclasses.replace(ex.FULL, est_lr_schedule=args.lr_schedule)
+    out = CPU_SWEEP.with_name(f"experiments-estimators-cpu-{args.lr_schedule}")
+    runner = ex.Runner(CPU_SWEEP if args.lr_schedule == "constant" else out, plan, fresh=False, log=log,
+                       device="cpu", resume=True)  # fmt: skip
+    test, validation = ex.held_out_splits(runner.runs_dir.parent, plan.est_eval_limit)
 
     def main_run(lr: float) -> dict:  # type: ignore[type-arg]
         flags = ex.est_flags(
@@ -51,7 +60,10 @@ def main() -> None:
         )
 
     if args.main_lr:
-        main_run(args.main_lr)
+        run = main_run(args.main_lr)
+        if args.main_only:
+            print(f"{METHOD} at lr {args.main_lr:g}: held-out {[round(x, 4) for _, x in ex.eval_curve(run)]}")
+            return
     candidates = {}
     for lr in ex.est_lrs(plan, METHOD):
         flags = ex.est_flags(
@@ -74,14 +86,16 @@ def main() -> None:
 
     lr, _ = ex.choose_with_fallback(ex.rank_candidates(candidates), accept)
     ours = tried[lr]
+    reference = ex.Runner(CPU_SWEEP, ex.FULL, fresh=False, log=log, device="cpu")  # constant-rate MeZO
+    reference_test = ex.held_out_splits(CPU_SWEEP, plan.est_eval_limit)[0]
     mezo_flags = ex.est_flags(
-        runner, "mezo", 3e-5, clients=plan.est_clients, rounds=plan.est_rounds,
-        eval_every=plan.est_eval_every, eval_data=test,
+        reference, "mezo", 3e-5, clients=plan.est_clients, rounds=plan.est_rounds,
+        eval_every=plan.est_eval_every, eval_data=reference_test,
     )  # fmt: skip
     mezo_name = f"est-c{plan.est_clients}-mezo-lr3e-05"
-    if not runner.is_cached(mezo_name, mezo_flags, True, True):  # 105 min on this CPU: never by accident
-        sys.exit(f"{mezo_name} is not in {runner.runs_dir}: run the CPU sweep's MeZO main run first")
-    mezo = runner.run(mezo_name, mezo_flags, exact_match=True, per_example=True)
+    if not reference.is_cached(mezo_name, mezo_flags, True, True):  # 105 min on this CPU: never by accident
+        sys.exit(f"{mezo_name} is not in {reference.runs_dir}: run the CPU sweep's MeZO main run first")
+    mezo = reference.run(mezo_name, mezo_flags, exact_match=True, per_example=True)
     target = ex.final_loss(mezo)
     curve = ex.eval_curve(ours)
     per_round = plan.est_forwards_per_round
