@@ -62,10 +62,11 @@ def test_names_come_from_the_registries() -> None:
 def test_run_defining_fields_are_fields() -> None:
     names = {f.name for f in dataclasses.fields(RunConfig)}
     assert set(RUN_DEFINING_FIELDS) <= names
-    # the seed scheme and P name every stored delta's seeds: a restart must keep them too
+    # the seed scheme and P name every stored delta's seeds: a restart must keep them too; freeze
+    # decides which weights θ holds (the deltas' tensor ids)
     assert RUN_DEFINING_FIELDS == (
         "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations", "base_dtype",
-        "weights",
+        "weights", "freeze",
     )  # fmt: skip
 
 
