@@ -144,14 +144,31 @@ def prepare_trainable(
     return model, params
 
 
+# A `freeze` part that names a role instead of a weight: the input embedding whatever the architecture
+# calls it (embed_tokens, wte, word_embeddings), so one setting fits every model. A hyphen never occurs
+# in a PyTorch parameter name, so the keyword cannot shadow a name part.
+INPUT_EMBEDDINGS = "input-embeddings"
+
+
 def _freeze(model: torch.nn.Module, parts: Sequence[str]) -> None:
     """Keep every weight whose name contains one of `parts` out of θ (tied weights under either name)."""
     named = list(model.named_parameters(remove_duplicate=False))
     for part in parts:
-        matched = [param for name, param in named if part in name]
+        if part == INPUT_EMBEDDINGS:
+            matched = list(_input_embeddings(model).parameters())
+        else:
+            matched = [param for name, param in named if part in name]
         if not matched:
             raise ValueError(f"freeze {part!r} matches no weight of the model")
         for param in matched:
             param.requires_grad_(False)
     if not any(param.requires_grad for _, param in named):
         raise ValueError(f"freeze {', '.join(parts)} leaves no weight to train")
+
+
+def _input_embeddings(model: torch.nn.Module) -> torch.nn.Module:
+    get = getattr(model, "get_input_embeddings", None)
+    embeddings = get() if callable(get) else None
+    if not isinstance(embeddings, torch.nn.Module):
+        raise ValueError(f"freeze {INPUT_EMBEDDINGS!r}: {type(model).__name__} has no input embedding")
+    return embeddings

@@ -12,6 +12,7 @@ from fedmezo.fl.errors import ConfigError
 from fedmezo.fl.replica import Replica
 from fedmezo.fl.wire import run_config_to_pb, run_settings_from_pb
 from fedmezo.sim import Simulation, load_sim_config
+from fedmezo.trainable import prepare_trainable
 
 
 def test_frozen_weights_leave_theta_and_change_the_manifest() -> None:
@@ -26,6 +27,15 @@ def test_frozen_weights_leave_theta_and_change_the_manifest() -> None:
     # every replica of the run builds the same θ (the server, each client, a simulation)
     again = Replica.for_run(RunConfig(model="tiny-random", freeze=" embed_tokens "))
     assert again.manifest_sha256 == frozen.manifest_sha256 and again.fingerprint() == frozen.fingerprint()
+
+
+def test_input_embeddings_names_the_embedding_whatever_the_architecture_calls_it() -> None:
+    by_name = Replica.for_run(RunConfig(model="tiny-random", freeze="embed_tokens"))
+    by_role = Replica.for_run(RunConfig(model="tiny-random", freeze="input-embeddings"))
+    assert by_role.manifest_sha256 == by_name.manifest_sha256
+    assert not by_role.loaded_model().get_input_embeddings().weight.requires_grad
+    with pytest.raises(ValueError, match="has no input embedding"):
+        prepare_trainable(torch.nn.Sequential(torch.nn.Linear(2, 2)), "full", freeze=("input-embeddings",))
 
 
 def test_a_tied_output_head_is_frozen_under_either_name() -> None:

@@ -107,8 +107,9 @@ class RunConfig:
     )
     freeze: str = setting(
         "",
-        "mode=full: comma-separated parts of weight names kept frozen, e.g. embed_tokens (the input "
-        "embedding, tied to the output head in SmolLM2 and Llama-style models); part of the manifest",
+        "mode=full: comma-separated parts of weight names kept frozen, e.g. embed_tokens, or the keyword "
+        "input-embeddings: the model's input embedding whatever its name (tied to the output head in "
+        "SmolLM2 and Llama-style models); part of the manifest",
     )
     rounds: int = setting(10, "total federated rounds")
     local_steps: int = setting(20, "MeZO steps per client per round (tau); 20 keeps a round < 1 KiB/client")
