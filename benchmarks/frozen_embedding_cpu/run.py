@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--main-only", action="store_true", help="with --main-lr: stop after that run")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     parser.add_argument(
+        "--pilots", type=float, nargs="+", metavar="LR", help="run only the pilots at these rates of the grid"
+    )
+    parser.add_argument(
         "--reference-only", action="store_true",
         help="run MeZO's main run (3e-5) with --lr-schedule, then stop",
     )  # fmt: skip
@@ -91,7 +94,10 @@ def main() -> None:
             print(f"{METHOD} at lr {args.main_lr:g}: held-out {[round(x, 4) for _, x in ex.eval_curve(run)]}")
             return
     candidates = {}
-    for lr in ex.est_lrs(plan, METHOD):
+    grid = ex.est_lrs(plan, METHOD)
+    if args.pilots and not set(args.pilots) <= set(grid):
+        sys.exit(f"--pilots: {METHOD}'s grid is {', '.join(f'{lr:g}' for lr in grid)}")
+    for lr in args.pilots or grid:
         flags = ex.est_flags(
             runner, METHOD, lr, clients=plan.est_clients, rounds=plan.est_pilot_rounds,
             eval_every=max(1, plan.est_pilot_rounds // 2), eval_data=validation,
@@ -104,6 +110,8 @@ def main() -> None:
         }
         print(f"pilot lr {lr:g}: validation loss {candidates[lr]['final']:.4f}"
               f"{' (diverged)' if candidates[lr]['diverged'] else ''}")  # fmt: skip
+    if args.pilots:
+        return
     tried: dict[float, dict] = {}  # type: ignore[type-arg]
 
     def accept(lr: float) -> dict:  # type: ignore[type-arg]
