@@ -97,7 +97,7 @@ def sweep(
             "model": model, "num_clients": 3, "rounds": rounds, "local_steps": max(1, forwards // per_step),
             "estimator": estimator, "perturbations": perturbations, "lr": lr, "lr_spread": 0.0,
             "partition": "category", "batch_size": 4, "max_length": 64, "eval_limit": eval_limit,
-            "eval_every": rounds,
+            "eval_every": rounds, "lr_schedule": "constant", "freeze": "", "seed_scheme": "per-client",
         }  # fmt: skip
         runs = {}
         for name, attack, bounds in (

@@ -82,6 +82,11 @@ import grpc
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
 
 MODEL = "tiny-random"
+# The training settings every recorded load ran with (two-point MeZO, one scalar per local step, every
+# weight trained): named, so the numbers stay comparable now that the server's defaults are FZOO's.
+PROTOCOL_LOAD = (
+    "--estimator=mezo", "--perturbations=1", "--lr=2e-6", "--lr-schedule=constant", "--freeze=",
+)  # fmt: skip
 START_TIMEOUT_S = 120.0  # a cold server imports torch + transformers and builds the model
 DEFAULT_JOIN_RATE = 0.0  # clients started per second
 DEFAULT_TRAIN_S = (1.0, 6.0)  # seconds a client trains before it submits (module docstring)
@@ -200,7 +205,7 @@ class ServerProcess:
             "--quorum=1.0", f"--deadline-s={ROUND_DEADLINE_S}", f"--max-wait-s={LONG_POLL_S}",
             f"--checkpoint-every={self.rounds}", f"--heartbeat-interval-s={self.heartbeat_s}",
             f"--heartbeat-timeout-s={self.heartbeat_s * HEARTBEAT_TIMEOUT_FACTOR}",
-            f"--seed-scheme={self.seed_scheme}", *self.extra,
+            f"--seed-scheme={self.seed_scheme}", *PROTOCOL_LOAD, *self.extra,
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("FEDMEZO_")}
         env.setdefault("PYTHONUNBUFFERED", "1")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fedmezo.fl.bounds import Scales
-from fedmezo.fl.config import RUN_DEFINING_FIELDS, RunConfig
+from fedmezo.fl.config import RUN_DEFINING_FIELDS, RUN_FIELDS_BEFORE_THEY_EXISTED, RunConfig
 from fedmezo.fl.errors import ConfigError, StoreError
 from fedmezo.fl.records import NewEvent, RoundState
 from fedmezo.fl.replica import Replica
@@ -69,12 +69,9 @@ def start_run(
         store.set_meta("run_config", json.dumps(run_fields, sort_keys=True))
     else:
         previous = json.loads(stored)
-        defaults = RunConfig()  # a field added since the dir was created had its default then
-        changed = {
-            k: (previous.get(k, getattr(defaults, k)), v)
-            for k, v in run_fields.items()
-            if previous.get(k, getattr(defaults, k)) != v
-        }
+        # a field added since the dir was created: what it meant then (KeyError: a field that must be there)
+        was = {k: previous[k] if k in previous else RUN_FIELDS_BEFORE_THEY_EXISTED[k] for k in run_fields}
+        changed = {k: (was[k], v) for k, v in run_fields.items() if was[k] != v}
         if changed:
             raise ConfigError(f"state dir holds another run; changed run-defining fields: {changed}")
         run_id = store.get_meta("run_id") or ""

@@ -7,16 +7,16 @@ from typing import Any
 import pytest
 import torch
 
-from fedmezo.fl.config import RunConfig, freeze_parts
+from fedmezo.fl.config import FREEZE_INPUT_EMBEDDINGS, RunConfig, freeze_parts
 from fedmezo.fl.errors import ConfigError
 from fedmezo.fl.replica import Replica
 from fedmezo.fl.wire import run_config_to_pb, run_settings_from_pb
 from fedmezo.sim import Simulation, load_sim_config
-from fedmezo.trainable import prepare_trainable
+from fedmezo.trainable import INPUT_EMBEDDINGS, prepare_trainable
 
 
 def test_frozen_weights_leave_theta_and_change_the_manifest() -> None:
-    full = Replica.for_run(RunConfig(model="tiny-random"))
+    full = Replica.for_run(RunConfig(model="tiny-random", freeze=""))
     frozen = Replica.for_run(RunConfig(model="tiny-random", freeze="embed_tokens"))
     model = frozen.loaded_model()
     embedding = model.get_input_embeddings().weight
@@ -69,7 +69,15 @@ def test_freeze_travels_to_clients_in_the_run_config() -> None:
     config = RunConfig(model="tiny-random", freeze="embed_tokens, norm")
     settings = run_settings_from_pb(run_config_to_pb(config, "run", b"\0" * 32))
     assert freeze_parts(settings.freeze) == ("embed_tokens", "norm")
-    assert run_config_to_pb(RunConfig(model="tiny-random"), "run", b"\0" * 32).freeze == ""
+    assert run_config_to_pb(RunConfig(model="tiny-random", freeze=""), "run", b"\0" * 32).freeze == ""
+    assert run_config_to_pb(RunConfig(model="tiny-random"), "run", b"\0" * 32).freeze == "input-embeddings"
+
+
+def test_the_default_freezes_the_input_embedding_and_lora_drops_it() -> None:
+    assert RunConfig().freeze == FREEZE_INPUT_EMBEDDINGS == INPUT_EMBEDDINGS
+    lora = RunConfig(model="tiny-random", mode="lora")
+    assert lora.freeze == "" and not lora.problems()  # the base is frozen anyway; nothing to refuse
+    assert RunConfig(model="tiny-random", mode="lora", freeze="norm").problems()  # a name part still is
 
 
 def test_a_simulation_never_moves_a_frozen_weight() -> None:

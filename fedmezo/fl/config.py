@@ -32,6 +32,7 @@ __all__ = [
     "MIN_MAX_LENGTH",
     "MODES",
     "RUN_DEFINING_FIELDS",
+    "RUN_FIELDS_BEFORE_THEY_EXISTED",
     "WEIGHTINGS",
     "RunConfig",
     "fp32",
@@ -51,6 +52,11 @@ RUN_DEFINING_FIELDS = (
     "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations", "base_dtype",
     "weights", "freeze",
 )  # fmt: skip
+# What a run-defining field meant in a state dir written before the field existed: its default then,
+# which is not always today's (issue #13 made FZOO's settings the defaults). A restart compares with it.
+RUN_FIELDS_BEFORE_THEY_EXISTED: dict[str, object] = {
+    "seed_scheme": "per-client", "perturbations": 1, "base_dtype": "fp32", "weights": "fp32", "freeze": "",
+}  # fmt: skip
 BASE_DTYPE_NAMES = ("fp32", "bf16", "fp16", "int8", "nf4")  # fedmezo.trainable.BASES, without torch
 WEIGHT_FORMAT_NAMES = ("fp32", "bf16-sr")  # fedmezo.zo.weights.WEIGHT_FORMATS, without torch
 # Sent to clients as fp32 and used there as-is: rounded once here, so the server and a simulation
@@ -72,6 +78,11 @@ def fp32(value: float) -> float:
     """The fp32 nearest to `value`, as a Python float (overflow gives inf, which validation refuses)."""
     with np.errstate(over="ignore"):
         return float(np.float32(value))
+
+
+# The `freeze` keyword for the model's input embedding (fedmezo.trainable.INPUT_EMBEDDINGS, which
+# resolves it; kept here as text so this module stays free of torch).
+FREEZE_INPUT_EMBEDDINGS = "input-embeddings"
 
 
 def freeze_parts(text: str) -> tuple[str, ...]:
@@ -106,13 +117,19 @@ class RunConfig:
         "part of the manifest",
     )
     freeze: str = setting(
-        "",
+        FREEZE_INPUT_EMBEDDINGS,
         "mode=full: comma-separated parts of weight names kept frozen, e.g. embed_tokens, or the keyword "
-        "input-embeddings: the model's input embedding whatever its name (tied to the output head in "
-        "SmolLM2 and Llama-style models); part of the manifest",
+        "input-embeddings (the default): the model's input embedding whatever its name (tied to the output "
+        "head in SmolLM2 and Llama-style models), which has the least gradient signal for its curvature "
+        "(RESULTS.md); empty = train every weight; mode=lora drops the default (the base is frozen); "
+        "part of the manifest",
     )
     rounds: int = setting(10, "total federated rounds")
-    local_steps: int = setting(20, "MeZO steps per client per round (tau); 20 keeps a round < 1 KiB/client")
+    local_steps: int = setting(
+        4,
+        "local steps per client per round (tau); with fzoo's P = 8 that is 36 forward passes (the budget per "
+        "round of the estimator sweep) and tau*P = 32 scalars each way, well under 1 KiB per client",
+    )
     clients_per_round: int = setting(0, "clients sampled per round; 0 = use --fraction")
     fraction: float = setting(
         1.0, "fraction of online clients sampled per round (used when clients-per-round=0)"
@@ -121,23 +138,29 @@ class RunConfig:
     quorum: float = setting(0.5, "fraction of selected clients whose updates close a round at its deadline")
     deadline_s: float = setting(600.0, "seconds a round waits for its selected clients (seconds)")
     max_extensions: int = setting(3, "times a round's deadline is extended without quorum before it aborts")
-    lr: float = setting(2e-6, "base learning rate eta_0; design section 6: 1e-6..5e-6 for full-parameter ZO")
+    lr: float = setting(
+        1e-2,
+        "base learning rate eta_0, on the estimator's scale: 1e-2 is fzoo's measured rate on smollm2-135m "
+        "(mezo's was 3e-5, adamezo's 1e-3; docs/estimators.md)",
+    )
     lr_spread: float = setting(1e-6, "personalized-LR spread delta (design section 4); must be < lr")
     lr_strategy: str = setting("frozen", " | ".join(LR_STRATEGIES))
     lr_schedule: str = setting(
-        "constant",
+        "cosine",
         "constant | cosine: eta_0 (and the spread) decay from round 1 to 0.1x at the last round",
     )
     eps: float = setting(1e-3, "MeZO perturbation scale epsilon; 1e-3 is the MeZO paper's default")
     estimator: str = setting(
-        "mezo",
+        "fzoo",
         "zeroth-order estimator of a local step (docs/estimators.md): mezo (2P forwards) | "
         "fzoo (P + 1 forwards, normalised by the loss spread; its lr is on another scale) | "
         "adamezo (2P forwards, momentum over the last 8 steps' seeds, normalised step like fzoo's)",
     )
-    perturbations: int = setting(1, "P: seeded perturbations (and uploaded scalars) per local step")
+    perturbations: int = setting(
+        8, "P: seeded perturbations (and uploaded scalars) per local step; fzoo's measured P is 8"
+    )
     seed_scheme: str = setting(
-        "per-client",
+        "shared",
         "per-client: every client its own seeds | shared: one set per round for every client (a "
         "round delta of tau*P coefficients whatever the number of clients)",
     )
@@ -174,6 +197,8 @@ class RunConfig:
     eval_max_new_tokens: int = setting(8, "greedy tokens generated per answer for exact match; short answers")
 
     def __post_init__(self) -> None:
+        if self.mode == "lora" and freeze_parts(self.freeze) == (FREEZE_INPUT_EMBEDDINGS,):
+            object.__setattr__(self, "freeze", "")  # the default: LoRA keeps the whole base frozen anyway
         for name in FP32_FIELDS:
             value = getattr(self, name)
             try:

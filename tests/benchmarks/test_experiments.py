@@ -363,7 +363,11 @@ def test_a_resumable_runner_continues_a_stopped_run_and_then_drops_its_progress(
     flags = resumable.base(num_clients=2, rounds=3, local_steps=1, lr=1e-3)
     progress = tmp_path / "runs" / "r.resume"
     config, options = load_sim_config(
-        {k: str(v) for k, v in {**flags, "resume_dir": progress}.items()}, env={}
+        {
+            k: str(v)
+            for k, v in {**experiments.RUN_DEFAULTS_OF_THE_SWEEP, **flags, "resume_dir": progress}.items()
+        },
+        env={},
     )
 
     def stop(record: Any) -> None:

@@ -351,6 +351,8 @@ class LiveRun:
 
 
 async def _start_live_run(state_dir: Path) -> LiveRun:
+    from helpers.run_settings import PROTOCOL_RUN
+
     from fedmezo.data import generate_demo_dataset, write_jsonl
     from fedmezo.fl.replica import Replica
     from fedmezo.server.app import build_app
@@ -375,6 +377,7 @@ async def _start_live_run(state_dir: Path) -> LiveRun:
         eval_data=str(eval_path),
         eval_limit=LIVE_EVAL_EXAMPLES,
         eval_max_new_tokens=4,
+        **PROTOCOL_RUN,  # type: ignore[arg-type]
     ).validate()
     replica = await asyncio.to_thread(Replica.load, "tiny-random")
     app = build_app(config, replica=replica)

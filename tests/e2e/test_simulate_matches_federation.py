@@ -66,6 +66,7 @@ def test_simulation_ends_every_round_on_the_federations_fingerprint(
             "seed_scheme": scheme,
             "lr_schedule": schedule,
             "weights": weights,
+            "freeze": "",  # as the federation's PROTOCOL_RUN
             "max_length": 64,
             "data": str(data_dir),
             "eval_data": str(held_out),
@@ -77,3 +78,32 @@ def test_simulation_ends_every_round_on_the_federations_fingerprint(
     simulated = {r.round_id: r.fingerprint for r in result.rounds[1:]}
     assert all(len(r.selected) == 3 for r in result.rounds[1:])
     assert simulated == served
+
+
+def test_the_default_run_simulates_to_the_federations_fingerprints(tmp_path: Path) -> None:
+    """No training flag on either side: the server's defaults (FZOO, P = 8, shared seeds, cosine, the
+    input embedding frozen) are what `fedmezo simulate` runs by default, round for round."""
+    with Federation(tmp_path) as fed:
+        fed.start_server(f"--rounds={ROUNDS}", "--min-clients=3", "--clients-per-round=3", defaults=True)
+        for client_id in CLIENTS:
+            fed.start_client(client_id)
+        fed.wait_clients()
+        doc = fed.status()
+        served = {r: fed.grpc_round(r).fingerprint.hex() for r in range(1, ROUNDS + 1)}
+        data_dir = tmp_path / "per-client"
+        data_dir.mkdir()
+        for client_id in CLIENTS:
+            shutil.copy(fed.data[client_id], data_dir / f"{client_id}.jsonl")
+        held_out = fed.data["c4"]
+    config = doc["config"]
+    assert (config["estimator"], config["seed_scheme"]) == ("ESTIMATOR_FZOO", "SEED_SCHEME_SHARED")
+    assert (int(config["perturbations"]), int(config["local_steps"])) == (8, 4)
+    assert (config["lr_schedule"], config["freeze"]) == ("cosine", "input-embeddings")
+    for round_ in doc["rounds"]:  # τ·P = 32 scalars each way: far under issue #3's 1 KiB
+        for client in round_["clients"]:
+            assert 0 < client["bytes_up"] + client["bytes_down"] <= 1024, (round_["round"], client)
+    settings = {"model": "tiny-random", "rounds": ROUNDS, "batch_size": 2, "max_length": 64,
+                "data": str(data_dir), "eval_data": str(held_out), "eval_limit": 2}  # fmt: skip
+    sim_config, options = load_sim_config(settings, env={})
+    result = Simulation(sim_config, options, exact_match=False).run(progress=False)
+    assert {r.round_id: r.fingerprint for r in result.rounds[1:]} == served

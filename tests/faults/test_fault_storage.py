@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 from helpers import state_db
 from helpers.processes import FEDMEZO, free_port, health_serving, subprocess_env, wait_for, wait_until_serving
+from helpers.run_settings import PROTOCOL_RUN_FLAGS
 from helpers.scripted_client import Ack, ScriptedClient
 
 from fedmezo.client.connection import ChannelSettings, GrpcServerLink
@@ -48,7 +49,7 @@ EXIT_TIMEOUT_S = 60.0
 # update or the checkpoint to be the first write after the limit (a write that fails there is only
 # logged and retried; test_status_replica.py covers that).
 RUN_ARGS = ("--rounds=5", "--local-steps=4", "--min-clients=2", "--checkpoint-every=1", "--deadline-s=120",
-            "--status-publish-s=0")  # fmt: skip
+            "--status-publish-s=0", *PROTOCOL_RUN_FLAGS)  # fmt: skip
 STATE = "state"  # relative to each test's working directory
 CHECKPOINT_BYTES_LIMIT = 1 << 20  # room for SQLite's pages, none for a 6.7 MB tiny-random checkpoint
 

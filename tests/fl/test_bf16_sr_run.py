@@ -20,7 +20,7 @@ from fedmezo.zo.values import to_fp32
 
 
 def bf16_replica() -> Replica:
-    return Replica.for_run(RunConfig(model="tiny-random", weights="bf16-sr"))
+    return Replica.for_run(RunConfig(model="tiny-random", weights="bf16-sr", freeze=""))  # every weight
 
 
 def test_the_run_config_carries_the_weight_format() -> None:

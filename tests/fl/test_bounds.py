@@ -16,7 +16,7 @@ from fedmezo.fl.seeds import SeedPlan
 
 ATTACK = (3.4028235e38, -3.4028235e38, 3.4028235e38, 1e30)  # the outside client's update (issue #17)
 HONEST = (0.25, -0.5, 0.75, -1.0)
-DEFAULTS = RunConfig()
+DEFAULTS = RunConfig(perturbations=1)  # the poisoning defaults; P = 1: one scalar per step as below
 
 
 def _scales(*values: float) -> Scales:
@@ -101,7 +101,7 @@ def test_with_the_defaults_and_three_clients_the_blatant_attacker_is_rejected() 
 
 @pytest.mark.parametrize("scheme", ["per-client", "shared"])
 def test_close_round_reports_the_bounded_scale(scheme: str) -> None:
-    config = RunConfig(seed_scheme=scheme, local_steps=4, outlier_k=0.0)
+    config = RunConfig(seed_scheme=scheme, local_steps=4, perturbations=1, outlier_k=0.0)
     tasks = {c: TaskRecord(1, c, 1e-3, 4) for c in ("a", "b", "c")}
     updates = _updates({"a": HONEST, "b": HONEST, "c": ATTACK})
     closed = close_round(config, 1, updates, tasks, Scales())

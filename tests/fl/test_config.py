@@ -90,7 +90,7 @@ def test_run_defining_fields_are_fields() -> None:
         ({"quorum": 1.5}, "quorum must be in"),
         ({"deadline_s": float("nan")}, "deadline_s must be a finite number > 0"),
         ({"lr": 0.0, "lr_spread": 0.0}, "lr must be a finite number > 0"),
-        ({"lr_spread": 5e-6}, r"lr_spread must be in \[0, lr\)"),
+        ({"lr": 2e-6, "lr_spread": 5e-6}, r"lr_spread must be in \[0, lr\)"),
         ({"eps": 0.0}, "eps must be a finite number > 0"),
         ({"clip": -1.0}, "clip must be >= 0"),
         ({"outlier_k": 0.5}, "outlier_k must be 0"),

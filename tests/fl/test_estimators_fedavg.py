@@ -116,7 +116,7 @@ def test_shared_seeds_do_not_depend_on_the_client() -> None:
 def test_per_client_seeds_with_one_perturbation_are_the_original_seeds() -> None:
     from fedmezo.zo import derive_seed
 
-    plan = RunConfig(run_seed=9).seeds
+    plan = RunConfig(run_seed=9, perturbations=1, seed_scheme="per-client").seeds
     assert plan.client_seeds(3, "x", 4) == [derive_seed(9, 3, "x", t) for t in range(4)]
-    p3 = RunConfig(run_seed=9, perturbations=3).seeds
+    p3 = RunConfig(run_seed=9, perturbations=3, seed_scheme="per-client").seeds
     assert p3.step_seeds(3, "x", 1) == [derive_seed(9, 3, "x", k) for k in (3, 4, 5)]

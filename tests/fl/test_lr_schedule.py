@@ -47,7 +47,7 @@ def test_a_round_task_carries_the_scheduled_fp32_lr(strategy: str) -> None:
                 assert task.lr == float(np.float32(1e-3 * factor))
             else:  # the spread shrinks with η_0: every η_i stays positive and inside η_0 ± δ
                 assert abs(task.lr - 1e-3 * factor) <= 4e-4 * factor * (1 + 1e-6) and task.lr > 0
-    constant = plan_round(RunConfig(lr=1e-3, lr_spread=0.0, rounds=5), 5, online, {})
+    constant = plan_round(RunConfig(lr=1e-3, lr_spread=0.0, rounds=5, lr_schedule="constant"), 5, online, {})
     decayed = plan_round(RunConfig(lr=1e-3, lr_spread=0.0, rounds=5, lr_schedule="cosine"), 5, online, {})
     assert {t.lr for t in constant.values()} == {float(np.float32(1e-3))}
     assert {t.lr for t in decayed.values()} == {float(np.float32(1e-3 * COSINE_FLOOR))}

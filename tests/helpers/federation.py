@@ -29,6 +29,7 @@ from helpers.processes import (
     tail,
     wait_for,
 )
+from helpers.run_settings import PROTOCOL_RUN_FLAGS
 
 __all__ = ["EXAMPLES_PER_CLIENT", "FINGERPRINT_LINE", "RUN_TIMEOUT_S", "Federation", "demo_train"]
 
@@ -84,9 +85,13 @@ class Federation:
         self.close()
 
     # --- processes ---
-    def start_server(self, *extra: str) -> None:
-        """Start the server (the first call fixes its flags; later calls restart it with the same ones)."""
+    def start_server(self, *extra: str, defaults: bool = False) -> None:
+        """Start the server (the first call fixes its flags; later calls restart it with the same ones).
+
+        Its training settings are PROTOCOL_RUN's (MeZO at 1e-4, one scalar per step) unless `defaults`:
+        then the server's own defaults train (FZOO, P = 8, shared seeds, cosine, embedding frozen)."""
         if not self.server_args:
+            training = () if defaults else ("--lr=1e-4", "--lr-spread=0", *PROTOCOL_RUN_FLAGS)
             self.server_args = [
                 "server",
                 "--model=tiny-random",
@@ -94,11 +99,10 @@ class Federation:
                 f"--state-dir={self.state_dir}",
                 "--insecure",
                 "--batch-size=2",
-                "--lr=1e-4",
-                "--lr-spread=0",
                 "--deadline-s=60",
                 "--heartbeat-interval-s=5",
                 "--max-length=64",  # sent to every client in the run config
+                *training,
                 *extra,
             ]
         self._server_logs += 1

@@ -161,7 +161,7 @@ class ScriptedClient(threading.Thread):
     def _make_update(self, task: Task) -> Update:
         """Deterministic per (seed, client, round): a resend is byte-identical to the first send."""
         rng = np.random.default_rng([self.seed, task.round_id, *self.client_id.encode()])
-        grads = rng.standard_normal(task.local_steps).astype(np.float32)
+        grads = rng.standard_normal(task.local_steps * task.perturbations).astype(np.float32)  # τ·P
         losses = (3.0 + rng.random(task.local_steps)).astype(np.float32)
         return Update(
             round_id=task.round_id,

@@ -21,6 +21,7 @@ from fedmezo.server.config import ServerConfig
 from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.v1 import federation_pb2_grpc, status_pb2_grpc
 from fedmezo.zo import RNG_SPEC, RoundDelta, apply_round_delta
+from helpers.run_settings import PROTOCOL_RUN
 
 RPC_TIMEOUT_S = 10.0
 
@@ -51,6 +52,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> ServerConfig:
         lr=1e-3,
         lr_spread=5e-4,
         deadline_s=60.0,
+        **PROTOCOL_RUN,
     )
     base.update(overrides)
     return ServerConfig(**base).validate()

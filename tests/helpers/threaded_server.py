@@ -23,6 +23,7 @@ from fedmezo.server.config import ServerConfig
 from fedmezo.v1 import federation_pb2 as fpb
 from fedmezo.v1 import federation_pb2_grpc
 from fedmezo.zo import RNG_SPEC
+from helpers.run_settings import PROTOCOL_RUN
 
 __all__ = [
     "RPC_TIMEOUT_S",
@@ -72,6 +73,7 @@ def server_config(state_dir: Path, **overrides: Any) -> ServerConfig:
         # no background publication for read replicas: what a test compares between two requests
         # (the traffic table) changes only by the requests themselves
         status_publish_s=0.0,
+        **PROTOCOL_RUN,
     )
     base.update(overrides)
     return ServerConfig(**base).validate()

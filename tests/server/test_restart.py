@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from helpers.processes import free_port, spawn, wait_until_serving
+from helpers.run_settings import PROTOCOL_RUN_FLAGS
 from helpers.server_rpc import FakeClient, apply_wire_delta, grads_for
 
 from fedmezo.fl.replica import Replica
@@ -22,7 +23,7 @@ def _start(state_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     args = [
         "server", "--model", "tiny-random", "--rounds", "3", "--clients-per-round", "3", "--min-clients", "3",
         "--local-steps", str(STEPS), "--port", str(port), "--host", "127.0.0.1",
-        "--state-dir", str(state_dir), "--insecure", "--lr", "1e-3",
+        "--state-dir", str(state_dir), "--insecure", "--lr", "1e-3", *PROTOCOL_RUN_FLAGS,
     ]  # fmt: skip
     proc = spawn(args, log)
     wait_until_serving(proc, port, log)

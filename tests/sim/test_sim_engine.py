@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers.run_settings import PROTOCOL_RUN
 
 from fedmezo.data import generate_demo_dataset, write_jsonl
 from fedmezo.fl.lr import LrContext, personalized_lrs, schedule_factor
@@ -24,6 +25,7 @@ BASE: dict[str, Any] = {
     "lr_spread": 0.0,
     "eval_limit": 16,
     "num_clients": 3,
+    **PROTOCOL_RUN,  # the engine's mechanics at MeZO's scale (the defaults: tests/e2e/test_default_run.py)
 }
 
 
