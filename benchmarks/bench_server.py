@@ -79,14 +79,18 @@ from typing import Any
 
 import grpc
 
+from fedmezo.fl.config import DEFAULTS_BEFORE_FZOO
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
 
 MODEL = "tiny-random"
 # The training settings every recorded load ran with (two-point MeZO, one scalar per local step, every
-# weight trained): named, so the numbers stay comparable now that the server's defaults are FZOO's.
-PROTOCOL_LOAD = (
-    "--estimator=mezo", "--perturbations=1", "--lr=2e-6", "--lr-schedule=constant", "--freeze=",
-)  # fmt: skip
+# weight trained): named, so the numbers stay comparable now that the server's defaults are FZOO's. The
+# seed scheme and τ are the benchmark's own options.
+PROTOCOL_LOAD = tuple(
+    f"--{name.replace('_', '-')}={value}"
+    for name, value in DEFAULTS_BEFORE_FZOO.items()
+    if name not in ("seed_scheme", "local_steps")
+)
 START_TIMEOUT_S = 120.0  # a cold server imports torch + transformers and builds the model
 DEFAULT_JOIN_RATE = 0.0  # clients started per second
 DEFAULT_TRAIN_S = (1.0, 6.0)  # seconds a client trains before it submits (module docstring)

@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedmezo.fl.config import DEFAULTS_BEFORE_FZOO
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- experiments:begin -->", "<!-- experiments:end -->"
@@ -294,15 +296,7 @@ def _run_spec(out: Path, plan: Plan, device: str, fresh: bool, spec: RunSpec, re
 # The run settings whose defaults changed after the sweep's runs were cached (issue #13: the defaults
 # became the best measured). Every run of the sweep that does not name one gets the value it always
 # had, so the cached keys stay valid and a run means what it meant; outside the key on purpose.
-RUN_DEFAULTS_OF_THE_SWEEP: dict[str, Any] = {
-    "estimator": "mezo",
-    "perturbations": 1,
-    "seed_scheme": "per-client",
-    "local_steps": 20,
-    "lr": 2e-6,
-    "lr_schedule": "constant",
-    "freeze": "",
-}
+RUN_DEFAULTS_OF_THE_SWEEP: dict[str, Any] = dict(DEFAULTS_BEFORE_FZOO)
 
 
 def _key_flags(flags: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from fedmezo.trainable import TrainMode
 from fedmezo.zo.estimators import ESTIMATORS
 
 __all__ = [
+    "DEFAULTS_BEFORE_FZOO",
     "ESTIMATOR_NAMES",
     "FP32_FIELDS",
     "LR_SCHEDULES",
@@ -52,10 +53,18 @@ RUN_DEFINING_FIELDS = (
     "model", "mode", "lora_rank", "lora_alpha", "run_seed", "seed_scheme", "perturbations", "base_dtype",
     "weights", "freeze",
 )  # fmt: skip
+# The training defaults before issue #13 made the best measured ones (FZOO's) the defaults: two-point
+# MeZO, one scalar per local step, every weight trained. The one place they are written: benchmarks whose
+# recorded numbers ran with them and tests of the protocol's mechanics name them from here.
+DEFAULTS_BEFORE_FZOO: dict[str, object] = {
+    "estimator": "mezo", "perturbations": 1, "seed_scheme": "per-client", "local_steps": 20, "lr": 2e-6,
+    "lr_schedule": "constant", "freeze": "",
+}  # fmt: skip
 # What a run-defining field meant in a state dir written before the field existed: its default then,
-# which is not always today's (issue #13 made FZOO's settings the defaults). A restart compares with it.
+# which is not always today's. A restart compares with it.
 RUN_FIELDS_BEFORE_THEY_EXISTED: dict[str, object] = {
-    "seed_scheme": "per-client", "perturbations": 1, "base_dtype": "fp32", "weights": "fp32", "freeze": "",
+    **{k: DEFAULTS_BEFORE_FZOO[k] for k in ("seed_scheme", "perturbations", "freeze")},
+    "base_dtype": "fp32", "weights": "fp32",
 }  # fmt: skip
 BASE_DTYPE_NAMES = ("fp32", "bf16", "fp16", "int8", "nf4")  # fedmezo.trainable.BASES, without torch
 WEIGHT_FORMAT_NAMES = ("fp32", "bf16-sr")  # fedmezo.zo.weights.WEIGHT_FORMATS, without torch

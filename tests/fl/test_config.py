@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 
 from fedmezo.fl.aggregation import WEIGHT_RULES
-from fedmezo.fl.config import LR_STRATEGIES, MODES, RUN_DEFINING_FIELDS, WEIGHTINGS, RunConfig, fp32
+from fedmezo.fl.config import (
+    DEFAULTS_BEFORE_FZOO,
+    LR_STRATEGIES,
+    MODES,
+    RUN_DEFINING_FIELDS,
+    RUN_FIELDS_BEFORE_THEY_EXISTED,
+    WEIGHTINGS,
+    RunConfig,
+    fp32,
+)
 from fedmezo.fl.errors import ConfigError
 from fedmezo.fl.lr import STRATEGIES
 
@@ -39,6 +48,18 @@ def test_fp32_overflow_is_refused_by_validation() -> None:
         RunConfig(eps=1e300).validate()
     with pytest.raises(ConfigError, match=r"eps: 'x' is not a number"):
         RunConfig(eps="x")  # type: ignore[arg-type]
+
+
+def test_the_defaults_before_fzoo_are_a_valid_run_and_name_what_changed() -> None:
+    config = RunConfig(**DEFAULTS_BEFORE_FZOO).validate()  # type: ignore[arg-type]
+    assert (config.estimator, config.perturbations, config.freeze) == ("mezo", 1, "")
+    today = RunConfig()
+    assert all(getattr(today, k) != v for k, v in DEFAULTS_BEFORE_FZOO.items())  # each entry changed
+    # a stored run without a field meant the value of the defaults then
+    shared = set(RUN_FIELDS_BEFORE_THEY_EXISTED) & set(DEFAULTS_BEFORE_FZOO)
+    assert shared == {"seed_scheme", "perturbations", "freeze"}
+    assert all(RUN_FIELDS_BEFORE_THEY_EXISTED[k] == DEFAULTS_BEFORE_FZOO[k] for k in shared)
+    assert set(RUN_FIELDS_BEFORE_THEY_EXISTED) <= set(RUN_DEFINING_FIELDS)
 
 
 def test_config_is_frozen() -> None:

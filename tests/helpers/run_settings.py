@@ -9,12 +9,12 @@ The defaults themselves run end to end in tests/e2e/test_default_run.py.
 
 from __future__ import annotations
 
+from fedmezo.fl.config import DEFAULTS_BEFORE_FZOO
+
+# The estimator, scheme, schedule and frozen part of the defaults before FZOO's; each test keeps its own
+# rate and τ.
 PROTOCOL_RUN: dict[str, object] = {
-    "estimator": "mezo",
-    "perturbations": 1,
-    "seed_scheme": "per-client",
-    "lr_schedule": "constant",
-    "freeze": "",
+    k: DEFAULTS_BEFORE_FZOO[k] for k in ("estimator", "perturbations", "seed_scheme", "lr_schedule", "freeze")
 }
 
 PROTOCOL_RUN_FLAGS: tuple[str, ...] = tuple(
