@@ -4,6 +4,9 @@
     python benchmarks/frozen_embedding_cpu/run.py --main-lr 1e-2  # the main run at a given rate first
     python benchmarks/frozen_embedding_cpu/run.py --lr-schedule cosine --main-lr 1e-2 --main-only
     python benchmarks/frozen_embedding_cpu/run.py --lr-schedule cosine --reference-only  # MeZO, same schedule
+    python benchmarks/frozen_embedding_cpu/run.py --lr-schedule cosine --shipped-defaults  # as shipped
+    python benchmarks/frozen_embedding_cpu/run.py --lr-schedule cosine --main-lr 1e-2 --main-only \
+        --seed-scheme shared   # the main run with shared seeds, paired with its per-client run
 
 The estimator sweep's protocol and settings (`benchmarks/experiments.py`, FULL plan: 3 clients, non-IID,
 batch 4, 36 forward passes per client per round; pilots of 10 rounds ranked on validation-120, the main
@@ -20,12 +23,19 @@ sweep's CPU cache (`benchmarks/experiments-estimators-cpu-cosine/runs`). `--refe
 main run at its accepted 3e-5 with the chosen schedule (about 100 min on this CPU, resumable). MeZO's
 final loss to reach is the lower of its constant-rate run and, when cached, its run with the same
 schedule: the comparison never picks the schedule that favours the new method.
+
+`--shipped-defaults` runs the server's and `simulate`'s training defaults (`fedmezo.fl.config.RunConfig`:
+estimator, P, τ, rate, schedule, frozen part, seed scheme, batch size, lr spread, ε) on the sweep's task
+(model, data, partition, clients, rounds, max length, test-120), so the defaults are measured as shipped
+against the evidence they were chosen from (batch 4, per-client seeds). The defaults' values are in the
+cache key: when they change, the run is stale.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -53,6 +63,14 @@ def main() -> None:
         "--reference-only", action="store_true",
         help="run MeZO's main run (3e-5) with --lr-schedule, then stop",
     )  # fmt: skip
+    parser.add_argument(
+        "--seed-scheme", choices=("per-client", "shared"), default="per-client",
+        help="with --main-lr --main-only: the main run with this seed scheme (compared with per-client)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--shipped-defaults", action="store_true",
+        help="run the training defaults as shipped on the sweep's task (needs --lr-schedule cosine)",
+    )  # fmt: skip
     args = parser.parse_args()
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     plan = dataclasses.replace(ex.FULL, est_lr_schedule=args.lr_schedule)
@@ -79,19 +97,31 @@ def main() -> None:
               f"{[round(x, 4) for _, x in ex.eval_curve(run)]}")  # fmt: skip
         return
 
-    def main_run(lr: float) -> dict:  # type: ignore[type-arg]
+    def main_run(lr: float, scheme: str = "per-client") -> dict:  # type: ignore[type-arg]
         flags = ex.est_flags(
             runner, METHOD, lr, clients=plan.est_clients, rounds=plan.est_rounds,
-            eval_every=plan.est_eval_every, eval_data=test,
+            eval_every=plan.est_eval_every, eval_data=test, seed_scheme=scheme,
         )  # fmt: skip
+        name = f"est-c{plan.est_clients}-{METHOD}-{scheme}-lr{lr:g}" if scheme != "per-client" else None
         return runner.run(
-            f"est-c{plan.est_clients}-{METHOD}-lr{lr:g}", flags, exact_match=True, per_example=True
+            name or f"est-c{plan.est_clients}-{METHOD}-lr{lr:g}", flags, exact_match=True, per_example=True
         )
 
+    if args.shipped_defaults:
+        run = runner.run("est-c3-shipped-defaults", shipped_flags(runner, test), exact_match=True,
+                         per_example=True)  # fmt: skip
+        report_against_evidence(runner, run, plan.est_forwards_per_round)
+        return
+
+    if args.seed_scheme != "per-client" and not (args.main_lr and args.main_only):
+        sys.exit("--seed-scheme: only with --main-lr and --main-only (the search ran with per-client seeds)")
     if args.main_lr:
-        run = main_run(args.main_lr)
+        run = main_run(args.main_lr, args.seed_scheme)
         if args.main_only:
             print(f"{METHOD} at lr {args.main_lr:g}: held-out {[round(x, 4) for _, x in ex.eval_curve(run)]}")
+            if args.seed_scheme != "per-client":  # against the same run with per-client seeds
+                delta, se = ex.paired_difference(run, main_run(args.main_lr))
+                print(f"{args.seed_scheme} − per-client seeds: {delta:+.4f} +- {se:.4f} (SE, paired)")
             return
     candidates = {}
     grid = ex.est_lrs(plan, METHOD)
@@ -142,6 +172,52 @@ def main() -> None:
     print(f"MeZO's lower final ({schedule} rate) {target:.4f}; {METHOD} reaches it after {reached} of "
           f"{budget} forward passes per client; final difference {delta:+.4f} +- {se:.4f} "
           "(SE, paired)")  # fmt: skip
+
+
+# The training settings a run takes from its defaults (the sweep's other settings are its task's).
+TRAINING_DEFAULTS = (
+    *ex.RUN_DEFAULTS_OF_THE_SWEEP, "batch_size", "lr_spread", "lr_strategy", "eps", "aggregation",
+)  # fmt: skip
+
+
+def shipped_flags(runner: ex.Runner, test: Path) -> dict:  # type: ignore[type-arg]
+    """The sweep's task (as in its main runs) with every training setting at today's default."""
+    from fedmezo.fl.config import RunConfig
+
+    plan = runner.plan
+    if plan.est_lr_schedule != RunConfig.lr_schedule:
+        sys.exit(f"--shipped-defaults: the default schedule is {RunConfig.lr_schedule}; pass --lr-schedule "
+                 f"{RunConfig.lr_schedule} (its cache)")  # fmt: skip
+    task = ex.est_flags(
+        runner, "mezo", 1.0, clients=plan.est_clients, rounds=plan.est_rounds,
+        eval_every=plan.est_eval_every, eval_data=test,
+    )  # fmt: skip
+    flags = {k: v for k, v in task.items() if k not in TRAINING_DEFAULTS}
+    flags.update({k: getattr(RunConfig, k) for k in TRAINING_DEFAULTS})
+    per_step = ex.forwards_per_step(str(flags["estimator"]), int(flags["perturbations"]))
+    if flags["local_steps"] * per_step != plan.est_forwards_per_round:
+        sys.exit(f"the defaults spend {flags['local_steps'] * per_step} forward passes per round, the sweep "
+                 f"{plan.est_forwards_per_round}: not comparable")  # fmt: skip
+    return flags
+
+
+def report_against_evidence(runner: ex.Runner, run: dict, per_round: int) -> None:  # type: ignore[type-arg]
+    """The shipped defaults against the run they were chosen from and MeZO's, paired over test-120."""
+    curve = ex.eval_curve(run)
+    exact = [r["exact_match"] for r in run["rounds"] if r["exact_match"] is not None]
+    print(f"shipped defaults: held-out {[round(loss, 4) for _, loss in curve]}, final exact match "
+          f"{exact[-1] if exact else None}")  # fmt: skip
+    for name in (f"est-c3-{METHOD}-lr0.01", f"est-c3-mezo-lr{MEZO_LR:g}"):
+        path = runner.runs_dir / f"{name}.json"
+        if not path.exists():
+            print(f"{name}: not cached")
+            continue
+        other = json.loads(path.read_text())["result"]
+        delta, se = ex.paired_difference(run, other)
+        target = ex.final_loss(other)
+        reached = next((r * per_round for r, loss in curve if r > 0 and loss <= target), None)
+        print(f"against {name} (final {target:.4f}): {delta:+.4f} +- {se:.4f} (SE, paired); its final "
+              f"reached after {reached} forward passes per client")  # fmt: skip
 
 
 if __name__ == "__main__":
