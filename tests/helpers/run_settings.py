@@ -4,7 +4,7 @@ The server's defaults are FZOO with P = 8, shared seeds, a cosine rate and the i
 (issue #13: the best measured). Tests of the wire, the store, security and faults build updates by hand
 (one scalar per local step), compare per-client seed lists and exact learning rates, and load replicas of
 every weight; they name the settings they assume instead of inheriting defaults chosen for learning.
-The defaults themselves run end to end in tests/e2e/test_default_run.py.
+The defaults themselves run end to end in tests/e2e/test_simulate_matches_federation.py.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ BASE: dict[str, Any] = {
     "lr_spread": 0.0,
     "eval_limit": 16,
     "num_clients": 3,
-    **PROTOCOL_RUN,  # the engine's mechanics at MeZO's scale (the defaults: tests/e2e/test_default_run.py)
+    **PROTOCOL_RUN,  # the engine at MeZO's scale (defaults: tests/e2e/test_simulate_matches_federation.py)
 }
 
 
