@@ -102,14 +102,13 @@ def main() -> None:
             runner, METHOD, lr, clients=plan.est_clients, rounds=plan.est_rounds,
             eval_every=plan.est_eval_every, eval_data=test, seed_scheme=scheme,
         )  # fmt: skip
-        name = f"est-c{plan.est_clients}-{METHOD}-{scheme}-lr{lr:g}" if scheme != "per-client" else None
-        return runner.run(
-            name or f"est-c{plan.est_clients}-{METHOD}-lr{lr:g}", flags, exact_match=True, per_example=True
-        )
+        scheme_part = "" if scheme == "per-client" else f"-{scheme}"  # per-client: the sweep's own name
+        name = f"est-c{plan.est_clients}-{METHOD}{scheme_part}-lr{lr:g}"
+        return runner.run(name, flags, exact_match=True, per_example=True)
 
     if args.shipped_defaults:
-        run = runner.run("est-c3-shipped-defaults", shipped_flags(runner, test), exact_match=True,
-                         per_example=True)  # fmt: skip
+        name = f"est-c{plan.est_clients}-shipped-defaults"
+        run = runner.run(name, shipped_flags(runner, test), exact_match=True, per_example=True)
         report_against_evidence(runner, run, plan.est_forwards_per_round)
         return
 
@@ -207,7 +206,8 @@ def report_against_evidence(runner: ex.Runner, run: dict, per_round: int) -> Non
     exact = [r["exact_match"] for r in run["rounds"] if r["exact_match"] is not None]
     print(f"shipped defaults: held-out {[round(loss, 4) for _, loss in curve]}, final exact match "
           f"{exact[-1] if exact else None}")  # fmt: skip
-    for name in (f"est-c3-{METHOD}-lr0.01", f"est-c3-mezo-lr{MEZO_LR:g}"):
+    clients = runner.plan.est_clients
+    for name in (f"est-c{clients}-{METHOD}-lr0.01", f"est-c{clients}-mezo-lr{MEZO_LR:g}"):
         path = runner.runs_dir / f"{name}.json"
         if not path.exists():
             print(f"{name}: not cached")
