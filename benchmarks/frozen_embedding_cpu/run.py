@@ -109,7 +109,7 @@ def main() -> None:
     if args.shipped_defaults:
         name = f"est-c{plan.est_clients}-shipped-defaults"
         run = runner.run(name, shipped_flags(runner, test), exact_match=True, per_example=True)
-        report_against_evidence(runner, run, plan.est_forwards_per_round)
+        report_against_evidence(runner, run)
         return
 
     if args.seed_scheme != "per-client" and not (args.main_lr and args.main_only):
@@ -163,12 +163,11 @@ def main() -> None:
     mezo, target = references[schedule], finals[schedule]
     assert mezo is not None
     curve = ex.eval_curve(ours)
-    per_round = plan.est_forwards_per_round
-    reached = next((r * per_round for r, loss in curve if r > 0 and loss <= target), None)
+    reached = ex.forwards_to(ours, target)
     delta, se = ex.paired_difference(ours, mezo)
     print(f"{METHOD} at lr {lr:g}: held-out {[round(loss, 4) for _, loss in curve]}")
-    budget = plan.est_rounds * per_round
-    print(f"MeZO's lower final ({schedule} rate) {target:.4f}; {METHOD} reaches it after {reached} of "
+    budget = plan.est_rounds * plan.est_forwards_per_round
+    print(f"MeZO's lower final ({schedule} rate) {target:.4f}; {METHOD} reaches it after {reached:g} of "
           f"{budget} forward passes per client; final difference {delta:+.4f} +- {se:.4f} "
           "(SE, paired)")  # fmt: skip
 
@@ -200,7 +199,7 @@ def shipped_flags(runner: ex.Runner, test: Path) -> dict:  # type: ignore[type-a
     return flags
 
 
-def report_against_evidence(runner: ex.Runner, run: dict, per_round: int) -> None:  # type: ignore[type-arg]
+def report_against_evidence(runner: ex.Runner, run: dict) -> None:  # type: ignore[type-arg]
     """The shipped defaults against the run they were chosen from and MeZO's, paired over test-120."""
     curve = ex.eval_curve(run)
     exact = [r["exact_match"] for r in run["rounds"] if r["exact_match"] is not None]
@@ -215,9 +214,9 @@ def report_against_evidence(runner: ex.Runner, run: dict, per_round: int) -> Non
         other = json.loads(path.read_text())["result"]
         delta, se = ex.paired_difference(run, other)
         target = ex.final_loss(other)
-        reached = next((r * per_round for r, loss in curve if r > 0 and loss <= target), None)
+        reached = ex.forwards_to(run, target)  # inf: never
         print(f"against {name} (final {target:.4f}): {delta:+.4f} +- {se:.4f} (SE, paired); its final "
-              f"reached after {reached} forward passes per client")  # fmt: skip
+              f"reached after {reached:g} forward passes per client")  # fmt: skip
 
 
 if __name__ == "__main__":
