@@ -9,14 +9,17 @@ and Hessian restricted to the trained weights. With the best rate the progress p
 it frozen (`--freeze`). This measures both at θ_0 on demo batches: |g|² from backprop (each batch's,
 averaged, and that of the mean gradient), tr(H) by Hutchinson's estimator zᵀ(Hz) with one Rademacher z
 per batch (a Hessian-vector product by double backprop; unbiased per group because z is independent
-across groups, but noisy: a group's trace can come out negative on few batches). A research aid, not
-part of training: it needs backprop memory (~3× inference).
+across groups, but noisy: a group's trace can come out negative on few batches). Each trace comes with
+its standard error over the probes; a ratio whose trace is not at least 2 SE above zero is not a
+measurement (printed as "noise"). A research aid, not part of training: it needs backprop memory
+(~3× inference).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from collections import defaultdict
@@ -61,7 +64,7 @@ def measure(
     for name, param in named:
         numel[group_of(name)] += param.numel()
     g2: dict[str, float] = defaultdict(float)
-    trace: dict[str, float] = defaultdict(float)
+    probes: dict[str, list[float]] = defaultdict(list)  # each batch's zᵀHz restricted to the group
     mean_grad = [torch.zeros_like(p) for p in params]
     seen = 0
     for batch in data.iter_batches(batch_size):
@@ -70,11 +73,14 @@ def measure(
         grads = torch.autograd.grad(loss, params, create_graph=True)
         zs = [torch.randint(0, 2, p.shape, dtype=p.dtype).mul_(2).sub_(1) for p in params]
         hz = torch.autograd.grad(sum((g * z).sum() for g, z in zip(grads, zs, strict=True)), params)
+        probe: dict[str, float] = defaultdict(float)
         for (name, _), g, z, h, m in zip(named, grads, zs, hz, mean_grad, strict=True):
             group = group_of(name)
             g2[group] += float((g.detach() ** 2).sum())
-            trace[group] += float((z * h).sum())
+            probe[group] += float((z * h).sum())
             m += g.detach()
+        for group, value in probe.items():
+            probes[group].append(value)
         seen += 1
         print(f"batch {seen}/{batches}: loss {float(loss):.3f}", file=sys.stderr, flush=True)
         del grads, hz, zs, logits, loss
@@ -86,7 +92,9 @@ def measure(
             "numel": numel[group],
             "g2": g2[group] / seen,
             "mean_g2": mg2[group],
-            "trace": trace[group] / seen,
+            "trace": sum(probes[group]) / seen,
+            "trace_se": standard_error(probes[group]),
+            "probes": probes[group],
         }
         for group in numel
     }
@@ -96,9 +104,30 @@ def measure(
     return {"model": model_name, "batches": seen, "batch_size": batch_size, "groups": rows}
 
 
-def subset_ratio(rows: dict[str, dict[str, float]], groups: Sequence[str]) -> float:
-    """|g|² / tr(H) of training these groups together (sums, not a mean of ratios)."""
-    return sum(rows[g]["g2"] for g in groups) / sum(rows[g]["trace"] for g in groups)
+def standard_error(values: Sequence[float]) -> float:
+    """The standard error of the mean of `values` (nan for fewer than two)."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def measured(trace: float, se: float) -> bool:
+    """Whether a trace is at least 2 standard errors above zero (else its ratio is noise)."""
+    return trace > 0 and not trace < 2 * se
+
+
+def subset_ratio(rows: dict[str, dict[str, Any]], groups: Sequence[str]) -> dict[str, float]:
+    """|g|² / tr(H) of training these groups together (sums, not a mean of ratios), with the subset's
+    trace and its standard error (the probes' per-batch sums over the groups)."""
+    per_probe = [sum(values) for values in zip(*(rows[g]["probes"] for g in groups), strict=True)]
+    trace = sum(per_probe) / len(per_probe)
+    return {
+        "ratio": sum(rows[g]["g2"] for g in groups) / trace,
+        "trace": trace,
+        "trace_se": standard_error(per_probe),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,17 +138,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = measure(args.model, args.batches)
     rows = result["groups"]
-    print(f"{'group':26s} {'params':>11s} {'|g|^2':>9s} {'|Eg|^2':>9s} {'tr H':>9s} {'|g|^2/trH':>10s}")
+    print(f"{'group':26s} {'params':>11s} {'|g|^2':>9s} {'|Eg|^2':>9s} {'tr H':>9s} {'± SE':>8s} "
+          f"{'|g|^2/trH':>10s}")  # fmt: skip
     for group, row in sorted(rows.items(), key=lambda kv: -kv[1]["ratio"] if kv[1]["trace"] > 0 else 0):
+        ratio = f"{row['ratio']:10.3g}" if measured(row["trace"], row["trace_se"]) else f"{'noise':>10s}"
         print(f"{group:26s} {row['numel']:11,d} {row['g2']:9.4g} {row['mean_g2']:9.4g} {row['trace']:9.4g} "
-              f"{row['ratio']:10.3g}")  # fmt: skip
+              f"{row['trace_se']:8.3g} {ratio}")  # fmt: skip
     everything = list(rows)
     result["subsets"] = {"all": subset_ratio(rows, everything)}
     if "embed_tokens" in rows:
         rest = [g for g in everything if g != "embed_tokens"]
         result["subsets"]["all but embed_tokens"] = subset_ratio(rows, rest)
     for label, value in result["subsets"].items():
-        print(f"trained together, {label}: |g|^2 / tr(H) = {value:.3g}")
+        reading = "" if measured(value["trace"], value["trace_se"]) else " (trace within 2 SE of zero: noise)"
+        print(f"trained together, {label}: |g|^2 / tr(H) = {value['ratio']:.3g}, tr(H) {value['trace']:.4g} "
+              f"± {value['trace_se']:.3g}{reading}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0
