@@ -109,8 +109,9 @@ def prepare_trainable(
     `base_dtype` (LoRA only) casts the frozen base to bf16 or fp16 before the fp32 adapters are added;
     load the model in that dtype already (fedmezo.models.load_model(dtype=...)) to never hold it in fp32.
     `weights` (full mode only) is the trained weights' format: fp32, or bf16-sr (§7.4: the model is cast
-    to bf16 and θ moves by stochastically rounded adds). `freeze` (full mode only) names parts of weight
-    names that stay frozen (e.g. "embed_tokens"); each must match a weight, and something must still train.
+    to bf16 and θ moves by stochastically rounded adds). `freeze` names parts of weight names that stay
+    frozen (e.g. "embed_tokens"); each must match a weight (in lora mode an adapter, e.g. "lora_A": the
+    A factors keep their seeded initialisation and only B trains), and something must still train.
     """
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"unknown weight format {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
@@ -126,8 +127,6 @@ def prepare_trainable(
         for param in model.parameters():
             param.requires_grad_(True)
         _freeze(model, freeze)
-    elif freeze:
-        raise ValueError("freeze needs mode 'full': in lora mode only the adapters train")
     elif mode == "lora":
         if base_dtype in QUANTIZED_BASES:
             if not getattr(model, "is_quantized", False):
@@ -135,6 +134,7 @@ def prepare_trainable(
         else:
             model.to(dtype=BASE_DTYPES[base_dtype])
         model = add_lora(model, rank=lora_rank, alpha=lora_alpha, run_seed=run_seed)
+        _freeze(model, freeze, adapters_only=True)
     else:
         raise ValueError(f"unknown training mode {mode!r}; choose 'full' or 'lora'")
     model.eval()
@@ -150,16 +150,24 @@ def prepare_trainable(
 INPUT_EMBEDDINGS = "input-embeddings"
 
 
-def _freeze(model: torch.nn.Module, parts: Sequence[str]) -> None:
-    """Keep every weight whose name contains one of `parts` out of θ (tied weights under either name)."""
+def _freeze(model: torch.nn.Module, parts: Sequence[str], *, adapters_only: bool = False) -> None:
+    """Keep every weight whose name contains one of `parts` out of θ (tied weights under either name).
+
+    `adapters_only` (lora mode): each part must name trainable adapter weights, since the base is frozen.
+    """
     named = list(model.named_parameters(remove_duplicate=False))
     for part in parts:
+        if adapters_only and part == INPUT_EMBEDDINGS:
+            raise ValueError(f"freeze {part!r}: in lora mode the base is frozen already; name adapters")
         if part == INPUT_EMBEDDINGS:
             matched = list(_input_embeddings(model).parameters())
         else:
             matched = [param for name, param in named if part in name]
+        if adapters_only:
+            matched = [param for param in matched if param.requires_grad]
         if not matched:
-            raise ValueError(f"freeze {part!r} matches no weight of the model")
+            kind = "adapter" if adapters_only else "weight"
+            raise ValueError(f"freeze {part!r} matches no {kind} of the model")
         for param in matched:
             param.requires_grad_(False)
     if not any(param.requires_grad for _, param in named):

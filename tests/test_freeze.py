@@ -1,4 +1,5 @@
-"""`freeze` (full mode): named weights stay out of θ, on every replica alike, and wrong names are refused."""
+"""`freeze`: named weights (in lora mode, adapter factors) stay out of θ, on every replica alike, and wrong
+names are refused."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def test_a_tied_output_head_is_frozen_under_either_name() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"mode": "lora", "freeze": "embed_tokens"}, "freeze needs mode full"),
+        ({"mode": "lora", "freeze": "embed_tokens"}, "freeze in mode lora names adapter weights"),
+        ({"mode": "lora", "freeze": "lora_A, norm"}, "freeze in mode lora names adapter weights"),
         ({"freeze": "embed_tokens,,norm"}, "comma-separated non-empty"),
     ],
 )
@@ -92,3 +94,41 @@ def test_a_simulation_never_moves_a_frozen_weight() -> None:
     result = simulation.run(progress=False)
     assert result.rounds[-1].fingerprint != result.rounds[0].fingerprint  # the rest trained
     assert torch.equal(embedding.detach(), before)
+
+
+def test_lora_with_a_frozen_trains_only_b_and_keeps_a_at_its_seeded_init() -> None:
+    """LoRA-FA: the A factors stay the seeded projection on every replica; θ holds the B factors only."""
+    both = Replica.for_run(RunConfig(model="tiny-random", mode="lora"))
+    b_only = Replica.for_run(RunConfig(model="tiny-random", mode="lora", freeze="lora_A"))
+    names = b_only.params.names
+    assert names and all("lora_B" in name for name in names)
+    b_numel = sum(p.numel() for n, p in both.loaded_model().named_parameters() if "lora_B" in n)
+    assert b_only.trainable_params == b_numel < both.trainable_params
+    assert b_only.manifest_sha256 != both.manifest_sha256  # a client that also trains A is refused
+    a_of = lambda replica: {  # noqa: E731
+        n: p.detach().clone() for n, p in replica.loaded_model().named_parameters() if "lora_A" in n
+    }
+    assert a_of(b_only).keys() == a_of(both).keys()
+    assert all(torch.equal(a_of(b_only)[n], a_of(both)[n]) for n in a_of(both))  # the same seeded A
+    config, options = load_sim_config(
+        {"model": "tiny-random", "mode": "lora", "freeze": "lora_A", "rounds": 2, "local_steps": 2,
+         "lr": 1e-2, "lr_spread": 0.0, "batch_size": 2, "max_length": 32, "num_clients": 2, "eval_limit": 4},
+        env={},
+    )  # fmt: skip
+    simulation = Simulation(config, options, exact_match=False)
+    before = a_of(simulation.replica)
+    result = simulation.run(progress=False)
+    assert result.rounds[-1].fingerprint != result.rounds[0].fingerprint  # B trained
+    after = a_of(simulation.replica)
+    assert all(torch.equal(after[n], before[n]) for n in before)
+
+
+@pytest.mark.parametrize(
+    ("freeze", "message"),
+    [("lora_", "leaves no weight to train"), ("lora_C", "matches no adapter"),
+     ("input-embeddings", "the base is frozen already")],
+)  # fmt: skip
+def test_lora_freeze_must_name_some_adapters_and_leave_some(freeze: str, message: str) -> None:
+    model = Replica.for_run(RunConfig(model="tiny-random", freeze="")).loaded_model()
+    with pytest.raises(ValueError, match=message):
+        prepare_trainable(model, "lora", freeze=(freeze,))

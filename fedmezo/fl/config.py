@@ -92,6 +92,7 @@ def fp32(value: float) -> float:
 # The `freeze` keyword for the model's input embedding (fedmezo.trainable.INPUT_EMBEDDINGS, which
 # resolves it; kept here as text so this module stays free of torch).
 FREEZE_INPUT_EMBEDDINGS = "input-embeddings"
+LORA_PART = "lora_"  # every adapter weight's name holds it (PEFT's lora_A / lora_B)
 
 
 def freeze_parts(text: str) -> tuple[str, ...]:
@@ -130,7 +131,8 @@ class RunConfig:
         "mode=full: comma-separated parts of weight names kept frozen, e.g. embed_tokens, or the keyword "
         "input-embeddings (the default): the model's input embedding whatever its name (tied to the output "
         "head in SmolLM2 and Llama-style models), which has the least gradient signal for its curvature "
-        "(RESULTS.md); empty = train every weight; mode=lora drops the default (the base is frozen); "
+        "(RESULTS.md); empty = train every weight; mode=lora drops the default (the base is frozen) and "
+        "takes adapter parts instead: lora_A keeps the seeded A factors and trains only B; "
         "part of the manifest",
     )
     rounds: int = setting(10, "total federated rounds")
@@ -231,10 +233,11 @@ class RunConfig:
             problems.append(f"weights must be one of {WEIGHT_FORMAT_NAMES}")
         elif self.weights != "fp32" and self.mode != "full":
             problems.append("weights bf16-sr needs mode full (LoRA adapters stay fp32; see base_dtype)")
-        if self.freeze and self.mode != "full":
-            problems.append("freeze needs mode full (in lora mode only the adapters train)")
-        elif self.freeze and not all(part.strip() for part in self.freeze.split(",")):
+        if self.freeze and not all(part.strip() for part in self.freeze.split(",")):
             problems.append("freeze must be comma-separated non-empty name parts, e.g. embed_tokens")
+        elif self.mode == "lora" and not all(LORA_PART in part for part in freeze_parts(self.freeze)):
+            problems.append(f"freeze in mode lora names adapter weights (parts with {LORA_PART!r}, e.g. "
+                            "lora_A): the base is frozen already")  # fmt: skip
         if self.lr_strategy not in LR_STRATEGIES:
             problems.append(f"lr_strategy must be one of {LR_STRATEGIES}")
         if self.lr_schedule not in LR_SCHEDULES:
