@@ -559,8 +559,8 @@ def trajectory_gap(seed_scalar: Mapping[str, Any], full_state: Mapping[str, Any]
 EST_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fzoo-frozen-embed", "fedavg-adamw")
 ZO_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fzoo-frozen-embed")
 # fzoo-frozen-embed: full-parameter FZOO with the input embedding (tied to the output head) frozen. At
-# θ_0 it has the lowest |g|^2 / tr(H) of smollm2-135m's weight groups (RESULTS.md, session 15): the
-# perturbation's curvature cost with the least gradient signal.
+# θ_0 it has the largest curvature (Hutchinson tr(H)) and the lowest |g|^2 / tr(H) of the smollm2-135m
+# weight groups whose trace is measured beyond noise (RESULTS.md, sessions 15 and 18).
 FROZEN_EMBEDDING = "embed_tokens"
 FZOO_VARIANTS = ("fzoo-lora", "fzoo-frozen-embed")
 
