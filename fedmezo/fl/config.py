@@ -131,8 +131,8 @@ class RunConfig:
         "mode=full: comma-separated parts of weight names kept frozen, e.g. embed_tokens, or the keyword "
         "input-embeddings (the default): the model's input embedding whatever its name (tied to the output "
         "head in SmolLM2 and Llama-style models), which has the most measured curvature for its gradient "
-        "signal (RESULTS.md); empty = train every weight; mode=lora drops the default (the base is frozen) and "
-        "takes adapter parts instead: lora_A keeps the seeded A factors and trains only B; "
+        "signal (RESULTS.md); empty = train every weight; mode=lora drops the default (the base is frozen) "
+        "and takes adapter parts instead: lora_A keeps the seeded A factors and trains only B; "
         "part of the manifest",
     )
     rounds: int = setting(10, "total federated rounds")
