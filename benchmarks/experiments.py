@@ -101,6 +101,7 @@ class Plan:
     est_adamezo_lrs: tuple[float, ...]
     est_fzoo_lora_lrs: tuple[float, ...]  # FZOO on LoRA adapters: ZO variance grows with the dimension
     est_fzoo_frozen_lrs: tuple[float, ...]  # FZOO with the embedding frozen (FROZEN_EMBEDDING)
+    est_fzoo_lora_fa_lrs: tuple[float, ...]  # FZOO on the LoRA B factors (A frozen: half the dimension)
     est_fedavg_lrs: tuple[float, ...]
     est_lr_schedule: str = "constant"  # every method's, pilots (over their own rounds) and main runs alike
 
@@ -115,7 +116,7 @@ FULL = Plan(
     est_pilot_rounds=10, est_perturbations=8, est_seed_clients=10, est_mezo_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
     est_fzoo_lrs=(1e-3, 3e-3, 1e-2, 3e-2), est_adamezo_lrs=(3e-4, 1e-3, 3e-3, 1e-2),
     est_fzoo_lora_lrs=(3e-3, 1e-2, 3e-2, 1e-1), est_fzoo_frozen_lrs=(1e-3, 3e-3, 1e-2, 3e-2),
-    est_fedavg_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
+    est_fzoo_lora_fa_lrs=(1e-2, 3e-2, 1e-1, 3e-1), est_fedavg_lrs=(3e-6, 1e-5, 3e-5, 1e-4),
 )  # fmt: skip
 QUICK = Plan(
     name="quick", model="smollm2-135m", max_length=48, batch_size=2, eval_limit=8,
@@ -127,7 +128,7 @@ QUICK = Plan(
     est_clients=2, est_eval_limit=8, est_forwards_per_round=6, est_rounds=1, est_eval_every=1,
     est_pilot_rounds=1, est_perturbations=2, est_seed_clients=4, est_mezo_lrs=(1e-5, 1e-2),
     est_fzoo_lrs=(1e-3, 3e-3), est_adamezo_lrs=(1e-3, 3e-3), est_fzoo_lora_lrs=(1e-2, 3e-2),
-    est_fzoo_frozen_lrs=(1e-3, 3e-3),
+    est_fzoo_frozen_lrs=(1e-3, 3e-3), est_fzoo_lora_fa_lrs=(3e-2, 1e-1),
     est_fedavg_lrs=(1e-5, 3e-5),
 )  # fmt: skip
 
@@ -556,13 +557,17 @@ def trajectory_gap(seed_scalar: Mapping[str, Any], full_state: Mapping[str, Any]
 # --------------------------------------------------------------------------------------------------
 # Estimators and seed schemes (issue #13): budgets in forward passes per client
 # --------------------------------------------------------------------------------------------------
-EST_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fzoo-frozen-embed", "fedavg-adamw")
-ZO_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fzoo-frozen-embed")
+EST_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fzoo-frozen-embed", "fzoo-lora-fa", "fedavg-adamw")
+ZO_METHODS = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fzoo-frozen-embed", "fzoo-lora-fa")
 # fzoo-frozen-embed: full-parameter FZOO with the input embedding (tied to the output head) frozen. At
 # θ_0 it has the largest curvature (Hutchinson tr(H)) and the lowest |g|^2 / tr(H) of the smollm2-135m
 # weight groups whose trace is measured beyond noise (RESULTS.md, sessions 15 and 18).
 FROZEN_EMBEDDING = "embed_tokens"
-FZOO_VARIANTS = ("fzoo-lora", "fzoo-frozen-embed")
+# fzoo-lora-fa: FZOO on the LoRA adapters with every A factor frozen at its seeded init (LoRA-FA): only B
+# trains, along fixed random projections, so the perturbation has half the adapters' dimension (B = 0 at
+# the start, so A's directions carry no first-order signal there, only the variance of the A-B cross terms).
+FROZEN_LORA_A = "lora_A"
+FZOO_VARIANTS = ("fzoo-lora", "fzoo-frozen-embed", "fzoo-lora-fa")
 
 
 def candidate(est: Mapping[str, Any]) -> str:
@@ -637,8 +642,10 @@ def est_flags(
         shape["lr_schedule"] = p.est_lr_schedule
     if method == "fedavg-adamw":
         return runner.base(**shape, method="fedavg", optimizer="adamw", fedavg_lr=lr)
-    if method == "fzoo-lora":  # FZOO on the LoRA adapters (rank 8) of the frozen fp32 base
+    if method in ("fzoo-lora", "fzoo-lora-fa"):  # FZOO on the LoRA adapters (rank 8) of the frozen fp32 base
         shape["mode"] = "lora"
+    if method == "fzoo-lora-fa":
+        shape["freeze"] = FROZEN_LORA_A
     if method == "fzoo-frozen-embed":
         shape["freeze"] = FROZEN_EMBEDDING
     estimator = "fzoo" if method in FZOO_VARIANTS else method
@@ -665,6 +672,7 @@ def est_lrs(plan: Plan, method: str) -> tuple[float, ...]:
         "adamezo": plan.est_adamezo_lrs,
         "fzoo-lora": plan.est_fzoo_lora_lrs,
         "fzoo-frozen-embed": plan.est_fzoo_frozen_lrs,
+        "fzoo-lora-fa": plan.est_fzoo_lora_fa_lrs,
         "fedavg-adamw": plan.est_fedavg_lrs,
     }[method]
 
@@ -1011,7 +1019,7 @@ def make_plots(results: Mapping[str, Any], out: Path) -> dict[str, str]:
 
 EST_STYLES = {
     "mezo": "C0", "fzoo": "C1", "adamezo": "C4", "fzoo-lora": "C5", "fzoo-frozen-embed": "C6",
-    "fedavg-adamw": "C3", "per-client": "C0", "shared": "C2",
+    "fzoo-lora-fa": "C7", "fedavg-adamw": "C3", "per-client": "C0", "shared": "C2",
 }  # fmt: skip
 
 
@@ -1535,7 +1543,8 @@ def _estimator_markdown(results: Mapping[str, Any], img: Callable[[str], str]) -
         f"`fzoo` P={pert}, ε=1e-3: τ={taus['fzoo']}, {pert + 1} per step; `adamezo` P=1: "
         f"τ={taus['adamezo']}, 2 per step; `fzoo-lora`: FZOO on rank-8 LoRA adapters of the frozen base, "
         f"τ={taus['fzoo-lora']}; `fzoo-frozen-embed`: full-parameter FZOO with the input embedding (tied to "
-        f"the output head) frozen, τ={taus['fzoo-frozen-embed']}; FedAvg-AdamW: "
+        f"the output head) frozen, τ={taus['fzoo-frozen-embed']}; `fzoo-lora-fa`: FZOO on the LoRA B factors "
+        f"with the A factors frozen at their seeded init, τ={taus['fzoo-lora-fa']}; FedAvg-AdamW: "
         f"τ={taus['fedavg-adamw']} backprop steps, a backward counted as two forwards). Held-out loss and "
         f"exact match on `{est['held_out']['test']}`: {plan['est_eval_limit']} examples of the demo held-out "
         "set, every category in proportion (the first 24 of its list, used above, are all arithmetic), "

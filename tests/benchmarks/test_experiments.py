@@ -88,7 +88,7 @@ def test_make_experiments_quick(tmp_path: Path) -> None:
     assert mezo["ranking"][-1] == max(plan["est_mezo_lrs"])
     main = {k: v for k, v in est["runs"].items() if k.startswith("main-")}
     assert set(main) == {f"main-{m}" for m in experiments.EST_METHODS}
-    expected = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fzoo-frozen-embed", "fedavg-adamw")
+    expected = ("mezo", "fzoo", "adamezo", "fzoo-lora", "fzoo-frozen-embed", "fzoo-lora-fa", "fedavg-adamw")
     assert {f"main-{m}" for m in expected} <= set(main)
     budget = plan["est_rounds"] * plan["est_forwards_per_round"]
     assert {r["forward_passes_per_client"] for r in main.values()} == {budget} == {est["budget"]}
