@@ -384,3 +384,24 @@ def test_a_resumable_runner_continues_a_stopped_run_and_then_drops_its_progress(
     fresh = plain.run("r", flags)
     assert [r["fingerprint"] for r in run["rounds"]] == [r["fingerprint"] for r in fresh["rounds"]]
     assert [r["eval_loss"] for r in run["rounds"]] == [r["eval_loss"] for r in fresh["rounds"]]
+
+
+def test_each_fzoo_variant_trains_what_its_name_says(tmp_path: Path) -> None:
+    """The sweep's FZOO variants differ only in what θ is: LoRA adapters, the model without its embedding,
+    or the LoRA B factors alone; each spends the same forward passes per round."""
+    runner = experiments.Runner(tmp_path, experiments.FULL, fresh=False, log=lambda _: None)
+    flags = {
+        m: experiments.est_flags(
+            runner, m, 1e-2, clients=3, rounds=1, eval_every=1, eval_data=tmp_path / "held_out.jsonl"
+        )
+        for m in ("fzoo", *experiments.FZOO_VARIANTS)
+    }
+    parts = {m: (f.get("mode", "full"), f.get("freeze", "")) for m, f in flags.items()}
+    assert parts == {
+        "fzoo": ("full", ""),
+        "fzoo-lora": ("lora", ""),
+        "fzoo-frozen-embed": ("full", "embed_tokens"),
+        "fzoo-lora-fa": ("lora", "lora_A"),
+    }
+    budget = {(f["estimator"], f["perturbations"], f["local_steps"]) for f in flags.values()}
+    assert budget == {("fzoo", 8, 4)}
