@@ -7,6 +7,9 @@
     python benchmarks/frozen_embedding_cpu/run.py --lr-schedule cosine --shipped-defaults  # as shipped
     python benchmarks/frozen_embedding_cpu/run.py --lr-schedule cosine --main-lr 1e-2 --main-only \
         --seed-scheme shared   # the main run with shared seeds, paired with its per-client run
+    python benchmarks/frozen_embedding_cpu/run.py --method fzoo-lora-fa --pilots 3e-2 1e-1 3e-1
+    python benchmarks/frozen_embedding_cpu/run.py --method fzoo-lora-fa --lr-schedule cosine --main-lr 1e-1 \
+        --main-only [--seed-scheme shared --batch-size 8]   # LoRA-FA (session 18), as it would ship
 
 The estimator sweep's protocol and settings (`benchmarks/experiments.py`, FULL plan: 3 clients, non-IID,
 batch 4, 36 forward passes per client per round; pilots of 10 rounds ranked on validation-120, the main
@@ -44,7 +47,8 @@ sys.path.insert(0, str(HERE.parent))
 
 import experiments as ex  # noqa: E402
 
-METHOD = "fzoo-frozen-embed"
+METHOD = "fzoo-frozen-embed"  # the default --method: the full model with the input embedding frozen
+METHODS = (METHOD, "fzoo-lora-fa")  # fzoo-lora-fa: FZOO on the LoRA B factors, A frozen
 MEZO_LR = 3e-5  # MeZO's accepted rate in the sweep (CPU and GPU alike)
 CPU_SWEEP = HERE.parent / "experiments"
 
@@ -66,6 +70,11 @@ def main() -> None:
     parser.add_argument(
         "--seed-scheme", choices=("per-client", "shared"), default="per-client",
         help="with --main-lr --main-only: the main run with this seed scheme (compared with per-client)",
+    )  # fmt: skip
+    parser.add_argument("--method", choices=METHODS, default=METHOD, help="the FZOO variant to run")
+    parser.add_argument(
+        "--batch-size", type=int,
+        help="with --main-lr --main-only: the main run at this batch size (the sweep's is 4)",
     )  # fmt: skip
     parser.add_argument(
         "--shipped-defaults", action="store_true",
@@ -97,13 +106,18 @@ def main() -> None:
               f"{[round(x, 4) for _, x in ex.eval_curve(run)]}")  # fmt: skip
         return
 
-    def main_run(lr: float, scheme: str = "per-client") -> dict:  # type: ignore[type-arg]
+    method = args.method
+
+    def main_run(lr: float, scheme: str = "per-client", batch: int | None = None) -> dict:  # type: ignore[type-arg]
         flags = ex.est_flags(
-            runner, METHOD, lr, clients=plan.est_clients, rounds=plan.est_rounds,
+            runner, method, lr, clients=plan.est_clients, rounds=plan.est_rounds,
             eval_every=plan.est_eval_every, eval_data=test, seed_scheme=scheme,
         )  # fmt: skip
-        scheme_part = "" if scheme == "per-client" else f"-{scheme}"  # per-client: the sweep's own name
-        name = f"est-c{plan.est_clients}-{METHOD}{scheme_part}-lr{lr:g}"
+        variant = "" if scheme == "per-client" else f"-{scheme}"  # per-client: the sweep's own name
+        if batch is not None and batch != plan.batch_size:
+            flags["batch_size"] = batch
+            variant += f"-b{batch}"
+        name = f"est-c{plan.est_clients}-{method}{variant}-lr{lr:g}"
         return runner.run(name, flags, exact_match=True, per_example=True)
 
     if args.shipped_defaults:
@@ -112,26 +126,28 @@ def main() -> None:
         report_against_evidence(runner, run)
         return
 
-    if args.seed_scheme != "per-client" and not (args.main_lr and args.main_only):
-        sys.exit("--seed-scheme: only with --main-lr and --main-only (the search ran with per-client seeds)")
+    if (args.seed_scheme != "per-client" or args.batch_size) and not (args.main_lr and args.main_only):
+        sys.exit("--seed-scheme, --batch-size: only with --main-lr and --main-only (the search ran with "
+                 "per-client seeds and the sweep's batch)")  # fmt: skip
     if args.main_lr:
-        run = main_run(args.main_lr, args.seed_scheme)
+        run = main_run(args.main_lr, args.seed_scheme, args.batch_size)
         if args.main_only:
-            print(f"{METHOD} at lr {args.main_lr:g}: held-out {[round(x, 4) for _, x in ex.eval_curve(run)]}")
-            if args.seed_scheme != "per-client":  # against the same run with per-client seeds
+            print(f"{method} at lr {args.main_lr:g}: held-out {[round(x, 4) for _, x in ex.eval_curve(run)]}")
+            if args.seed_scheme != "per-client" or args.batch_size:  # against the sweep's own run
                 delta, se = ex.paired_difference(run, main_run(args.main_lr))
-                print(f"{args.seed_scheme} − per-client seeds: {delta:+.4f} +- {se:.4f} (SE, paired)")
+                print(f"against per-client seeds, batch {plan.batch_size}: {delta:+.4f} +- {se:.4f} "
+                      "(SE, paired)")  # fmt: skip
             return
     candidates = {}
-    grid = ex.est_lrs(plan, METHOD)
+    grid = ex.est_lrs(plan, method)
     if args.pilots and not set(args.pilots) <= set(grid):
-        sys.exit(f"--pilots: {METHOD}'s grid is {', '.join(f'{lr:g}' for lr in grid)}")
+        sys.exit(f"--pilots: {method}'s grid is {', '.join(f'{lr:g}' for lr in grid)}")
     for lr in args.pilots or grid:
         flags = ex.est_flags(
-            runner, METHOD, lr, clients=plan.est_clients, rounds=plan.est_pilot_rounds,
+            runner, method, lr, clients=plan.est_clients, rounds=plan.est_pilot_rounds,
             eval_every=max(1, plan.est_pilot_rounds // 2), eval_data=validation,
         )  # fmt: skip
-        run = runner.run(f"est-pilot-{METHOD}-lr{lr:g}", flags)
+        run = runner.run(f"est-pilot-{method}-lr{lr:g}", flags)
         candidates[lr] = {
             "final": ex.final_loss(run),
             "diverged": ex.diverged(run),
@@ -165,9 +181,9 @@ def main() -> None:
     curve = ex.eval_curve(ours)
     reached = ex.forwards_to(ours, target)
     delta, se = ex.paired_difference(ours, mezo)
-    print(f"{METHOD} at lr {lr:g}: held-out {[round(loss, 4) for _, loss in curve]}")
+    print(f"{method} at lr {lr:g}: held-out {[round(loss, 4) for _, loss in curve]}")
     budget = plan.est_rounds * plan.est_forwards_per_round
-    print(f"MeZO's lower final ({schedule} rate) {target:.4f}; {METHOD} reaches it after {reached:g} of "
+    print(f"MeZO's lower final ({schedule} rate) {target:.4f}; {method} reaches it after {reached:g} of "
           f"{budget} forward passes per client; final difference {delta:+.4f} +- {se:.4f} "
           "(SE, paired)")  # fmt: skip
 
