@@ -81,7 +81,7 @@ class RunSettings:
     seed_scheme: str = "per-client"
     base_dtype: str = "fp32"  # LoRA: the frozen base's dtype (the adapters are fp32)
     weights: str = "fp32"  # full mode: the trained weights' format, fp32 or bf16-sr
-    freeze: str = ""  # full mode: comma-separated parts of the names of weights that stay frozen
+    freeze: str = ""  # comma-separated parts of the names of weights that stay frozen (lora: of adapters)
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ def run_config_to_pb(
         lora_seed=config.run_seed if lora else 0,
         base_dtype=config.base_dtype if lora else "",
         weights="" if lora or config.weights == "fp32" else config.weights,
-        freeze="" if lora else config.freeze,
+        freeze=config.freeze,  # lora mode: the adapter parts kept frozen (lora_A: LoRA-FA)
         run_seed=config.run_seed,
         seed_scheme=_SEED_SCHEMES[config.seed_scheme],
         estimator=_ESTIMATORS[config.estimator],
