@@ -55,7 +55,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--model", default="smollm2-135m", help="model (default smollm2-135m; tiny-random: fast)"
     )
-    parser.add_argument("--mode", choices=("full", "lora"), default="full", help="what trains (default full)")
+    parser.add_argument(
+        "--mode",
+        choices=("full", "lora"),
+        default="lora",
+        help="what trains (default lora: the LoRA B factors, A frozen, as the server's default)",
+    )
     parser.add_argument("--clients", type=_positive_int, default=3, help="number of clients (default 3)")
     schedule = parser.add_argument_group("schedule (default: the model's preset)")
     schedule.add_argument("--rounds", type=_positive_int, help="federated rounds")

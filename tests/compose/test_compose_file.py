@@ -7,6 +7,7 @@ compile or cannot see a live server (run against one), volumes used but not decl
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -286,6 +287,17 @@ def test_make_test_compose_override_changes_only_the_schedule(compose: dict[str,
     build_parser().parse_args(changed)  # still a valid `fedmezo server` command
     with pytest.raises(tool.Failed, match="no --not-a-flag"):
         tool.schedule_override(compose, {"--not-a-flag": "1"})
+
+
+def test_the_server_runs_the_demos_measured_preset_for_its_mode(services: dict[str, dict[str, Any]]) -> None:
+    """Every schedule value spelled out, and each the demo's (RESULTS.md): no setting falls to a default."""
+    from fedmezo.demo import schedule_for
+
+    command = services["server"]["command"]
+    preset = schedule_for(_flag(command, "--model"), _flag(command, "--mode"))
+    for name, value in dataclasses.asdict(preset).items():
+        written = _flag(command, "--" + name.replace("_", "-"))
+        assert written == str(value) or float(written) == value, (name, written, value)
 
 
 def test_the_build_reaches_the_host_at_the_bridge_gateway() -> None:

@@ -137,31 +137,40 @@ def test_cli_takes_the_models_preset_and_flag_overrides(monkeypatch: pytest.Monk
     expected = PRESETS["tiny-random"]
     assert config.schedule.rounds == 7 and config.schedule.lr == 0.5  # type: ignore[attr-defined]
     assert config.schedule.local_steps == expected.local_steps  # type: ignore[attr-defined]
-    assert schedule_for("some/local-model") == PRESETS["smollm2-135m"]
+    assert schedule_for("some/local-model", "full") == PRESETS["smollm2-135m"]
 
 
-def test_a_lora_demo_starts_from_the_adapters_own_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    full, lora = schedule_for("smollm2-135m"), schedule_for("smollm2-135m", "lora")
+def test_the_demo_defaults_to_lora_fa_at_its_own_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    full, lora = schedule_for("smollm2-135m", "full"), schedule_for("smollm2-135m")
+    assert lora.freeze == "lora_A" and full.freeze == ""  # LoRA-FA, as the server's default
     assert lora.lr == MEASURED["smollm2-135m", "lora", "fzoo"][1][0][1] != full.lr
-    assert dataclasses.replace(lora, lr=full.lr) == full  # only the rate differs
-    assert schedule_for("tiny-random", "lora") == PRESETS["tiny-random"]  # no LoRA rate of its own
+    assert dataclasses.replace(lora, lr=full.lr, freeze="") == full  # only the rate and freeze differ
+    tiny = schedule_for("tiny-random", "lora")  # no LoRA rate of its own, but LoRA-FA too
+    assert tiny == dataclasses.replace(PRESETS["tiny-random"], freeze="lora_A")
     captured = {}
     monkeypatch.setattr("fedmezo.demo.run_demo", lambda config: captured.setdefault("config", config))
-    for argv, lr in ((["--mode", "lora"], lora.lr), (["--mode", "lora", "--lr", "0.5"], 0.5)):
+    for argv, mode, lr in (
+        ([], "lora", lora.lr),
+        (["--mode", "lora", "--lr", "0.5"], "lora", 0.5),
+        (["--mode", "full"], "full", full.lr),
+    ):
         captured.clear()
         args = build_parser().parse_args(["demo", *argv])
         assert args.func(args) == 0
-        assert captured["config"].schedule.lr == lr  # type: ignore[attr-defined]
+        config = captured["config"]
+        assert (config.mode, config.schedule.lr) == (mode, lr)  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
     ("argv", "lr"),
     [
-        ([], 1e-2),  # the preset: 4 x 4 FZOO steps = 144 forward passes per client
-        (["--rounds", "10"], 1e-2),  # 360: the budget its pilot measured
-        (["--rounds", "12"], 3e-3),  # 432: past where 1e-2 drifts up; 3e-3 held over 1,008
-        (["--estimator", "mezo"], 3e-5),  # each estimator's rate is on its own scale
-        (["--estimator", "adamezo", "--perturbations", "2"], 1e-3),
+        ([], 1e-1),  # the preset on LoRA-FA: 4 x 4 FZOO steps = 144 forward passes per client
+        (["--rounds", "12"], 1e-1),  # it held over 1,008
+        (["--mode", "full"], 1e-2),  # full mode: 144 forward passes
+        (["--mode", "full", "--rounds", "10"], 1e-2),  # 360: the budget its pilot measured
+        (["--mode", "full", "--rounds", "12"], 3e-3),  # 432: past where 1e-2 drifts up; 3e-3 held
+        (["--mode", "full", "--estimator", "mezo"], 3e-5),  # each estimator's rate is on its own scale
+        (["--mode", "full", "--estimator", "adamezo", "--perturbations", "2"], 1e-3),
         (["--estimator", "mezo", "--lr", "1e-6"], 1e-6),  # --lr always wins
     ],
 )
@@ -173,7 +182,7 @@ def test_without_lr_the_demo_takes_the_rate_measured_for_its_estimator_and_budge
     args = build_parser().parse_args(["demo", *argv])
     assert args.func(args) == 0
     assert captured["config"].schedule.lr == lr  # type: ignore[attr-defined]
-    if argv[:2] == ["--estimator", "mezo"]:  # with MeZO's measured P too: 2 forwards per step
+    if argv[2:4] == ["--estimator", "mezo"]:  # with MeZO's measured P too: 2 forwards per step
         assert captured["config"].schedule.perturbations == 1  # type: ignore[attr-defined]
     if "--perturbations" in argv:
         assert captured["config"].schedule.perturbations == 2  # type: ignore[attr-defined]
