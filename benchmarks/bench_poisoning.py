@@ -98,6 +98,7 @@ def sweep(
             "estimator": estimator, "perturbations": perturbations, "lr": lr, "lr_spread": 0.0,
             "partition": "category", "batch_size": 4, "max_length": 64, "eval_limit": eval_limit,
             "eval_every": rounds, "lr_schedule": "constant", "freeze": "", "seed_scheme": "per-client",
+            "mode": "full",  # as recorded in poisoning.json (the default became LoRA-FA later)
         }  # fmt: skip
         runs = {}
         for name, attack, bounds in (

@@ -17,8 +17,8 @@ from fedmezo.trainable import INPUT_EMBEDDINGS, prepare_trainable
 
 
 def test_frozen_weights_leave_theta_and_change_the_manifest() -> None:
-    full = Replica.for_run(RunConfig(model="tiny-random", freeze=""))
-    frozen = Replica.for_run(RunConfig(model="tiny-random", freeze="embed_tokens"))
+    full = Replica.for_run(RunConfig(model="tiny-random", mode="full", freeze=""))
+    frozen = Replica.for_run(RunConfig(model="tiny-random", mode="full", freeze="embed_tokens"))
     model = frozen.loaded_model()
     embedding = model.get_input_embeddings().weight
     assert not embedding.requires_grad
@@ -26,13 +26,13 @@ def test_frozen_weights_leave_theta_and_change_the_manifest() -> None:
     assert not any("embed_tokens" in name for name in frozen.params.names)
     assert frozen.manifest_sha256 != full.manifest_sha256  # a client that trains other weights is refused
     # every replica of the run builds the same θ (the server, each client, a simulation)
-    again = Replica.for_run(RunConfig(model="tiny-random", freeze=" embed_tokens "))
+    again = Replica.for_run(RunConfig(model="tiny-random", mode="full", freeze=" embed_tokens "))
     assert again.manifest_sha256 == frozen.manifest_sha256 and again.fingerprint() == frozen.fingerprint()
 
 
 def test_input_embeddings_names_the_embedding_whatever_the_architecture_calls_it() -> None:
-    by_name = Replica.for_run(RunConfig(model="tiny-random", freeze="embed_tokens"))
-    by_role = Replica.for_run(RunConfig(model="tiny-random", freeze="input-embeddings"))
+    by_name = Replica.for_run(RunConfig(model="tiny-random", mode="full", freeze="embed_tokens"))
+    by_role = Replica.for_run(RunConfig(model="tiny-random", mode="full", freeze="input-embeddings"))
     assert by_role.manifest_sha256 == by_name.manifest_sha256
     assert not by_role.loaded_model().get_input_embeddings().weight.requires_grad
     with pytest.raises(ValueError, match="has no input embedding"):
@@ -40,7 +40,7 @@ def test_input_embeddings_names_the_embedding_whatever_the_architecture_calls_it
 
 
 def test_a_tied_output_head_is_frozen_under_either_name() -> None:
-    replica = Replica.for_run(RunConfig(model="tiny-random", freeze="lm_head"))
+    replica = Replica.for_run(RunConfig(model="tiny-random", mode="full", freeze="lm_head"))
     model = replica.loaded_model()
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied, as SmolLM2
     assert not model.get_input_embeddings().weight.requires_grad
@@ -64,28 +64,37 @@ def test_bad_freeze_settings_are_refused(settings: dict[str, Any], message: str)
 )
 def test_freeze_must_name_some_weights_and_leave_some(freeze: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        Replica.for_run(RunConfig(model="tiny-random", freeze=freeze))
+        Replica.for_run(RunConfig(model="tiny-random", mode="full", freeze=freeze))
 
 
 def test_freeze_travels_to_clients_in_the_run_config() -> None:
-    config = RunConfig(model="tiny-random", freeze="embed_tokens, norm")
+    config = RunConfig(model="tiny-random", mode="full", freeze="embed_tokens, norm")
     settings = run_settings_from_pb(run_config_to_pb(config, "run", b"\0" * 32))
     assert freeze_parts(settings.freeze) == ("embed_tokens", "norm")
-    assert run_config_to_pb(RunConfig(model="tiny-random", freeze=""), "run", b"\0" * 32).freeze == ""
-    assert run_config_to_pb(RunConfig(model="tiny-random"), "run", b"\0" * 32).freeze == "input-embeddings"
+    assert (
+        run_config_to_pb(RunConfig(model="tiny-random", mode="full", freeze=""), "run", b"\0" * 32).freeze
+        == ""
+    )
+    full = RunConfig(model="tiny-random", mode="full")
+    assert run_config_to_pb(full, "run", b"\0" * 32).freeze == "input-embeddings"  # resolved, never "auto"
+    assert run_config_to_pb(RunConfig(model="tiny-random"), "run", b"\0" * 32).freeze == "lora_A"
 
 
-def test_the_default_freezes_the_input_embedding_and_lora_drops_it() -> None:
-    assert RunConfig().freeze == FREEZE_INPUT_EMBEDDINGS == INPUT_EMBEDDINGS
-    lora = RunConfig(model="tiny-random", mode="lora")
-    assert lora.freeze == "" and not lora.problems()  # the base is frozen anyway; nothing to refuse
-    assert RunConfig(model="tiny-random", mode="lora", freeze="norm").problems()  # a name part still is
+def test_freeze_auto_is_each_modes_measured_default_and_empty_trains_everything() -> None:
+    assert RunConfig().freeze == "lora_A" and RunConfig().mode == "lora"  # LoRA-FA
+    assert RunConfig(mode="full").freeze == FREEZE_INPUT_EMBEDDINGS == INPUT_EMBEDDINGS
+    assert RunConfig(mode="full", freeze=" auto ").freeze == FREEZE_INPUT_EMBEDDINGS  # spelled out
+    lora = RunConfig(model="tiny-random", mode="lora", freeze="")
+    assert lora.freeze == "" and not lora.problems()  # A and B both train
+    assert RunConfig(model="tiny-random", mode="lora", freeze="norm").problems()  # a base part is refused
+    refused = RunConfig(model="tiny-random", mode="lora", freeze="input-embeddings").problems()
+    assert refused and "adapter weights" in refused[0]
 
 
 def test_a_simulation_never_moves_a_frozen_weight() -> None:
     config, options = load_sim_config(
-        {"model": "tiny-random", "freeze": "embed_tokens", "rounds": 2, "local_steps": 2, "lr": 1e-3,
-         "lr_spread": 0.0, "batch_size": 2, "max_length": 32, "num_clients": 2, "eval_limit": 4},
+        {"model": "tiny-random", "mode": "full", "freeze": "embed_tokens", "rounds": 2, "local_steps": 2,
+         "lr": 1e-3, "lr_spread": 0.0, "batch_size": 2, "max_length": 32, "num_clients": 2, "eval_limit": 4},
         env={},
     )  # fmt: skip
     simulation = Simulation(config, options, exact_match=False)
@@ -98,8 +107,8 @@ def test_a_simulation_never_moves_a_frozen_weight() -> None:
 
 def test_lora_with_a_frozen_trains_only_b_and_keeps_a_at_its_seeded_init() -> None:
     """LoRA-FA: the A factors stay the seeded projection on every replica; θ holds the B factors only."""
-    both = Replica.for_run(RunConfig(model="tiny-random", mode="lora"))
-    b_only = Replica.for_run(RunConfig(model="tiny-random", mode="lora", freeze="lora_A"))
+    both = Replica.for_run(RunConfig(model="tiny-random", mode="lora", freeze=""))
+    b_only = Replica.for_run(RunConfig(model="tiny-random"))  # the default: LoRA-FA
     names = b_only.params.names
     assert names and all("lora_B" in name for name in names)
     b_numel = sum(p.numel() for n, p in both.loaded_model().named_parameters() if "lora_B" in n)
@@ -129,6 +138,6 @@ def test_lora_with_a_frozen_trains_only_b_and_keeps_a_at_its_seeded_init() -> No
      ("input-embeddings", "the base is frozen already")],
 )  # fmt: skip
 def test_lora_freeze_must_name_some_adapters_and_leave_some(freeze: str, message: str) -> None:
-    model = Replica.for_run(RunConfig(model="tiny-random", freeze="")).loaded_model()
+    model = Replica.for_run(RunConfig(model="tiny-random", mode="full", freeze="")).loaded_model()
     with pytest.raises(ValueError, match=message):
         prepare_trainable(model, "lora", freeze=(freeze,))

@@ -121,9 +121,12 @@ def main() -> None:
         return runner.run(name, flags, exact_match=True, per_example=True)
 
     if args.shipped_defaults:
-        name = f"est-c{plan.est_clients}-shipped-defaults"
+        from fedmezo.fl.config import RunConfig
+
+        mode = RunConfig().mode  # the full-mode defaults' run (session 17) keeps the name without one
+        name = f"est-c{plan.est_clients}-shipped-defaults" + ("" if mode == "full" else f"-{mode}")
         run = runner.run(name, shipped_flags(runner, test), exact_match=True, per_example=True)
-        report_against_evidence(runner, run)
+        report_against_evidence(runner, run, name)
         return
 
     if (args.seed_scheme != "per-client" or args.batch_size) and not (args.main_lr and args.main_only):
@@ -207,7 +210,8 @@ def shipped_flags(runner: ex.Runner, test: Path) -> dict:  # type: ignore[type-a
         eval_every=plan.est_eval_every, eval_data=test,
     )  # fmt: skip
     flags = {k: v for k, v in task.items() if k not in TRAINING_DEFAULTS}
-    flags.update({k: getattr(RunConfig, k) for k in TRAINING_DEFAULTS})
+    defaults = RunConfig()  # resolved: `freeze = auto` and `lr = 0` as the mode's concrete values
+    flags.update({k: getattr(defaults, k) for k in TRAINING_DEFAULTS})
     per_step = ex.forwards_per_step(str(flags["estimator"]), int(flags["perturbations"]))
     if flags["local_steps"] * per_step != plan.est_forwards_per_round:
         sys.exit(f"the defaults spend {flags['local_steps'] * per_step} forward passes per round, the sweep "
@@ -215,15 +219,20 @@ def shipped_flags(runner: ex.Runner, test: Path) -> dict:  # type: ignore[type-a
     return flags
 
 
-def report_against_evidence(runner: ex.Runner, run: dict) -> None:  # type: ignore[type-arg]
+def report_against_evidence(runner: ex.Runner, run: dict, own: str) -> None:  # type: ignore[type-arg]
     """The shipped defaults against the run they were chosen from and MeZO's, paired over test-120."""
     curve = ex.eval_curve(run)
     exact = [r["exact_match"] for r in run["rounds"] if r["exact_match"] is not None]
     print(f"shipped defaults: held-out {[round(loss, 4) for _, loss in curve]}, final exact match "
           f"{exact[-1] if exact else None}")  # fmt: skip
     clients = runner.plan.est_clients
-    for name in (f"est-c{clients}-{METHOD}-lr0.01", f"est-c{clients}-mezo-lr{MEZO_LR:g}"):
+    for name in (
+        f"est-c{clients}-{METHOD}-lr0.01", f"est-c{clients}-fzoo-lora-fa-shared-b8-lr0.1",
+        f"est-c{clients}-shipped-defaults", f"est-c{clients}-mezo-lr{MEZO_LR:g}",
+    ):  # fmt: skip
         path = runner.runs_dir / f"{name}.json"
+        if name == own:
+            continue
         if not path.exists():
             print(f"{name}: not cached")
             continue

@@ -26,10 +26,12 @@ __all__ = [
     "DEFAULTS_BEFORE_FZOO",
     "ESTIMATOR_NAMES",
     "FP32_FIELDS",
+    "FREEZE_AUTO",
     "LR_SCHEDULES",
     "LR_STRATEGIES",
     "MAX_LENGTH",
     "MAX_MAX_LENGTH",
+    "MEASURED_LR",
     "MIN_MAX_LENGTH",
     "MODES",
     "RUN_DEFINING_FIELDS",
@@ -58,7 +60,7 @@ RUN_DEFINING_FIELDS = (
 # recorded numbers ran with them and tests of the protocol's mechanics name them from here.
 DEFAULTS_BEFORE_FZOO: dict[str, object] = {
     "estimator": "mezo", "perturbations": 1, "seed_scheme": "per-client", "local_steps": 20, "lr": 2e-6,
-    "lr_schedule": "constant", "freeze": "",
+    "lr_schedule": "constant", "freeze": "", "mode": "full",
 }  # fmt: skip
 # What a run-defining field meant in a state dir written before the field existed: its default then,
 # which is not always today's. A restart compares with it.
@@ -93,11 +95,35 @@ def fp32(value: float) -> float:
 # resolves it; kept here as text so this module stays free of torch).
 FREEZE_INPUT_EMBEDDINGS = "input-embeddings"
 LORA_PART = "lora_"  # every adapter weight's name holds it (PEFT's lora_A / lora_B)
+FROZEN_LORA_A = "lora_A"  # LoRA-FA: every A factor keeps its seeded init, only B trains
+# `freeze = auto` (the default) is what each mode's best measured run froze (benchmarks/RESULTS.md,
+# issue #13): the input embedding in full mode, the LoRA A factors in LoRA mode.
+FREEZE_AUTO = "auto"
+AUTO_FREEZE: dict[str, str] = {"full": FREEZE_INPUT_EMBEDDINGS, "lora": FROZEN_LORA_A}
+# `lr = 0` (the default) takes the rate the estimator sweep accepted on smollm2-135m for the estimator,
+# mode and frozen parts (benchmarks/RESULTS.md, issue #13: 4 candidates per method, 360-forward pilots, a
+# rate kept only if it held over 1,008 forward passes per client). The two `freeze = auto` rows ran with
+# the cosine schedule, the others at a constant rate (a cosine from the same start never steps further).
+# A combination the sweep never ran has no rate: such a run must name its own.
+MEASURED_LR: dict[tuple[str, str, str], float] = {
+    ("fzoo", "lora", FROZEN_LORA_A): 1e-1,
+    ("fzoo", "lora", ""): 3e-2,
+    ("fzoo", "full", FREEZE_INPUT_EMBEDDINGS): 1e-2,
+    ("fzoo", "full", ""): 3e-3,
+    ("mezo", "full", ""): 3e-5,
+    ("adamezo", "full", ""): 1e-3,
+}
 
 
 def freeze_parts(text: str) -> tuple[str, ...]:
     """The name parts of a `freeze` setting ("embed_tokens, norm" -> ("embed_tokens", "norm"))."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def measured_lr(estimator: str, mode: str, freeze: str) -> float:
+    """MEASURED_LR's rate for this run (`freeze` as parts, in any order), or 0.0 where none was measured."""
+    parts = ",".join(sorted(freeze_parts(freeze)))
+    return MEASURED_LR.get((estimator, mode, parts), 0.0)
 
 
 @dataclass(frozen=True)
@@ -110,7 +136,11 @@ class RunConfig:
     model: str = setting(
         "tiny-random", "model name for fedmezo.models.load_model (every client loads the same)"
     )
-    mode: str = setting("full", "full: train every weight; lora: train LoRA adapters only")
+    mode: str = setting(
+        "lora",
+        "lora (the default): train LoRA adapters of the frozen base (with freeze auto: only their B "
+        "factors, LoRA-FA); full: train every weight",
+    )
     lora_rank: int = setting(8, "LoRA rank (mode=lora)")
     lora_alpha: float = setting(16.0, "LoRA alpha (mode=lora); 2x rank is the usual scale")
     base_dtype: str = setting(
@@ -127,12 +157,12 @@ class RunConfig:
         "part of the manifest",
     )
     freeze: str = setting(
-        FREEZE_INPUT_EMBEDDINGS,
-        "mode=full: comma-separated parts of weight names kept frozen, e.g. embed_tokens, or the keyword "
-        "input-embeddings (the default): the model's input embedding whatever its name (tied to the output "
-        "head in SmolLM2 and Llama-style models), which has the most measured curvature for its gradient "
-        "signal (RESULTS.md); empty = train every weight; mode=lora drops the default (the base is frozen) "
-        "and takes adapter parts instead: lora_A keeps the seeded A factors and trains only B; "
+        FREEZE_AUTO,
+        "comma-separated parts of weight names kept frozen; auto (the default) = what the mode's best "
+        "measured run froze (RESULTS.md): lora_A in mode lora (the A factors keep their seeded init and "
+        "only B trains: LoRA-FA), input-embeddings in mode full (the keyword for the model's input "
+        "embedding whatever its name, tied to the output head in SmolLM2 and Llama-style models); empty = "
+        "train every weight of the mode; mode lora takes adapter parts only (the base is frozen anyway); "
         "part of the manifest",
     )
     rounds: int = setting(10, "total federated rounds")
@@ -150,9 +180,11 @@ class RunConfig:
     deadline_s: float = setting(600.0, "seconds a round waits for its selected clients (seconds)")
     max_extensions: int = setting(3, "times a round's deadline is extended without quorum before it aborts")
     lr: float = setting(
-        1e-2,
-        "base learning rate eta_0, on the estimator's scale: 1e-2 is fzoo's measured rate on smollm2-135m "
-        "(mezo's was 3e-5, adamezo's 1e-3; docs/estimators.md)",
+        0.0,
+        "base learning rate eta_0, on the estimator's scale; 0 (the default) = the rate measured on "
+        "smollm2-135m for the estimator, mode and freeze (docs/estimators.md: fzoo 1e-1 on LoRA-FA, 1e-2 "
+        "in full mode with the input embedding frozen; mezo 3e-5, adamezo 1e-3 in full mode); a "
+        "combination never measured must name its rate",
     )
     lr_spread: float = setting(1e-6, "personalized-LR spread delta (design section 4); must be < lr")
     lr_strategy: str = setting("frozen", " | ".join(LR_STRATEGIES))
@@ -208,8 +240,11 @@ class RunConfig:
     eval_max_new_tokens: int = setting(8, "greedy tokens generated per answer for exact match; short answers")
 
     def __post_init__(self) -> None:
-        if self.mode == "lora" and freeze_parts(self.freeze) == (FREEZE_INPUT_EMBEDDINGS,):
-            object.__setattr__(self, "freeze", "")  # the default: LoRA keeps the whole base frozen anyway
+        # Resolved here, so what is stored, compared on restart and sent to clients is always concrete.
+        if self.freeze.strip() == FREEZE_AUTO:
+            object.__setattr__(self, "freeze", AUTO_FREEZE.get(self.mode, ""))
+        if self.lr == 0.0:  # stays 0 where nothing was measured; validation then asks for a rate
+            object.__setattr__(self, "lr", measured_lr(self.estimator, self.mode, self.freeze))
         for name in FP32_FIELDS:
             value = getattr(self, name)
             try:
@@ -263,11 +298,17 @@ class RunConfig:
             problems.append("set either clients_per_round or fraction, not both")
         if not 0.0 < self.quorum <= 1.0:
             problems.append("quorum must be in (0, 1]")
+        if self.lr == 0.0:
+            measured = ", ".join(f"{e} in mode {m} with freeze {f!r}" for e, m, f in MEASURED_LR)
+            problems.append(f"lr: no measured rate for {self.estimator} in mode {self.mode} with freeze "
+                            f"{self.freeze!r} (measured: {measured}); set lr")  # fmt: skip
         for name in ("deadline_s", "lr", "eps"):
+            if name == "lr" and self.lr == 0.0:
+                continue  # reported above
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be a finite number > 0")
-        if not (0.0 <= self.lr_spread < self.lr):
+        if self.lr != 0.0 and not (0.0 <= self.lr_spread < self.lr):
             problems.append("lr_spread must be in [0, lr) so every personalized lr stays positive")
         if self.clip < 0 or not math.isfinite(self.clip):
             problems.append("clip must be >= 0")

@@ -101,7 +101,7 @@ def test_a_client_freezes_what_the_server_says_and_lands_on_its_manifest(data_fi
     from fedmezo.fl.config import RunConfig
     from fedmezo.fl.replica import Replica
 
-    server = Replica.for_run(RunConfig(model="tiny-random", freeze="embed_tokens"))
+    server = Replica.for_run(RunConfig(model="tiny-random", mode="full", freeze="embed_tokens"))
     work = build_workload(
         replace(_settings(None), freeze="embed_tokens"), data=str(data_file), device="cpu", model_name=None,
         max_length=32,

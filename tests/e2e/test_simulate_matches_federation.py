@@ -67,6 +67,7 @@ def test_simulation_ends_every_round_on_the_federations_fingerprint(
             "lr_schedule": schedule,
             "weights": weights,
             "freeze": "",  # as the federation's PROTOCOL_RUN
+            "mode": "full",
             "max_length": 64,
             "data": str(data_dir),
             "eval_data": str(held_out),
@@ -81,8 +82,9 @@ def test_simulation_ends_every_round_on_the_federations_fingerprint(
 
 
 def test_the_default_run_simulates_to_the_federations_fingerprints(tmp_path: Path) -> None:
-    """No training flag on either side: the server's defaults (FZOO, P = 8, shared seeds, cosine, the
-    input embedding frozen) are what `fedmezo simulate` runs by default, round for round."""
+    """No training flag on either side: the server's defaults (FZOO, P = 8, shared seeds, cosine, LoRA
+    with the A factors frozen, the measured rate) are what `fedmezo simulate` runs by default, round for
+    round; the clients build their LoRA-FA θ from what the server sends, or Join would refuse them."""
     with Federation(tmp_path) as fed:
         fed.start_server(f"--rounds={ROUNDS}", "--min-clients=3", "--clients-per-round=3", defaults=True)
         for client_id in CLIENTS:
@@ -98,7 +100,12 @@ def test_the_default_run_simulates_to_the_federations_fingerprints(tmp_path: Pat
     config = doc["config"]
     assert (config["estimator"], config["seed_scheme"]) == ("ESTIMATOR_FZOO", "SEED_SCHEME_SHARED")
     assert (int(config["perturbations"]), int(config["local_steps"])) == (8, 4)
-    assert (config["lr_schedule"], config["freeze"]) == ("cosine", "input-embeddings")
+    assert (config["lr_schedule"], config["freeze"], config["mode"]) == (
+        "cosine",
+        "lora_A",
+        "TRAINING_MODE_LORA",
+    )
+    assert float(config["lr"]) == pytest.approx(0.1)  # `lr = 0`: the rate measured for LoRA-FA
     for round_ in doc["rounds"]:  # τ·P = 32 scalars each way: far under issue #3's 1 KiB
         for client in round_["clients"]:
             assert 0 < client["bytes_up"] + client["bytes_down"] <= 1024, (round_["round"], client)

@@ -20,11 +20,13 @@ from fedmezo.zo.values import to_fp32
 
 
 def bf16_replica() -> Replica:
-    return Replica.for_run(RunConfig(model="tiny-random", weights="bf16-sr", freeze=""))  # every weight
+    return Replica.for_run(
+        RunConfig(model="tiny-random", mode="full", weights="bf16-sr", freeze="")
+    )  # every weight
 
 
 def test_the_run_config_carries_the_weight_format() -> None:
-    pb = run_config_to_pb(RunConfig(weights="bf16-sr"), "run", b"\0" * 32)
+    pb = run_config_to_pb(RunConfig(mode="full", weights="bf16-sr"), "run", b"\0" * 32)
     assert pb.weights == "bf16-sr" and run_settings_from_pb(pb).weights == "bf16-sr"
     fp32 = run_config_to_pb(RunConfig(), "run", b"\0" * 32)
     assert fp32.weights == "" and run_settings_from_pb(fp32).weights == "fp32"  # as older servers send
@@ -53,7 +55,7 @@ def test_checkpoints_round_trip_and_refuse_the_other_format(tmp_path: Path) -> N
     assert fresh.fingerprint() != replica.fingerprint()
     fresh.load_checkpoint(record)
     assert fresh.fingerprint() == replica.fingerprint() and fresh.version == 1
-    fp32 = Replica.for_run(RunConfig(model="tiny-random"))
+    fp32 = Replica.for_run(RunConfig(model="tiny-random", mode="full", freeze=""))
     before = fp32.fingerprint()
     with pytest.raises(StoreError, match="does not fit this model"):
         fp32.load_checkpoint(record)  # bf16 values into an fp32 replica: refused, θ kept
@@ -62,7 +64,7 @@ def test_checkpoints_round_trip_and_refuse_the_other_format(tmp_path: Path) -> N
 
 
 def test_lora_adapters_stay_fp32() -> None:
-    model = Replica.for_run(RunConfig(model="tiny-random")).loaded_model()
+    model = Replica.for_run(RunConfig(model="tiny-random", mode="full")).loaded_model()
     with pytest.raises(ValueError, match="need mode 'full'"):
         prepare_trainable(model, "lora", weights="bf16-sr")
     with pytest.raises(ValueError, match="unknown weight format"):

@@ -1,6 +1,6 @@
 """The training settings the protocol tests are written against.
 
-The server's defaults are FZOO with P = 8, shared seeds, a cosine rate and the input embedding frozen
+The server's defaults are FZOO with P = 8 on the LoRA B factors (LoRA-FA), shared seeds and a cosine rate
 (issue #13: the best measured). Tests of the wire, the store, security and faults build updates by hand
 (one scalar per local step), compare per-client seed lists and exact learning rates, and load replicas of
 every weight; they name the settings they assume instead of inheriting defaults chosen for learning.
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from fedmezo.fl.config import DEFAULTS_BEFORE_FZOO
 
-# The estimator, scheme, schedule and frozen part of the defaults before FZOO's; each test keeps its own
-# rate and τ.
+# The estimator, scheme, schedule, frozen part and mode of the defaults before FZOO's; each test keeps
+# its own rate and τ.
 PROTOCOL_RUN: dict[str, object] = {
-    k: DEFAULTS_BEFORE_FZOO[k] for k in ("estimator", "perturbations", "seed_scheme", "lr_schedule", "freeze")
+    k: DEFAULTS_BEFORE_FZOO[k]
+    for k in ("estimator", "perturbations", "seed_scheme", "lr_schedule", "freeze", "mode")
 }
 
 PROTOCOL_RUN_FLAGS: tuple[str, ...] = tuple(

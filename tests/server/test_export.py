@@ -102,7 +102,9 @@ def test_a_copied_state_dir_resumes_and_exports_from_its_own_checkpoints(
 def test_export_of_a_bf16_sr_run_writes_its_bf16_weights(tmp_path: Path) -> None:
     from fedmezo.fl.config import RunConfig
 
-    bf16 = Replica.for_run(RunConfig(model="tiny-random", weights="bf16-sr", freeze=""))  # as make_config
+    bf16 = Replica.for_run(
+        RunConfig(model="tiny-random", mode="full", weights="bf16-sr", freeze="")
+    )  # as make_config
 
     async def run_round() -> bytes:
         async with running_server(tmp_path, bf16, rounds=1, min_clients=1, clients_per_round=1,

@@ -24,20 +24,25 @@ def _start(state: Path, **flags: str) -> None:
 
 
 def test_a_restart_with_other_frozen_weights_is_refused(tmp_path: Path) -> None:
-    _start(tmp_path)  # the default: the input embedding frozen
+    _start(tmp_path, mode="full")  # freeze auto: the input embedding frozen
     changed = r"changed run-defining fields: \{'freeze': \('input-embeddings', 'embed_tokens'\)\}"
-    with pytest.raises(ConfigError, match=changed):
-        _start(tmp_path, freeze="embed_tokens")  # compared as written, even where it names the same weights
-    _start(tmp_path)  # the same run restarts
+    with pytest.raises(ConfigError, match=changed):  # compared as written, even naming the same weights
+        _start(tmp_path, mode="full", freeze="embed_tokens", lr="1e-2")  # no measured rate: named
+    _start(tmp_path, mode="full")  # the same run restarts
+    (tmp_path / "lora").mkdir()
+    _start(tmp_path / "lora")  # the default: LoRA-FA, stored as lora_A
+    with pytest.raises(ConfigError, match=r"'freeze': \('lora_A', ''\)"):
+        _start(tmp_path / "lora", freeze="")  # A and B: another θ
+    _start(tmp_path / "lora", freeze="lora_A")  # auto spelled out is the same run
 
 
 def test_a_run_stored_before_freeze_existed_restarts(tmp_path: Path) -> None:
-    _start(tmp_path, freeze="")
+    _start(tmp_path, mode="full", freeze="")
     store = SqliteStore(tmp_path / "state.db")
     stored = json.loads(store.get_meta("run_config") or "{}")
     del stored["freeze"]  # as a state dir written by a server before the field
     store.set_meta("run_config", json.dumps(stored, sort_keys=True))
     store.close()
-    _start(tmp_path, freeze="")  # the missing field meant '' then (every weight trains)
+    _start(tmp_path, mode="full", freeze="")  # the missing field meant '' then (every weight trains)
     with pytest.raises(ConfigError, match=r"'freeze': \('', 'input-embeddings'\)"):
-        _start(tmp_path)  # not today's default: that would be another θ
+        _start(tmp_path, mode="full")  # not today's default: that would be another θ
