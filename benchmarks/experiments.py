@@ -315,15 +315,23 @@ def per_example_losses(simulation: Any) -> dict[str, list[float] | list[int]]:
     Their token-weighted mean is the run's last held-out loss (the same batches of EVAL_BATCH_SIZE);
     pairs of runs are compared example by example (`paired_difference`).
     """
+    replica = simulation.replica
+    return example_losses(
+        replica.loaded_model(), replica.tokenizer, list(simulation.evaluator.examples),
+        simulation.config.max_length, replica.params.device,
+    )  # fmt: skip
+
+
+def example_losses(
+    model: Any, tokenizer: Any, examples: Sequence[Any], max_length: int, device: Any
+) -> dict[str, list[float] | list[int]]:
+    """Each example's mean response-token loss under `model` and its token count (`per_example_losses`)."""
     import torch
 
     from fedmezo.data import collate, encode_example, pad_token_id
     from fedmezo.fl.evaluation import EVAL_BATCH_SIZE
     from fedmezo.zo.objective import IGNORE_INDEX
 
-    model, tokenizer = simulation.replica.loaded_model(), simulation.replica.tokenizer
-    examples = list(simulation.evaluator.examples)
-    device = simulation.replica.params.device
     losses: list[float] = []
     tokens: list[int] = []
     was_training = model.training
@@ -332,7 +340,7 @@ def per_example_losses(simulation: Any) -> dict[str, list[float] | list[int]]:
         with torch.inference_mode():
             for i in range(0, len(examples), EVAL_BATCH_SIZE):
                 chunk = examples[i : i + EVAL_BATCH_SIZE]
-                encoded = [encode_example(tokenizer, ex, simulation.config.max_length) for ex in chunk]
+                encoded = [encode_example(tokenizer, ex, max_length) for ex in chunk]
                 batch = collate(encoded, pad_token_id(tokenizer)).to(device)
                 logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
                 labels = batch.labels[:, 1:]

@@ -83,6 +83,8 @@ class Schedule:
 # demo takes that one (MEASURED). Measured on a 2-core CPU: held-out loss 5.39 -> 2.49, exact match 0 -> 20%,
 # in 7.7 min. The MeZO preset it replaced (lr 1e-5, 5 rounds x 16 steps = 160 forward passes) reached 3.35,
 # MeZO at its searched 3e-5 on that schedule 2.69 (RESULTS.md, "The demo's defaults").
+# The default mode is LoRA: the same schedule on the LoRA B factors at their measured 1e-1 (MEASURED) took
+# held-out loss to 2.11 (0.38 +- 0.14 below the full model's, paired), exact match 14%, in 6.3 min.
 PRESETS = {
     "smollm2-135m": Schedule(
         rounds=4,
