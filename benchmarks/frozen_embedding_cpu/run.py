@@ -10,6 +10,8 @@
     python benchmarks/frozen_embedding_cpu/run.py --method fzoo-lora-fa --pilots 3e-2 1e-1 3e-1
     python benchmarks/frozen_embedding_cpu/run.py --method fzoo-lora-fa --lr-schedule cosine --main-lr 1e-1 \
         --main-only [--seed-scheme shared --batch-size 8]   # LoRA-FA (session 18), as it would ship
+    python benchmarks/frozen_embedding_cpu/run.py --method fedavg-adamw --lr-schedule cosine --main-lr 3e-5 \
+        --main-only   # FedAvg-AdamW (backprop) on this CPU: the other end of check (b)'s gap
 
 The estimator sweep's protocol and settings (`benchmarks/experiments.py`, FULL plan: 3 clients, non-IID,
 batch 4, 36 forward passes per client per round; pilots of 10 rounds ranked on validation-120, the main
@@ -48,7 +50,8 @@ sys.path.insert(0, str(HERE.parent))
 import experiments as ex  # noqa: E402
 
 METHOD = "fzoo-frozen-embed"  # the default --method: the full model with the input embedding frozen
-METHODS = (METHOD, "fzoo-lora-fa")  # fzoo-lora-fa: FZOO on the LoRA B factors, A frozen
+METHODS = (METHOD, "fzoo-lora-fa", "fedavg-adamw")  # fzoo-lora-fa: FZOO on the LoRA B factors, A frozen;
+# fedavg-adamw: the backprop reference of check (b), with --main-lr 3e-5 --main-only (its accepted rate)
 MEZO_LR = 3e-5  # MeZO's accepted rate in the sweep (CPU and GPU alike)
 CPU_SWEEP = HERE.parent / "experiments"
 
@@ -71,7 +74,7 @@ def main() -> None:
         "--seed-scheme", choices=("per-client", "shared"), default="per-client",
         help="with --main-lr --main-only: the main run with this seed scheme (compared with per-client)",
     )  # fmt: skip
-    parser.add_argument("--method", choices=METHODS, default=METHOD, help="the FZOO variant to run")
+    parser.add_argument("--method", choices=METHODS, default=METHOD, help="the method to run")
     parser.add_argument(
         "--batch-size", type=int,
         help="with --main-lr --main-only: the main run at this batch size (the sweep's is 4)",
