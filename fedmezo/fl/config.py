@@ -298,17 +298,17 @@ class RunConfig:
             problems.append("set either clients_per_round or fraction, not both")
         if not 0.0 < self.quorum <= 1.0:
             problems.append("quorum must be in (0, 1]")
-        if self.lr == 0.0:
-            measured = ", ".join(f"{e} in mode {m} with freeze {f!r}" for e, m, f in MEASURED_LR)
-            problems.append(f"lr: no measured rate for {self.estimator} in mode {self.mode} with freeze "
-                            f"{self.freeze!r} (measured: {measured}); set lr")  # fmt: skip
-        for name in ("deadline_s", "lr", "eps"):
-            if name == "lr" and self.lr == 0.0:
-                continue  # reported above
+        for name in ("deadline_s", "eps"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be a finite number > 0")
-        if self.lr != 0.0 and not (0.0 <= self.lr_spread < self.lr):
+        if self.lr == 0.0:  # `lr = 0` found no measured rate in __post_init__
+            measured = ", ".join(f"{e} in mode {m} with freeze {f!r}" for e, m, f in MEASURED_LR)
+            problems.append(f"lr: no measured rate for {self.estimator} in mode {self.mode} with freeze "
+                            f"{self.freeze!r} (measured: {measured}); set lr")  # fmt: skip
+        elif not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append("lr must be a finite number > 0")
+        elif not (0.0 <= self.lr_spread < self.lr):
             problems.append("lr_spread must be in [0, lr) so every personalized lr stays positive")
         if self.clip < 0 or not math.isfinite(self.clip):
             problems.append("clip must be >= 0")
