@@ -2,7 +2,8 @@
 
 Only wiring lives here; the steps are in `fedmezo.demo`. Schedule flags left out take the model's
 preset (`fedmezo.demo.PRESETS`), sized for the 15-minute budget of a 2-core CPU; without --lr the rate is
-the one the estimator sweep measured for the mode, estimator and budget (`fedmezo.demo.run.MEASURED`).
+the one the estimator sweep measured for the mode, estimator and budget (the server's
+`fedmezo.fl.config.MEASURED_LR`, or the demo's short-budget `fedmezo.demo.run.SHORT_BUDGET_LR`).
 """
 
 from __future__ import annotations

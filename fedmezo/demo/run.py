@@ -34,7 +34,7 @@ from fedmezo.demo.monitor import POLL_S, StatusReader
 from fedmezo.demo.processes import Supervisor, free_port
 from fedmezo.demo.report import Summary, eval_subset, format_bytes, format_duration
 from fedmezo.demo.workdir import TlsFiles, Workdir, make_tls, write_data, write_tokens
-from fedmezo.fl.config import FROZEN_LORA_A
+from fedmezo.fl.config import FROZEN_LORA_A, MEASURED_LR, measured_lr
 from fedmezo.zo.estimators import forwards_per_step
 
 __all__ = ["PRESETS", "DemoConfig", "Schedule", "run_demo", "schedule_for"]
@@ -80,10 +80,10 @@ class Schedule:
 # passes per client. In the estimator sweep (RESULTS.md, issue #13: 4 rates per method, pilots of 360
 # forward passes) 1e-2 was FZOO's best rate over 360 forward passes and was at 2.53 after 144, ahead of
 # MeZO's best (3e-5: 2.81); it drifts up past ~400 (3e-3 is the rate that held over 1,008), so a longer
-# demo takes that one (MEASURED). Measured on a 2-core CPU: held-out loss 5.39 -> 2.49, exact match 0 -> 20%,
-# in 7.7 min. The MeZO preset it replaced (lr 1e-5, 5 rounds x 16 steps = 160 forward passes) reached 3.35,
-# MeZO at its searched 3e-5 on that schedule 2.69 (RESULTS.md, "The demo's defaults").
-# The default mode is LoRA: the same schedule on the LoRA B factors at their measured 1e-1 (MEASURED) took
+# demo takes that one (MEASURED_LR). Measured on a 2-core CPU: held-out loss 5.39 -> 2.49, exact match
+# 0 -> 20%, in 7.7 min. The MeZO preset it replaced (lr 1e-5, 5 rounds x 16 steps = 160 forward passes)
+# reached 3.35, MeZO at its searched 3e-5 on that schedule 2.69 (RESULTS.md, "The demo's defaults").
+# The default mode is LoRA: the same schedule on the LoRA B factors at their measured 1e-1 (MEASURED_LR) took
 # held-out loss to 2.11 (0.38 +- 0.14 below the full model's, paired), exact match 14%, in 6.3 min.
 PRESETS = {
     "smollm2-135m": Schedule(
@@ -100,57 +100,53 @@ PRESETS = {
 }
 
 
-# The learning rates the estimator sweep accepted for smollm2-135m (RESULTS.md, issue #13: 4 rates per
-# method, pilots of 360 forward passes per client, a rate kept only when it held over 1,008), per training
-# mode and estimator: the P it ran with, and (most forward passes per client it held for, rate), first match:
-# - full fzoo (P = 8): 1e-2 was the pilots' best and the demo's measured preset; it drifts up past ~400
-#   forward passes, so a longer demo gets 3e-3, the rate that held over 1,008;
-# - LoRA-FA fzoo (P = 8, the A factors frozen): 1e-1 (validation 2.120 after 360 forward passes against
-#   2.191 at 3e-2 and 3.091 at 1e-2, 3e-1 diverged; held over 1,008 with the cosine schedule);
-# - full mezo 3e-5 and adamezo 1e-3 (P = 1), each held over 1,008.
-# Each estimator's rate is on its own scale (fzoo's and adamezo's steps are normalised), so switching the
-# estimator switches the rate (and P, unless given); a combination the sweep did not measure needs --lr.
-MEASURED: dict[tuple[str, str, str], tuple[int, tuple[tuple[int | None, float], ...]]] = {
-    ("smollm2-135m", "full", "fzoo"): (8, ((360, 1e-2), (None, 3e-3))),
-    ("smollm2-135m", "full", "mezo"): (1, ((None, 3e-5),)),
-    ("smollm2-135m", "full", "adamezo"): (1, ((None, 1e-3),)),
-    ("smollm2-135m", "lora", "fzoo"): (8, ((None, 1e-1),)),
+# The demo's rates are the server's (fedmezo.fl.config.MEASURED_LR: the rate the estimator sweep accepted
+# on smollm2-135m for the estimator, mode and frozen parts, held over 1,008 forward passes per client),
+# except where the sweep measured a better one for a short budget (most forward passes per client, rate):
+# full-parameter FZOO's 1e-2 was the 360-forward pilots' best and is the demo's measured preset; it drifts
+# up past ~400 forward passes, so a longer demo gets MEASURED_LR's 3e-3.
+SHORT_BUDGET_LR: dict[tuple[str, str, str], tuple[int, float]] = {
+    ("fzoo", "full", ""): (360, 1e-2),
 }
+# The P each estimator was measured with: switching the estimator brings its own (unless --perturbations).
+MEASURED_P = {"fzoo": 8, "mezo": 1, "adamezo": 1}
 SMOKE_MODELS = frozenset({"tiny-random"})  # random weights: its preset rate serves every estimator
 
 
-def measured_lr(model: str, mode: str, estimator: str, forward_passes: int) -> float | None:
-    """The sweep's rate for this model, mode and estimator at this budget; None if never measured."""
-    _, rates = MEASURED.get((model, mode, estimator), (0, ()))
-    for limit, lr in rates:
-        if limit is None or forward_passes <= limit:
-            return lr
-    return None
+def measured_demo_lr(schedule: Schedule, mode: str) -> float | None:
+    """The measured rate for this schedule's estimator, mode, frozen parts and budget; None if never measured.
+
+    Each estimator's rate is on its own scale (fzoo's and adamezo's steps are normalised), so a combination
+    the sweep did not run has none rather than another's."""
+    key = (schedule.estimator, mode, schedule.freeze)
+    short = SHORT_BUDGET_LR.get(key)
+    if short is not None and schedule.forward_passes <= short[0]:
+        return short[1]
+    return measured_lr(*key) or None
 
 
 def schedule_for(model: str, mode: str = "lora", **overrides: Any) -> Schedule:
     """The preset for a built-in model (others start from the smollm2 schedule) with `overrides` applied.
 
-    Without an `lr` override the rate is the measured one for the mode, estimator and forward passes
-    (MEASURED; another estimator also brings its measured P unless `perturbations` is given); a
-    combination never measured raises DemoError asking for --lr."""
+    Without an `lr` override the rate is the measured one for the mode, estimator, frozen parts and forward
+    passes (measured_demo_lr; another estimator also brings its measured P unless `perturbations` is
+    given); a combination never measured raises DemoError asking for --lr."""
     known = model if model in PRESETS else "smollm2-135m"
     if mode == "lora":  # LoRA-FA, as the server's default (fedmezo.fl.config.AUTO_FREEZE)
         overrides = {"freeze": FROZEN_LORA_A, **overrides}
     schedule = dataclasses.replace(PRESETS[known], **overrides)
     if known in SMOKE_MODELS:
         return schedule
-    measured = MEASURED.get((known, mode, schedule.estimator))
-    if measured is not None and "perturbations" not in overrides:
-        schedule = dataclasses.replace(schedule, perturbations=measured[0])
+    if schedule.estimator in MEASURED_P and "perturbations" not in overrides:
+        schedule = dataclasses.replace(schedule, perturbations=MEASURED_P[schedule.estimator])
     if "lr" in overrides:
         return schedule
-    lr = measured_lr(known, mode, schedule.estimator, schedule.forward_passes)
+    lr = measured_demo_lr(schedule, mode)
     if lr is None:
+        measured = ", ".join(f"{e} in {m} mode with freeze {f!r}" for e, m, f in MEASURED_LR)
         raise DemoError(
-            f"no measured learning rate for {schedule.estimator} in {mode} mode on {known} "
-            f"(measured: {', '.join(f'{e} in {m} mode' for k, m, e in MEASURED if k == known)}); "
-            "choose one with --lr"
+            f"no measured learning rate for {schedule.estimator} in {mode} mode with freeze "
+            f"{schedule.freeze!r} on {known} (measured: {measured}); choose one with --lr"
         )
     return dataclasses.replace(schedule, lr=lr)
 

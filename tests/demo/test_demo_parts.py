@@ -21,9 +21,8 @@ from fedmezo.data import EvalResult, read_jsonl
 from fedmezo.demo import PRESETS, DemoError, Summary, schedule_for
 from fedmezo.demo.processes import Supervisor
 from fedmezo.demo.report import eval_subset, fedavg_bytes, format_bytes
-from fedmezo.demo.run import MEASURED
 from fedmezo.demo.workdir import MARKER, Workdir, make_tls, write_data, write_tokens
-from fedmezo.fl.config import ESTIMATOR_NAMES
+from fedmezo.fl.config import ESTIMATOR_NAMES, MEASURED_LR
 
 
 def test_workdir_refuses_a_foreign_dir_and_clears_a_previous_demo(tmp_path: Path) -> None:
@@ -143,7 +142,7 @@ def test_cli_takes_the_models_preset_and_flag_overrides(monkeypatch: pytest.Monk
 def test_the_demo_defaults_to_lora_fa_at_its_own_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     full, lora = schedule_for("smollm2-135m", "full"), schedule_for("smollm2-135m")
     assert lora.freeze == "lora_A" and full.freeze == ""  # LoRA-FA, as the server's default
-    assert lora.lr == MEASURED["smollm2-135m", "lora", "fzoo"][1][0][1] != full.lr
+    assert lora.lr == MEASURED_LR["fzoo", "lora", "lora_A"] != full.lr
     assert dataclasses.replace(lora, lr=full.lr, freeze="") == full  # only the rate and freeze differ
     tiny = schedule_for("tiny-random", "lora")  # no LoRA rate of its own, but LoRA-FA too
     assert tiny == dataclasses.replace(PRESETS["tiny-random"], freeze="lora_A")
@@ -294,3 +293,13 @@ def test_check_names_the_failed_child_and_shows_its_log(tmp_path: Path) -> None:
     done = healthy.spawn("client-3", ["pass"], exits_when_done=True)
     assert healthy.wait_exit(done, 30) == 0
     healthy.check()  # a client that finished with 0 is not a failure
+
+
+def test_the_demo_takes_the_servers_measured_rates_beyond_its_short_budget() -> None:
+    """One table of measured rates (fedmezo.fl.config.MEASURED_LR) for the server and the demo; only
+    full-model FZOO's short-budget 1e-2 is the demo's own."""
+    for (estimator, mode, freeze), lr in MEASURED_LR.items():
+        long = schedule_for("smollm2-135m", mode, estimator=estimator, freeze=freeze, rounds=12)
+        assert long.lr == lr, (estimator, mode, freeze)
+    assert schedule_for("smollm2-135m", "lora", freeze="").lr == MEASURED_LR["fzoo", "lora", ""]  # A and B
+    assert schedule_for("smollm2-135m", "full").lr == 1e-2 != MEASURED_LR["fzoo", "full", ""]
