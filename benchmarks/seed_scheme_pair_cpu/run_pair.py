@@ -7,10 +7,10 @@
 Short: FZOO (P = 8, lr 1e-2, the demo's rate), 4 rounds x 4 steps, about 15 min per run on 2 cores.
 Long: the estimator sweep's own pair (its best ZO method, FZOO at its accepted lr 3e-3, 28 rounds x 4
 steps, evaluated every 2 rounds), about 2 h per run on 2 cores. Defaults: the long budget with the
-default training method (FZOO with the input embedding frozen, cosine from 1e-2; the sweep's batch 4),
-the method of the 3-client seed-scheme pair in RESULTS.md, about 2 h per run. Long runs keep their
-progress after every round (`runs/<name>.resume/`, git-ignored): stop the script at any time, rerun it
-to continue.
+default training method (LoRA-FA: FZOO on the LoRA B factors, cosine from 1e-1; the sweep's batch 4),
+about 1 h per run (only the small B factors are perturbed, so a step is almost only its forwards).
+Long runs keep their progress after every round (`runs/<name>.resume/`, git-ignored): stop the script at
+any time, rerun it to continue.
 
 Both use `benchmarks/experiments.py`'s runner, so finished runs are cached in `runs/` here. The script
 prints the held-out loss of each scheme on the sweep's test-120 set and the paired standard error of
@@ -46,7 +46,7 @@ class Pair:
 SHORT = Pair("pair-c10", lr=1e-2, rounds=4, eval_every=4, resume=False)
 LONG = Pair("pair-c10-long", lr=3e-3, rounds=ex.FULL.est_rounds, eval_every=ex.FULL.est_eval_every)
 DEFAULTS = dataclasses.replace(
-    LONG, prefix="pair-c10-defaults", lr=1e-2, method="fzoo-frozen-embed", schedule="cosine"
+    LONG, prefix="pair-c10-defaults-lora-fa", lr=1e-1, method="fzoo-lora-fa", schedule="cosine"
 )
 
 
