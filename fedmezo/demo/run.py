@@ -34,7 +34,7 @@ from fedmezo.demo.monitor import POLL_S, StatusReader
 from fedmezo.demo.processes import Supervisor, free_port
 from fedmezo.demo.report import Summary, eval_subset, format_bytes, format_duration
 from fedmezo.demo.workdir import TlsFiles, Workdir, make_tls, write_data, write_tokens
-from fedmezo.fl.config import FROZEN_LORA_A, MEASURED_LR, measured_lr
+from fedmezo.fl.config import FROZEN_LORA_A, measured_lr, measured_settings
 from fedmezo.zo.estimators import forwards_per_step
 
 __all__ = ["PRESETS", "DemoConfig", "Schedule", "run_demo", "schedule_for"]
@@ -143,10 +143,9 @@ def schedule_for(model: str, mode: str = "lora", **overrides: Any) -> Schedule:
         return schedule
     lr = measured_demo_lr(schedule, mode)
     if lr is None:
-        measured = ", ".join(f"{e} in {m} mode with freeze {f!r}" for e, m, f in MEASURED_LR)
         raise DemoError(
             f"no measured learning rate for {schedule.estimator} in {mode} mode with freeze "
-            f"{schedule.freeze!r} on {known} (measured: {measured}); choose one with --lr"
+            f"{schedule.freeze!r} on {known} (measured: {measured_settings()}); choose one with --lr"
         )
     return dataclasses.replace(schedule, lr=lr)
 

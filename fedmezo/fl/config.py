@@ -126,6 +126,11 @@ def measured_lr(estimator: str, mode: str, freeze: str) -> float:
     return MEASURED_LR.get((estimator, mode, parts), 0.0)
 
 
+def measured_settings() -> str:
+    """MEASURED_LR's rows in words, for errors that ask a run to name its rate."""
+    return ", ".join(f"{e} in mode {m} with freeze {f!r}" for e, m, f in MEASURED_LR)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One federated run. Frozen: eps and clip stay the fp32 values every participant uses."""
@@ -303,9 +308,8 @@ class RunConfig:
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be a finite number > 0")
         if self.lr == 0.0:  # `lr = 0` found no measured rate in __post_init__
-            measured = ", ".join(f"{e} in mode {m} with freeze {f!r}" for e, m, f in MEASURED_LR)
             problems.append(f"lr: no measured rate for {self.estimator} in mode {self.mode} with freeze "
-                            f"{self.freeze!r} (measured: {measured}); set lr")  # fmt: skip
+                            f"{self.freeze!r} (measured: {measured_settings()}); set lr")  # fmt: skip
         elif not (math.isfinite(self.lr) and self.lr > 0):
             problems.append("lr must be a finite number > 0")
         elif not (0.0 <= self.lr_spread < self.lr):

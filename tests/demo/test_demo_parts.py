@@ -22,7 +22,7 @@ from fedmezo.demo import PRESETS, DemoError, Summary, schedule_for
 from fedmezo.demo.processes import Supervisor
 from fedmezo.demo.report import eval_subset, fedavg_bytes, format_bytes
 from fedmezo.demo.workdir import MARKER, Workdir, make_tls, write_data, write_tokens
-from fedmezo.fl.config import ESTIMATOR_NAMES, MEASURED_LR
+from fedmezo.fl.config import ESTIMATOR_NAMES, MEASURED_LR, measured_settings
 
 
 def test_workdir_refuses_a_foreign_dir_and_clears_a_previous_demo(tmp_path: Path) -> None:
@@ -196,6 +196,7 @@ def test_an_unmeasured_estimator_and_mode_asks_for_a_rate(
     assert args.func(args) == 1 and not started
     err = capsys.readouterr().err
     assert "no measured learning rate for mezo in lora mode" in err and "--lr" in err
+    assert measured_settings() in err  # the same list the server's config error gives
     with pytest.raises(DemoError, match="choose one with --lr"):
         schedule_for("smollm2-135m", "lora", estimator="adamezo")
     # tiny-random is a smoke model with random weights: its preset rate serves every estimator

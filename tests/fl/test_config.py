@@ -12,6 +12,7 @@ from fedmezo.fl.aggregation import WEIGHT_RULES
 from fedmezo.fl.config import (
     DEFAULTS_BEFORE_FZOO,
     LR_STRATEGIES,
+    MEASURED_LR,
     MODES,
     RUN_DEFINING_FIELDS,
     RUN_FIELDS_BEFORE_THEY_EXISTED,
@@ -124,6 +125,13 @@ def test_run_defining_fields_are_fields() -> None:
 def test_bad_value_is_a_config_error_naming_it(bad: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=f"invalid run config: .*{message}"):
         RunConfig(**bad).validate()  # type: ignore[arg-type]
+
+
+def test_an_unmeasured_rate_error_lists_every_measured_setting() -> None:
+    with pytest.raises(ConfigError) as caught:
+        RunConfig(estimator="mezo").validate()
+    for estimator, mode, freeze in MEASURED_LR:
+        assert f"{estimator} in mode {mode} with freeze {freeze!r}" in str(caught.value)
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
