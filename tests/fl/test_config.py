@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,15 @@ def test_an_unmeasured_rate_error_lists_every_measured_setting() -> None:
         RunConfig(estimator="mezo").validate()
     for estimator, mode, freeze in MEASURED_LR:
         assert f"{estimator} in mode {mode} with freeze {freeze!r}" in str(caught.value)
+
+
+def test_the_estimators_doc_table_is_measured_lr() -> None:
+    """docs/estimators.md says which rate `lr = 0` takes: its table must be MEASURED_LR, row for row."""
+    doc = (Path(__file__).parents[2] / "docs" / "estimators.md").read_text()
+    rows = re.findall(
+        r"^\| `(\w+)` \| (\w+) \| (?:`([\w,-]+)`(?: \(auto\))?|empty) \| ([\d.e-]+) \|$", doc, re.M
+    )
+    assert {(e, m, f): float(lr) for e, m, f, lr in rows} == MEASURED_LR
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
