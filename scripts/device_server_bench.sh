@@ -5,6 +5,8 @@
 # the 10,000-client tail was the burst of long-poll answers, RESULTS.md "10,000 clients: ..." sections).
 #   OUT=/tmp/srv bash scripts/device_server_bench.sh           # JSON reports and stderr tails in $OUT
 #   SMALL=1 OUT=/tmp/srv bash scripts/device_server_bench.sh   # 100 / 300 clients: a quick plumbing check
+# Every step has its own timeout, 120 + 330 + 2 x 45 = 540 s in all, plus installing the wheels: one
+# device call (at most 600 s).
 # Needs grpcio, grpcio-health-checking and protobuf at the checkout's versions for the machine's Python
 # (scripts/gpu_env.sh installs the wheels in .whl/; carry .whl to the device machine), e.g.
 #   pip download --no-deps --only-binary :all: --python-version 3.12 -d .whl grpcio==1.85.4 \
@@ -44,5 +46,15 @@ print("server's own SubmitUpdate:", r.get("server_rpc", {}).get("SubmitUpdate"))
 EOF
 }
 
-bench "c$small" 240 --clients "$small" --rounds 3 --procs "$gens" --train-s 1:6 --heartbeat-s 5
-bench "c$large" 420 --clients "$large" --rounds 2 --procs "$gens" --train-s 1:21 --heartbeat-s 30
+bench "c$small" 120 --clients "$small" --rounds 3 --procs "$gens" --train-s 1:6 --heartbeat-s 5
+bench "c$large" 330 --clients "$large" --rounds 2 --procs "$gens" --train-s 1:21 --heartbeat-s 30
+
+# The round-opening burst on a bare grpc.aio server (no fedmezo): how long a new call waits while 10,000
+# held long-polls are answered all at once, and when they are released at 3,200 a second (RESULTS.md
+# "why new calls wait while a round opens"); ~15 s each.
+for args in "" "--chunk 64 --pause-s 0.02"; do
+  name=wake-burst${args:+-paced}
+  echo "== $name"
+  timeout 45 python3 benchmarks/bench_wake_burst.py --waiters 10000 $args > "$OUT/$name.json" 2> "$OUT/$name.err"
+  echo "exit $?"; cat "$OUT/$name.json"
+done
