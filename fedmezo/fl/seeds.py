@@ -8,6 +8,7 @@ all clients' scalars into τ·P coefficients and a delta no longer grows with th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ class SeedPlan:
 
     def client_seeds(self, round_id: int, client_id: str, local_steps: int) -> list[int]:
         """All τ·P seeds of a client's task, step-major (the order its scalars travel in)."""
+        if self.scheme == SHARED:  # the same for every client: derived once, not once per client
+            return list(_shared_seeds(self.run_seed, round_id, local_steps, self.perturbations))
         return [s for t in range(local_steps) for s in self.step_seeds(round_id, client_id, t)]
 
     def round_seeds(
@@ -46,3 +49,12 @@ class SeedPlan:
         return tuple(
             sorted({s for client, steps in participants for s in self.client_seeds(round_id, client, steps)})
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_seeds(run_seed: int, round_id: int, local_steps: int, perturbations: int) -> tuple[int, ...]:
+    """Steps 0..local_steps-1 of a round's shared seeds, step-major. Cached: a round close at 10,000
+    clients asked for the same 20 seeds 10,000 times (0.48 s of its 0.81 s aggregate, RESULTS.md)."""
+    return tuple(
+        derive_shared_seed(run_seed, round_id, t, k) for t in range(local_steps) for k in range(perturbations)
+    )
