@@ -54,13 +54,14 @@ _UNKNOWN = object()  # the open-round cache is empty
 
 @dataclass
 class _OpenRoundIndex:
-    """The open round's tasks and who answered, kept by the one writer: GetTask, SubmitUpdate and the
-    close decision after every update ask these per call, and at 10,000 clients the SQL for them
-    (a COUNT over the round's updates on every tick) was ~13 % of the server's CPU."""
+    """The open round's tasks and its updates as stored, kept by the one writer: GetTask, SubmitUpdate and
+    the close decision after every update ask these per call, and at 10,000 clients the SQL for them
+    (a COUNT over the round's updates on every tick) was ~13 % of the server's CPU; reading the round's
+    updates back at its close took ~0.35 s of the event loop (RESULTS.md, session 22)."""
 
     round_id: int
     tasks: dict[str, TaskRecord]
-    answered: set[str]
+    answered: dict[str, UpdateRecord]  # each as list_updates would read it back from its row
 
 
 class SqliteStore(Store):
@@ -279,9 +280,9 @@ class SqliteStore(Store):
             if open_round is None or open_round.round_id != round_id:
                 return None
             tasks = self._db.query("SELECT * FROM tasks WHERE round_id=?", (round_id,))
-            answered = self._db.query("SELECT client_id FROM updates WHERE round_id=?", (round_id,))
+            answered = self._db.query("SELECT * FROM updates WHERE round_id=?", (round_id,))
             self._round_index = _OpenRoundIndex(
-                round_id, {r[1]: TaskRecord(*r) for r in tasks}, {r[0] for r in answered}
+                round_id, {r[1]: TaskRecord(*r) for r in tasks}, {r[1]: self._update(r) for r in answered}
             )
             return self._round_index
 
@@ -331,26 +332,24 @@ class SqliteStore(Store):
                 raise StoreError(f"update {key} already stored")
             if not has_task:
                 raise StoreError(f"no task {key}")
-            db.execute(
-                "INSERT INTO updates VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    update.round_id,
-                    update.client_id,
-                    f32_blob(update.projected_grads),
-                    f32_blob(update.losses),
-                    nan_to_null(update.step_time_s),
-                    update.peak_memory_bytes,
-                    update.device,
-                    update.num_examples,
-                    update.received_at,
-                    update.forward_passes,
-                ),
+            row = (
+                update.round_id,
+                update.client_id,
+                f32_blob(update.projected_grads),
+                f32_blob(update.losses),
+                nan_to_null(float(update.step_time_s)),  # float(): as the REAL columns read back
+                update.peak_memory_bytes,
+                update.device,
+                update.num_examples,
+                float(update.received_at),
+                update.forward_passes,
             )
+            db.execute("INSERT INTO updates VALUES (?,?,?,?,?,?,?,?,?,?)", row)
             if fingerprint is not None:
                 self._insert_fingerprint(db, fingerprint)
             self._insert_events(db, events)
-        if index is not None:  # committed: only now does the index say so
-            index.answered.add(update.client_id)
+        if index is not None:  # committed: only now does the index say so, with the row decoded as read
+            index.answered[update.client_id] = self._update(row)
 
     def count_updates(self, round_id: int) -> int:
         index = self._index(round_id)
@@ -366,10 +365,16 @@ class SqliteStore(Store):
         return bool(self._db.query(sql, (round_id, client_id)))
 
     def get_update(self, round_id: int, client_id: str) -> UpdateRecord | None:
+        index = self._index(round_id)
+        if index is not None:
+            return index.answered.get(client_id)
         rows = self._db.query("SELECT * FROM updates WHERE round_id=? AND client_id=?", (round_id, client_id))
         return self._update(rows[0]) if rows else None
 
     def list_updates(self, round_id: int) -> list[UpdateRecord]:
+        index = self._index(round_id)
+        if index is not None:  # sorted as ORDER BY client_id: SQLite's BINARY order of UTF-8 = code points
+            return [index.answered[c] for c in sorted(index.answered)]
         rows = self._db.query("SELECT * FROM updates WHERE round_id=? ORDER BY client_id", (round_id,))
         return [self._update(r) for r in rows]
 

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedmezo.fl.errors import StoreError
@@ -421,6 +422,44 @@ def test_has_update_and_tasks_follow_every_write_and_a_reopen(tmp_path: Path) ->
         reopened.add_update(_update(round_id=2, client="a"))
     reopened.add_update(_update(round_id=2, client="b"))
     assert reopened.count_updates(2) == 2
+    reopened.close()
+
+
+def _as_read_from_the_file(path: Path, round_id: int) -> list[UpdateRecord]:
+    reader = SqliteStore(path, read_only=True)  # no in-memory round: every read is SQL
+    try:
+        return reader.list_updates(round_id)
+    finally:
+        reader.close()
+
+
+def test_the_open_rounds_updates_from_memory_are_what_the_file_reads_back(tmp_path: Path) -> None:
+    """The writer lists the open round's updates (its close reads them all) from memory: the list must
+    equal the file's, record for record and in ORDER BY client_id, through adds and a restart, whatever
+    the values: NaN step time, int clock values for REAL columns, non-ASCII ids, inexact fp32 input."""
+    path = tmp_path / "state.sqlite"
+    ids = ("b", "a", "é", "Z", "a2", "ü-1")
+    store = SqliteStore(path)
+    _open(store, clients=ids)
+    odd = [
+        dataclasses.replace(_update(client="é"), step_time_s=math.nan, received_at=12),
+        dataclasses.replace(_update(client="Z", grads=(0.1, 1e-40, -3.0)), step_time_s=2, received_at=13.5),
+        _update(client="a"),
+        _update(client="ü-1"),
+    ]
+    for update in odd:
+        store.add_update(update)
+    listed = store.list_updates(1)
+    assert [u.client_id for u in listed] == ["Z", "a", "é", "ü-1"]  # code-point order, as SQLite sorts
+    # repr, not ==: NaN != NaN, and repr also tells 12 from 12.0
+    assert [repr(u) for u in listed] == [repr(u) for u in _as_read_from_the_file(path, 1)]
+    assert listed[0].projected_grads[:2] == (float(np.float32(0.1)), float(np.float32(1e-40)))  # as fp32
+    assert isinstance(listed[2].received_at, float) and math.isnan(listed[2].step_time_s)
+    assert repr(store.get_update(1, "é")) == repr(listed[2]) and store.get_update(1, "b") is None
+    store.close()
+    reopened = SqliteStore(path)  # a restart mid-round: rebuilt from the file
+    reopened.add_update(_update(client="b"))
+    assert [repr(u) for u in reopened.list_updates(1)] == [repr(u) for u in _as_read_from_the_file(path, 1)]
     reopened.close()
 
 
