@@ -40,7 +40,7 @@ from fedmezo.fl.records import (
     Update,
 )
 from fedmezo.fl.replica import Replica
-from fedmezo.fl.rounds import History, check_join, check_update, close_round, plan_round, task_for
+from fedmezo.fl.rounds import History, check_join, check_update, close_round, plan_round, remember, task_for
 from fedmezo.fl.selection import CloseDecision, decide_close
 from fedmezo.fl.vocabulary import MAX_DELTAS_PER_TASK
 from fedmezo.server.config import ServerConfig
@@ -50,7 +50,7 @@ from fedmezo.server.eval_runner import EvalRunner
 from fedmezo.server.model_state import CHECKPOINTS_DIR, locate_checkpoint, prune_checkpoints
 from fedmezo.server.presence import ClientLive, Presence, PresenceRecord
 from fedmezo.server.round_close import commit_close
-from fedmezo.server.run_start import history_of_round, start_run
+from fedmezo.server.run_start import start_run
 from fedmezo.server.signals import Signals, wait_or_timeout
 from fedmezo.server.store import Store
 from fedmezo.server.traffic import TrafficMeter
@@ -509,7 +509,7 @@ class Coordinator:
                 # the checkpoint below (a checkpoint only shortens a restart's replay; seconds at 135M).
                 self.signals.notify_round()
                 published_s = time.perf_counter() - started
-                history_of_round(self.store, r, self._history)
+                remember(self._history, r, closed.history_stats(updates))  # as stored, not read back
                 if not aborted:
                     self._scales.add(closed.scale)
                 self.traffic.flush()

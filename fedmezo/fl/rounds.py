@@ -118,6 +118,11 @@ class ClosedRound:
     def model_diffs(self) -> dict[str, float]:
         return {o.client_id: o.model_diff for o in self.aggregate.outcomes if o.accepted}
 
+    def history_stats(self, updates: Iterable[UpdateRecord]) -> tuple[tuple[str, float, float], ...]:
+        """(client, mean loss, model diff) of each accepted update: what `remember` adds to the history."""
+        diffs = self.model_diffs
+        return tuple((u.client_id, u.mean_loss, diffs[u.client_id]) for u in updates if u.client_id in diffs)
+
 
 def close_round(
     config: RunConfig,

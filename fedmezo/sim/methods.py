@@ -182,7 +182,7 @@ class SeedScalarFedMeZO:
                     tasks[u.client_id].lr, u.forward_passes,
                 )
             )  # fmt: skip
-        stats = _history_stats(closed, updates)
+        stats = closed.history_stats(updates)
         rejected = tuple(sorted(c for c in tasks if c not in closed.accepted))
         return RoundOutcome(tuple(clients), server_seconds, stats, fingerprint, _bounded(closed), rejected)
 
@@ -190,12 +190,6 @@ class SeedScalarFedMeZO:
 def _bounded(closed: ClosedRound) -> tuple[str, ...]:
     bounded = closed.aggregate.bounded
     return tuple(sorted(set(bounded.scaled) | set(bounded.ceiled)))
-
-
-def _history_stats(closed: ClosedRound, updates: list[UpdateRecord]) -> tuple[tuple[str, float, float], ...]:
-    """What the server adds to the lr strategies' history: each accepted update's mean loss and diff."""
-    diffs = closed.model_diffs
-    return tuple((u.client_id, u.mean_loss, diffs[u.client_id]) for u in updates if u.client_id in diffs)
 
 
 class _FullStateAverage:
@@ -254,7 +248,7 @@ class FullStateFedMeZO:
         peaks = {u.client_id: u.peak_memory_bytes for u in updates}
         forwards = {u.client_id: u.forward_passes for u in updates}
         clients = _full_state_clients(world, tasks, seconds, losses, peaks, forwards)
-        stats = _history_stats(closed, updates)
+        stats = closed.history_stats(updates)
         return RoundOutcome(clients, server_seconds, stats, world.replica.fingerprint(), _bounded(closed))
 
 
