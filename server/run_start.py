@@ -17,7 +17,7 @@ from fedmezo.fl.config import RUN_DEFINING_FIELDS, RUN_FIELDS_BEFORE_THEY_EXISTE
 from fedmezo.fl.errors import ConfigError, StoreError
 from fedmezo.fl.records import NewEvent, RoundState
 from fedmezo.fl.replica import Replica
-from fedmezo.fl.rounds import History, close_round, remember
+from fedmezo.fl.rounds import History, close_round, history_stats, remember
 from fedmezo.server.config import ServerConfig
 from fedmezo.server.model_state import restore_replica
 from fedmezo.server.store import Store
@@ -35,13 +35,7 @@ class RunStart:
 
 def history_of_round(store: Store, round_id: int, history: History) -> None:
     """Add a closed round's accepted updates to the per-client history the lr strategies read."""
-    updates = {u.client_id: u for u in store.list_updates(round_id)}
-    stats = [
-        (o.client_id, updates[o.client_id].mean_loss, o.model_diff)
-        for o in store.list_outcomes(round_id)
-        if o.accepted and o.client_id in updates
-    ]
-    remember(history, round_id, stats)
+    remember(history, round_id, history_stats(store.list_updates(round_id), store.list_outcomes(round_id)))
 
 
 def scale_of_round(config: RunConfig, store: Store, round_id: int, scales: Scales) -> None:

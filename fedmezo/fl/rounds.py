@@ -16,14 +16,14 @@ from fedmezo.fl.aggregation import Aggregate, aggregate
 from fedmezo.fl.bounds import LOSS_RANGE, Scales
 from fedmezo.fl.errors import IncompatibleClient, InvalidUpdate
 from fedmezo.fl.lr import LrContext, RoundStat, personalized_lrs, schedule_factor
-from fedmezo.fl.records import JoinInfo, Task, TaskRecord, Update, UpdateRecord
+from fedmezo.fl.records import JoinInfo, Task, TaskRecord, Update, UpdateOutcome, UpdateRecord
 from fedmezo.fl.selection import sample_clients, sample_size
 from fedmezo.zo import RNG_SPEC
 
 if TYPE_CHECKING:
     from fedmezo.fl.config import RunConfig
 
-__all__ = ["ClosedRound", "History", "close_round", "plan_round", "remember", "task_for"]
+__all__ = ["ClosedRound", "History", "close_round", "history_stats", "plan_round", "remember", "task_for"]
 
 History = dict[str, list[RoundStat]]  # client id → its accepted rounds, ascending
 
@@ -114,14 +114,9 @@ class ClosedRound:
         """This round's scale for the run's `Scales` (None: it moved nothing)."""
         return self.aggregate.bounded.scale
 
-    @property
-    def model_diffs(self) -> dict[str, float]:
-        return {o.client_id: o.model_diff for o in self.aggregate.outcomes if o.accepted}
-
     def history_stats(self, updates: Iterable[UpdateRecord]) -> tuple[tuple[str, float, float], ...]:
-        """(client, mean loss, model diff) of each accepted update: what `remember` adds to the history."""
-        diffs = self.model_diffs
-        return tuple((u.client_id, u.mean_loss, diffs[u.client_id]) for u in updates if u.client_id in diffs)
+        """What `remember` adds to the history for this close's `updates` (see `history_stats`)."""
+        return history_stats(updates, self.aggregate.outcomes)
 
 
 def close_round(
@@ -143,6 +138,15 @@ def close_round(
     accepted = {o.client_id for o in agg.outcomes if o.accepted}
     losses = [u.mean_loss for u in updates if u.client_id in accepted and math.isfinite(u.mean_loss)]
     return ClosedRound(agg, math.fsum(losses) / len(losses) if losses else float("nan"))
+
+
+def history_stats(
+    updates: Iterable[UpdateRecord], outcomes: Iterable[UpdateOutcome]
+) -> tuple[tuple[str, float, float], ...]:
+    """(client, mean loss, model diff) of each accepted update: what `remember` adds to the history,
+    from a close's own outcomes or, after a restart, from the stored ones."""
+    diffs = {o.client_id: o.model_diff for o in outcomes if o.accepted}
+    return tuple((u.client_id, u.mean_loss, diffs[u.client_id]) for u in updates if u.client_id in diffs)
 
 
 def remember(history: History, round_id: int, stats: Iterable[tuple[str, float, float]]) -> None:
