@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from fedmezo import settings
 from fedmezo.fl.config import MAX_LENGTH, RunConfig
+from fedmezo.server.signals import WAKE_CHUNK
 from fedmezo.settings import ENV_PREFIX, setting
 
 __all__ = [
@@ -80,6 +81,12 @@ class ServerConfig(RunConfig):
     max_wait_s: float = setting(
         30.0, "cap of one GetTask long-poll (seconds); below typical proxy idle limits"
     )
+    wake_chunk: int = setting(
+        WAKE_CHUNK,
+        "long-polls woken per step when a round opens or closes, each step followed by a rest as long as "
+        "it took its calls to end, so that calls arriving meanwhile do not queue behind thousands of "
+        "answers; 0 = wake them all at once",
+    )
     # --- abuse limits, per client identity: a well-behaved client never comes near them ---
     rate_limit_rps: float = setting(
         RATE_LIMIT_RPS,
@@ -135,6 +142,8 @@ class ServerConfig(RunConfig):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 problems.append(f"{name} must be a finite number >= 0 (0 = off)")
+        if self.wake_chunk < 0:
+            problems.append("wake_chunk must be >= 0 (0 = wake every long-poll at once)")
         problems += [f"{name} must be >= 1" for name in _AT_LEAST_ONE if getattr(self, name) < 1]
         if self.status_readers and not self.tokens:
             problems.append("status_readers names token identities: it needs a tokens file")

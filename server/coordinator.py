@@ -116,7 +116,7 @@ class Coordinator:
         self._closing: int | None = None
         self._tick_lock = asyncio.Lock()
         self._replica_lock = asyncio.Lock()  # held while the replica changes or is evaluated
-        self.signals = Signals()
+        self.signals = Signals(config.wake_chunk)
         self._tick_pending = False
         self.commit = GroupCommit(store)
         self._deltas = DeltaCache(store)

@@ -21,7 +21,7 @@ from fedmezo.server.auth import Authenticator
 from fedmezo.server.config import MAX_STREAMS_PER_CLIENT
 from fedmezo.server.coordinator import Coordinator
 from fedmezo.server.limits import RateLimiter, StreamSlots, peer_host
-from fedmezo.server.signals import wait_or_timeout
+from fedmezo.server.signals import wait_or_timeout, watch_call
 from fedmezo.server.status_codes import grpc_code
 from fedmezo.server.status_view import StatusSource, client_views, round_views, status_view
 from fedmezo.v1 import common_pb2, federation_pb2, federation_pb2_grpc, status_pb2, status_pb2_grpc
@@ -206,6 +206,7 @@ class FederationServicer(_Servicer, federation_pb2_grpc.FederationServiceService
     async def GetTask(self, request: Any, context: Any) -> federation_pb2.GetTaskResponse:
         client = self._who(context, request.client_id)
         still_allowed = self._still_allowed(context, request.client_id)
+        watch_call(context.add_done_callback)  # a round change wakes polls a chunk at a time, by their end
         with self._slots.hold(client):
             result = await self._coord.get_task(
                 client,

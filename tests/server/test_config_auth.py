@@ -44,6 +44,7 @@ def test_precedence_toml_env_flags(tmp_path: Path) -> None:
         {"tls_client_ca": "ca.pem"},
         {"heartbeat_timeout_s": 1.0, "heartbeat_interval_s": 5.0},
         {"local_steps": 0},
+        {"wake_chunk": -1},
     ],
 )
 def test_invalid_combinations_rejected(bad: dict[str, object]) -> None:
