@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing
 import time
 from collections.abc import Awaitable, Callable
@@ -123,6 +124,24 @@ def _quantile_ms(values: list[float], q: float) -> float | None:
     return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
+def ping_report(
+    samples: list[tuple[float, float]], released: float, answered: float, before_s: float = math.inf
+) -> dict[str, Any]:
+    """The pings' (start, latency) split at the burst: those started in the `before_s` seconds before
+    `released`, and those started between `released` and `answered`."""
+    during = [latency for start, latency in samples if released <= start <= answered]
+    before = [latency for start, latency in samples if released - before_s <= start < released]
+    return {
+        "pings_before": len(before),
+        "ping_p50_before_ms": _quantile_ms(before, 0.5),
+        "ping_p99_before_ms": _quantile_ms(before, 0.99),
+        "pings_during": len(during),
+        "ping_p50_during_ms": _quantile_ms(during, 0.5),
+        "ping_p99_during_ms": _quantile_ms(during, 0.99),
+        "ping_max_during_ms": _quantile_ms(during, 1.0),
+    }
+
+
 async def drive(target: str, waiters: int) -> dict[str, Any]:
     """Hold the long-polls, start the prober, release, and split the pings at the burst."""
     options = [("grpc.use_local_subchannel_pool", 1)]
@@ -142,18 +161,7 @@ async def drive(target: str, waiters: int) -> dict[str, Any]:
     answered = time.perf_counter()
     samples = await asyncio.to_thread(results.get)
     prober.join()
-    during = [latency for start, latency in samples if released <= start <= answered]
-    before = [latency for start, latency in samples if start < released]
-    return {
-        "burst_s": round(answered - released, 3),
-        "pings_before": len(before),
-        "ping_p50_before_ms": _quantile_ms(before, 0.5),
-        "ping_p99_before_ms": _quantile_ms(before, 0.99),
-        "pings_during": len(during),
-        "ping_p50_during_ms": _quantile_ms(during, 0.5),
-        "ping_p99_during_ms": _quantile_ms(during, 0.99),
-        "ping_max_during_ms": _quantile_ms(during, 1.0),
-    }
+    return {"burst_s": round(answered - released, 3)} | ping_report(samples, released, answered)
 
 
 def main() -> None:

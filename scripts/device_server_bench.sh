@@ -49,12 +49,12 @@ EOF
 bench "c$small" 120 --clients "$small" --rounds 3 --procs "$gens" --train-s 1:6 --heartbeat-s 5
 bench "c$large" 330 --clients "$large" --rounds 2 --procs "$gens" --train-s 1:21 --heartbeat-s 30
 
-# The round-opening burst on a bare grpc.aio server (no fedmezo): how long a new call waits while 10,000
-# held long-polls are answered all at once, and when they are released at 3,200 a second (RESULTS.md
-# "why new calls wait while a round opens"); ~15 s each.
-for args in "" "--chunk 64 --pause-s 0.02"; do
-  name=wake-burst${args:+-paced}
+# The round opening on `fedmezo server` itself: 10,000 (SMALL: 300) held long-polls answered all at once and paced
+# (--wake-chunk, the default), heartbeats from a prober process timed during it (RESULTS.md "a round
+# opening paced by its own answers"); ~40 s each on the 2-core developer machine.
+for chunk in 0 64; do
+  name=round-open-chunk$chunk
   echo "== $name"
-  timeout 45 python3 benchmarks/bench_wake_burst.py --waiters 10000 $args > "$OUT/$name.json" 2> "$OUT/$name.err"
-  echo "exit $?"; cat "$OUT/$name.json"
+  timeout 45 python3 benchmarks/bench_round_open.py --waiters "$large" --wake-chunk $chunk > "$OUT/$name.json" 2> "$OUT/$name.err"
+  echo "exit $?"; cat "$OUT/$name.json"; tail -3 "$OUT/$name.err"
 done
