@@ -24,6 +24,7 @@ from typing import Protocol
 from fedmezo.server.collector import work_done
 
 __all__ = [
+    "COMPACT_AFTER",
     "REST_PER_BUSY",
     "SETTLE_CAP_S",
     "WAKE_CHUNK",
@@ -38,6 +39,7 @@ WAKE_CHUNK = 64
 # answers then go out at about half of what the server can do, and a call arriving meanwhile meets
 # a backlog of at most one chunk. Self-clocked: it holds on a fast, a slow or a busy machine alike.
 REST_PER_BUSY = 1.0
+COMPACT_AFTER = 256  # waiters given up before the queue is rebuilt without them (and more than half)
 SETTLE_CAP_S = 0.25  # a chunk's calls that have not ended by then (one waits again) stop holding it
 _PASSES = 3  # loop passes a woken long-poll takes to answer: wait_for's task, the handler, grpc's send
 
@@ -103,13 +105,14 @@ class PacedGate:
         self._waiters: deque[tuple[asyncio.Future[None], CallWatch | None]] = deque()
         self._set = False
         self._pacer: asyncio.Task[None] | None = None
+        self._given_up = 0  # cancelled waiters still in _waiters
 
     def is_set(self) -> bool:
         return self._set
 
     @property
     def waiting(self) -> int:
-        """Waiters queued and not yet woken (some may have given up meanwhile)."""
+        """Waiters queued and not yet woken (up to half of them may have given up meanwhile)."""
         return len(self._waiters)
 
     @property
@@ -125,8 +128,20 @@ class PacedGate:
             watch.settle()  # woken before and waiting again: not answering, so not holding its chunk
         future = asyncio.get_running_loop().create_future()
         self._waiters.append((future, watch))
-        await future  # a waiter given up (timeout, cancelled call) cancels it: the pacer skips it
+        try:
+            await future
+        except asyncio.CancelledError:  # given up (its timeout, a cancelled call): the pacer skips it
+            self._given_up += 1
+            if self._given_up > COMPACT_AFTER and 2 * self._given_up > len(self._waiters):
+                self._compact()
+            raise
         return True
+
+    def _compact(self) -> None:
+        """Drop the waiters that gave up: a poll that times out while no round changes waits again on
+        the same gate, every RECHECK_S, so over a long round they would pile up by the thousand."""
+        self._waiters = deque(w for w in self._waiters if not w[0].done())
+        self._given_up = 0
 
     def set(self) -> None:
         if self._set:

@@ -10,7 +10,14 @@ from collections.abc import Callable
 
 import pytest
 
-from fedmezo.server.signals import SETTLE_CAP_S, PacedGate, Signals, wait_or_timeout, watch_call
+from fedmezo.server.signals import (
+    COMPACT_AFTER,
+    SETTLE_CAP_S,
+    PacedGate,
+    Signals,
+    wait_or_timeout,
+    watch_call,
+)
 
 
 async def _waiting(gate: PacedGate, n: int) -> tuple[list[asyncio.Task[None]], list[int]]:
@@ -163,5 +170,21 @@ def test_a_step_waits_until_the_calls_it_woke_have_ended() -> None:
         assert at["woken", 4] >= at["ended", 3]
         # call 2 waited again at once: its chunk was held only by call 3 (50 ms), not for SETTLE_CAP_S
         assert at["woken", 4] - at["woken", 2] < SETTLE_CAP_S
+
+    asyncio.run(main())
+
+
+def test_waiters_that_time_out_again_and_again_do_not_pile_up() -> None:
+    """A long round: every poll times out (RECHECK_S) and waits again on the same gate, many times."""
+
+    async def main() -> None:
+        gate = PacedGate(chunk=8)
+        for _ in range(20):  # 20 timeouts of 100 waiters each: 2,000 given up
+            await asyncio.gather(*(wait_or_timeout(gate, 0.001) for _ in range(100)))
+        assert gate.waiting <= 2 * COMPACT_AFTER + 100
+        tasks, woken = await _waiting(gate, 30)
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10.0)
+        assert sorted(woken) == list(range(30))
 
     asyncio.run(main())
