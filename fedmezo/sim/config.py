@@ -57,6 +57,7 @@ SERVER_PROCESS_KEYS = frozenset(
         "heartbeat_interval_s",
         "heartbeat_timeout_s",
         "max_wait_s",
+        "wake_chunk",
         "rate_limit_rps",
         "rate_limit_burst",
         "max_streams_per_client",
