@@ -157,11 +157,13 @@ class PacedGate:
         woken = 0
         while self._waiters and woken < n:
             future, watch = self._waiters.popleft()
-            if not future.done():
-                future.set_result(None)
-                woken += 1
-                if chunk is not None and watch is not None:
-                    watch.woken(chunk)
+            if future.done():  # it gave up: no longer counted as queued
+                self._given_up -= 1
+                continue
+            future.set_result(None)
+            woken += 1
+            if chunk is not None and watch is not None:
+                watch.woken(chunk)
         return woken
 
     async def _paced(self) -> None:
