@@ -8,7 +8,7 @@ STAMP := $(VENV)/.fedmezo-installed
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install browser proto test test-long test-gpu test-compose lint bench demo experiments clean
+.PHONY: install browser loadgen proto test test-long test-gpu test-compose lint bench demo experiments clean
 
 # The stubs are rebuilt whenever a .proto changes (the install stamp does not watch them).
 STUBS := fedmezo/v1/.generated
@@ -35,14 +35,18 @@ $(STAMP): pyproject.toml Makefile scripts/gen_proto.py
 browser:
 	bash scripts/install_browser.sh
 
+# bench_server's native load generator (C++ on Debian's gRPC), which its test also runs.
+loadgen:
+	bash scripts/install_loadgen.sh
+
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py
 	touch $(STUBS)
 
-test: install browser
+test: install browser loadgen
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-long: install browser
+test-long: install browser loadgen
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-gpu: install

@@ -48,6 +48,15 @@ Reported (all clocks are CLOCK_MONOTONIC, shared by every process on the machine
                     lag while the round's tasks went out ("gen lag ms").
   --server-cpus / --loadgen-cpus pin the server and the generators to disjoint cores (as if on their own
                     machines); without them the kernel shares every core between both.
+
+`--loadgen native` runs the same lean client loop in C++ (benchmarks/loadgen/loadgen.cc on gRPC's
+callback API, built on first use by benchmarks/loadgen/build.sh; `make loadgen` installs g++ and Debian's
+libgrpc++-dev). Its replies are handled on gRPC's thread pool, with no interpreter lock and no single
+event loop, so a reply is not timed late while thousands arrive at once, and it takes about half the CPU
+of the asyncio generators. Its "lag" is how late its timer thread (which starts every call after a
+sleep: a start delay, training, a heartbeat interval, a retry backoff) runs a 20 ms timer. It starts
+each client's Join from that thread, so the first calls go out at the rate that thread opens
+connections (~700 a second here), not all at once. `--raw PATH` writes every sample for timelines.
 """
 
 from __future__ import annotations
@@ -619,6 +628,76 @@ def load_generator(
     )
 
 
+LOADGEN_DIR = Path(__file__).resolve().parent / "loadgen"
+
+
+def native_binary() -> str:
+    """Build (or find up to date) the C++ generator, benchmarks/loadgen/loadgen.cc; its path."""
+    done = subprocess.run(
+        ["bash", str(LOADGEN_DIR / "build.sh")], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"--loadgen native: building benchmarks/loadgen failed:\n{done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def native_load_generator(
+    clients: list[tuple[str, float]],
+    settings: LoadSettings,
+    counters: Any,
+    control: Any,
+    out: Any,
+    cpus: frozenset[int] | None = None,
+    binary: str = "",
+) -> None:
+    """Process entry point for `--loadgen native`: the same clients run by the C++ generator, which
+    this process feeds (clients, go, stop) and reads (progress, the samples) over its stdin/stdout."""
+    import threading
+
+    go, stop = control
+    if cpus:
+        os.sched_setaffinity(0, cpus)  # the generator and its gRPC threads inherit it
+    command = [
+        binary, "--target", settings.target, "--manifest", settings.manifest_sha256.hex(),
+        "--rng-spec", settings.rng_spec, "--train", repr(settings.train_s[0]), repr(settings.train_s[1]),
+        "--heartbeat-s", repr(settings.heartbeat_s), "--seed", str(settings.seed),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("".join(f"{client} {delay!r}\n" for client, delay in clients) + "end\n")
+    proc.stdin.flush()
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the native load generator did not start (exit code {proc.wait()})")
+    while not go.is_set():
+        time.sleep(0.01)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+
+    def relay_stop() -> None:
+        while proc.poll() is None and not stop.wait(0.2):
+            pass
+        with contextlib.suppress(OSError):
+            proc.stdin.write("stop\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+
+    threading.Thread(target=relay_stop, daemon=True).start()
+    result: dict[str, Any] | None = None
+    for line in proc.stdout:
+        kind, _, rest = line.partition(" ")
+        if kind == "progress":
+            for i, value in enumerate(rest.split()):
+                counters[i] = int(value)
+        elif kind == "result":
+            result = json.loads(rest)
+    code = proc.wait()
+    if result is None:
+        raise RuntimeError(f"the native load generator ended without its samples (exit code {code})")
+    for key in ("submitted_at", "submit_ms", "assigned_at", "delta_at"):
+        result[key] = {int(r): values for r, values in result[key].items()}  # JSON keys are strings
+    result["loop_lag"] = [tuple(pair) for pair in result["loop_lag"]]
+    out.put(result)
+
+
 # --- the parent: orchestrate, merge, report ----------------------------------------------------------------
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
@@ -752,10 +831,11 @@ def run_load(
     schedule = list(zip(ids, delays))
     go, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
     counters: list[SynchronizedArray[int]] = [ctx.Array("l", 4, lock=False) for _ in range(args.procs)]
+    native = (native_binary(),) if args.loadgen == "native" else ()
+    target, tail = (native_load_generator if native else load_generator), (args.loadgen_cpus, *native)
     workers = [
         ctx.Process(
-            target=load_generator,
-            args=(schedule[k :: args.procs], settings, counters[k], (go, stop), out, args.loadgen_cpus),
+            target=target, args=(schedule[k :: args.procs], settings, counters[k], (go, stop), out, *tail)
         )
         for k in range(args.procs)
     ]
@@ -869,6 +949,7 @@ def summarize(
         "seed_scheme": args.seed_scheme,
         "flow": args.flow,
         "procs": args.procs,
+        "loadgen": args.loadgen,
         "join_rate": args.join_rate,
         "train_s": list(args.train_s),
         "heartbeat": args.heartbeat,
@@ -1025,6 +1106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--procs", type=int, default=1, help="load-generator processes")
     parser.add_argument(
+        "--loadgen", choices=("python", "native"), default="python",
+        help="python: asyncio clients (grpc.aio); native: the same lean loop in C++ (benchmarks/loadgen, "
+        "built on first use; needs g++ and libgrpc++-dev), whose replies are not timed late by a busy "
+        "Python event loop and which leaves the server more of a small machine's CPU",
+    )  # fmt: skip
+    parser.add_argument(
         "--flow", choices=("lean", "classic"), default="lean",
         help="lean: the daemon's two calls per round (the poll brings the deltas); classic: poll, submit, "
         "follow the delta stream, report the fingerprint (max_deltas = 0 clients)",
@@ -1073,9 +1160,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (server log, state)")
+    parser.add_argument(
+        "--raw", type=Path, metavar="PATH",
+        help="also write every sample (each call's latency, each submit's time, the generators' lag) as "
+        "JSON to PATH, for timelines",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if min(args.clients, args.rounds, args.local_steps, args.procs, args.status_pollers) < 1:
         parser.error("--clients, --rounds, --local-steps, --procs and --status-pollers must be >= 1")
+    if args.loadgen == "native" and args.flow != "lean":
+        parser.error("--loadgen native runs the lean flow only (the daemon's); classic: --loadgen python")
     args.procs = min(args.procs, args.clients)
     if args.server_cpus and args.loadgen_cpus and args.server_cpus & args.loadgen_cpus:
         parser.error("--server-cpus and --loadgen-cpus overlap: pin them to disjoint CPUs")
@@ -1098,6 +1192,8 @@ def main(argv: list[str] | None = None) -> int:
         if replica is not None:
             replica.start()
         merged = run_load(args, server, replica.target if replica else None)
+        if args.raw:
+            args.raw.write_text(json.dumps(merged))
         report = summarize(args, merged, server.rounds_closed(), server.publish_times())
     except Exception:
         print(f"server log tail:\n{server.log_tail()}", file=sys.stderr)

@@ -30,15 +30,19 @@ PINNED = (
 
 
 @pytest.mark.parametrize(
-    ("scheme", "flow"), [("per-client", "classic"), ("shared", "lean")], ids=["per-client", "shared"]
+    ("scheme", "flow", "loadgen"),
+    [("per-client", "classic", "python"), ("shared", "lean", "python"), ("shared", "lean", "native")],
+    ids=["per-client", "shared", "shared-native"],
 )
-def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str) -> None:
+def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str, loadgen: str) -> None:
+    """Both load generators (asyncio clients, and the same lean loop in C++: benchmarks/loadgen, built by
+    `make loadgen`) must drive the protocol to the same complete, in-sync result."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     done = subprocess.run(
         [
             sys.executable, str(BENCH), f"--clients={CLIENTS}", f"--rounds={ROUNDS}",
             f"--local-steps={LOCAL_STEPS}", "--train-s=0.5", "--procs=2", "--json", "--quiet",
-            f"--seed-scheme={scheme}", f"--flow={flow}",
+            f"--seed-scheme={scheme}", f"--flow={flow}", f"--loadgen={loadgen}",
             *(POLL_FROM_A_REPLICA + PINNED if scheme == "shared" else []),
             # every simulated client holds its own connection, as a daemon does: with a shared one, the
             # 20 clients' long-polls would overrun this per-connection stream limit and be refused
@@ -109,7 +113,7 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str) -
     assert served["SubmitUpdate"]["n"] == CLIENTS * ROUNDS == rpc["SubmitUpdate"]["n"]
     assert 0 < served["SubmitUpdate"]["p50_ms"] <= served["SubmitUpdate"]["p99_ms"]
     assert served["Join"]["n"] == CLIENTS
-    assert report["seed_scheme"] == scheme and report["flow"] == flow
+    assert report["seed_scheme"] == scheme and report["flow"] == flow and report["loadgen"] == loadgen
     down = report["downlink_per_client_per_round_bytes"]
     assert len(down) == ROUNDS and all(b > 0 for b in down)
     # A per-client delta lists every participant's τ seeds (8 bytes each at least): it grows with the
@@ -132,6 +136,7 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str) -
         ([f"--server-cpus={USABLE_CPUS[0]}", f"--loadgen-cpus={USABLE_CPUS[0]}"], "overlap"),
         (["--server-cpus=100000"], "not all among the usable"),
         (["--loadgen-cpus=a-b"], "expected a CPU list"),
+        (["--loadgen=native", "--flow=classic"], "lean flow only"),
     ],
 )
 def test_bench_server_refuses_bad_cpu_lists(flags: list[str], message: str) -> None:
