@@ -114,6 +114,7 @@ PROGRESS_EVERY_S = 0.5
 LAG_TICK_S = 0.02  # the load generators' event-loop lag probe
 STOP_GRACE_S = 15.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SPEED_PROBE_N = 1_000_000  # ~60 ms on an idle core of the developer machine
 
 PUBLISHED = re.compile(
     r"round (\d+) \w+: \d+ updates, delta published in ([0-9.]+) s \(\d+ seeds applied in ([0-9.]+) s\)"
@@ -707,6 +708,17 @@ def cpu_model() -> str:
     return platform.machine()
 
 
+def speed_probe_ms() -> float:
+    """A fixed single-thread Python workload, best of 3 (ms): how fast this machine ran at the time.
+    Shared VMs drift by tens of percent over an hour, and every latency here moves with them."""
+    best = math.inf
+    for _ in range(3):
+        start = time.perf_counter()
+        sum(i * i for i in range(SPEED_PROBE_N))
+        best = min(best, (time.perf_counter() - start) * 1e3)
+    return best
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100) of a non-empty list."""
     ordered = sorted(values)
@@ -985,6 +997,7 @@ def summarize(
         "loadgen_cpus": sorted(args.loadgen_cpus) if args.loadgen_cpus else None,
         "rpc": rpc,
         "per_round": per_round,
+        "speed_probe_ms": merged["speed_probe_ms"],  # before and after the load (speed_probe_ms)
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.python_implementation()} "
         f"{platform.python_version()}, grpcio {grpc.__version__}",
     }
@@ -1191,7 +1204,9 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         if replica is not None:
             replica.start()
+        probe_before = speed_probe_ms()
         merged = run_load(args, server, replica.target if replica else None)
+        merged["speed_probe_ms"] = [probe_before, speed_probe_ms()]
         if args.raw:
             args.raw.write_text(json.dumps(merged))
         report = summarize(args, merged, server.rounds_closed(), server.publish_times())

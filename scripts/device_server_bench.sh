@@ -5,6 +5,7 @@
 # the 10,000-client tail was the burst of long-poll answers, RESULTS.md "10,000 clients: ..." sections).
 #   OUT=/tmp/srv bash scripts/device_server_bench.sh           # JSON reports and stderr tails in $OUT
 #   SMALL=1 OUT=/tmp/srv bash scripts/device_server_bench.sh   # 100 / 300 clients: a quick plumbing check
+#   LOADGEN=native ...   # bench_server's C++ generator (needs g++ and libgrpc++-dev there: `make loadgen`)
 # Every step has its own timeout, 120 + 330 + 2 x 45 = 540 s in all, plus installing the wheels: one
 # device call (at most 600 s).
 # Needs grpcio, grpcio-health-checking and protobuf at the checkout's versions for the machine's Python
@@ -30,7 +31,7 @@ bench() {  # name, timeout, bench_server flags...
   shift 2
   echo "== $name (load $(cut -d' ' -f1 /proc/loadavg))"
   timeout "$limit" python3 benchmarks/bench_server.py --local-steps 20 --seed-scheme shared --flow lean \
-    "${pin[@]}" --json --quiet "$@" > "$OUT/$name.json" 2> "$OUT/$name.err"
+    "${pin[@]}" --loadgen "${LOADGEN:-python}" --json --quiet "$@" > "$OUT/$name.json" 2> "$OUT/$name.err"
   echo "exit $?"
   tail -3 "$OUT/$name.err"
   python3 - "$OUT/$name.json" <<'EOF'

@@ -98,6 +98,8 @@ def test_bench_server_json_report_is_complete_and_sane(scheme: str, flow: str, l
     assert report["server_rss_before_mib"] > 0
     assert report["server_peak_rss_mib"] >= report["server_rss_before_mib"]
     assert report["loadgen_cpu_s"] > 0
+    before, after = report["speed_probe_ms"]  # the machine's speed around the load, for reading noise
+    assert 0 < before < 60_000 and 0 < after < 60_000
     lag = report["loadgen_loop_lag_ms"]  # the generators' own event-loop delay, sampled all run long
     assert lag["n"] > 10 and 0 <= lag["p50_ms"] <= lag["p99_ms"] <= lag["max_ms"] < 10_000
     if scheme == "shared" and PINNED:  # pinned, and the kernel confirms it for the running server
