@@ -351,6 +351,7 @@ class LoadSettings:
     heartbeat_s: float
     seed: int
     flow: str = "lean"
+    native: str = ""  # the C++ generator's path (--loadgen native); empty: asyncio clients
 
 
 @dataclass
@@ -608,7 +609,9 @@ def load_generator(
 ) -> None:
     """Process entry point: run the clients, send the samples (plain dicts) to the parent."""
     if cpus:
-        os.sched_setaffinity(0, cpus)  # before grpc starts its threads, which inherit it
+        os.sched_setaffinity(0, cpus)  # before grpc's threads (or the C++ generator) start: they inherit it
+    if settings.native:
+        return run_native(clients, settings, counters, control, out)
     start_cpu = time.process_time()
     samples = asyncio.run(_drive(clients, settings, counters, control))
     samples.cpu_s = time.process_time() - start_cpu
@@ -642,24 +645,16 @@ def native_binary() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def native_load_generator(
-    clients: list[tuple[str, float]],
-    settings: LoadSettings,
-    counters: Any,
-    control: Any,
-    out: Any,
-    cpus: frozenset[int] | None = None,
-    binary: str = "",
+def run_native(
+    clients: list[tuple[str, float]], settings: LoadSettings, counters: Any, control: Any, out: Any
 ) -> None:
-    """Process entry point for `--loadgen native`: the same clients run by the C++ generator, which
-    this process feeds (clients, go, stop) and reads (progress, the samples) over its stdin/stdout."""
+    """`--loadgen native`: the same clients run by the C++ generator, which this process feeds
+    (clients, go, stop) and reads (progress, the samples) over its stdin/stdout."""
     import threading
 
     go, stop = control
-    if cpus:
-        os.sched_setaffinity(0, cpus)  # the generator and its gRPC threads inherit it
     command = [
-        binary, "--target", settings.target, "--manifest", settings.manifest_sha256.hex(),
+        settings.native, "--target", settings.target, "--manifest", settings.manifest_sha256.hex(),
         "--rng-spec", settings.rng_spec, "--train", repr(settings.train_s[0]), repr(settings.train_s[1]),
         "--heartbeat-s", repr(settings.heartbeat_s), "--seed", str(settings.seed),
     ]  # fmt: skip
@@ -836,6 +831,7 @@ def run_load(
         heartbeat_s,
         args.seed,
         args.flow,
+        native_binary() if args.loadgen == "native" else "",
     )
     ids = [f"sim-{i:05d}" for i in range(args.clients)]
     ctx = mp.get_context("spawn")  # a clean interpreter: no grpc state inherited across fork
@@ -843,11 +839,10 @@ def run_load(
     schedule = list(zip(ids, delays))
     go, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
     counters: list[SynchronizedArray[int]] = [ctx.Array("l", 4, lock=False) for _ in range(args.procs)]
-    native = (native_binary(),) if args.loadgen == "native" else ()
-    target, tail = (native_load_generator if native else load_generator), (args.loadgen_cpus, *native)
     workers = [
         ctx.Process(
-            target=target, args=(schedule[k :: args.procs], settings, counters[k], (go, stop), out, *tail)
+            target=load_generator,
+            args=(schedule[k :: args.procs], settings, counters[k], (go, stop), out, args.loadgen_cpus),
         )
         for k in range(args.procs)
     ]

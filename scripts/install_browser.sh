@@ -11,17 +11,11 @@ if [[ -x "$CHROMIUM" ]]; then
     exit 0
 fi
 
-SUDO=""
-if [[ "$(id -u)" -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        echo "install_browser: $CHROMIUM missing and not root (no sudo): the browser test will be skipped" >&2
-        exit 1
-    fi
-fi
-
-echo "install_browser: $CHROMIUM missing: installing Debian package chromium with apt-get"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+# shellcheck source=scripts/apt_install.sh
+source "$(dirname "$0")/apt_install.sh"
+echo "install_browser: $CHROMIUM missing"
+apt_install install_browser chromium || {
+    echo "install_browser: the browser test will be skipped" >&2
+    exit 1
+}
 echo "install_browser: installed $("$CHROMIUM" --version 2>/dev/null || echo "$CHROMIUM")"

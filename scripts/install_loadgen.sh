@@ -13,17 +13,8 @@ have_all() {
 }
 
 if ! have_all; then
-    SUDO=""
-    if [[ "$(id -u)" -ne 0 ]]; then
-        if command -v sudo >/dev/null 2>&1; then
-            SUDO="sudo"
-        else
-            echo "install_loadgen: ${PACKAGES[*]} missing and not root (no sudo)" >&2
-            exit 1
-        fi
-    fi
-    echo "install_loadgen: installing ${PACKAGES[*]} with apt-get"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
+    # shellcheck source=scripts/apt_install.sh
+    source scripts/apt_install.sh
+    apt_install install_loadgen "${PACKAGES[@]}"
 fi
 echo "install_loadgen: built $(bash benchmarks/loadgen/build.sh)"
