@@ -664,14 +664,12 @@ def run_native(
     proc.stdin.flush()
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the native load generator did not start (exit code {proc.wait()})")
-    while not go.is_set():
-        time.sleep(0.01)
+    go.wait()
     proc.stdin.write("go\n")
     proc.stdin.flush()
 
-    def relay_stop() -> None:
-        while proc.poll() is None and not stop.wait(0.2):
-            pass
+    def relay_stop() -> None:  # a daemon thread: it ends with this process if no stop comes
+        stop.wait()
         with contextlib.suppress(OSError):
             proc.stdin.write("stop\n")  # type: ignore[union-attr]
             proc.stdin.flush()  # type: ignore[union-attr]
